@@ -1,0 +1,1 @@
+"""gralign_jax: GRM fine-grained image-text alignment in JAX/Flax."""

@@ -1,0 +1,34 @@
+"""gralign_jax: GRM fine-grained image-text alignment in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gralign_jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of GRM (granularity-aware, region-uncertain "
+                "cross-modal alignment)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gralign_jax", "gralign_jax.*", "experiments",
+                                    "experiments.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "ml-collections>=1.0",
+        "absl-py",
+        "numpy",
+        "pillow",
+        "tokenizers>=0.20",
+        "transformers>=4.50",
+        "safetensors",
+        "tensorboardX",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout"],
+        "parity": ["torch"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+)
