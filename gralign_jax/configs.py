@@ -1,0 +1,123 @@
+"""Shared config pieces: every experiment config starts from `base_config()`.
+
+Field names here are the contract between the configs, the model (models/grm.py), the
+losses (losses.py), the input pipeline (data/) and the trainer (train.py). Every open
+point of method.md is a field with its default; docs in-line say what each switch does.
+"""
+import ml_collections
+
+
+def vit_tiny(image_size: int = 64) -> ml_collections.ConfigDict:
+  """A ViT small enough for the CPU demo, shaped like ViT-B (CLS + patches, pre-LN)."""
+  return ml_collections.ConfigDict(dict(
+      name="vit", image_size=image_size, patch_size=8, width=128, depth=3, num_heads=4,
+      mlp_dim=256, dropout=0.0))
+
+
+def bert_tiny(max_len: int = 32) -> ml_collections.ConfigDict:
+  """A BERT-style text transformer small enough for the CPU demo (post-LN like BERT)."""
+  return ml_collections.ConfigDict(dict(
+      name="bert", vocab_size=0,  # 0: taken from the tokenizer at build time
+      max_len=max_len, width=128, depth=2, num_heads=4, mlp_dim=256, dropout=0.0))
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """GRM model switches (method.md sections 1-4, 6)."""
+  return ml_collections.ConfigDict(dict(
+      vision=vit_tiny(),
+      text=bert_tiny(),
+      embed_dim=256,              # d, the joint dimension
+      compute_dtype="float32",    # or "bfloat16": activations; params stay float32
+      score="grm",                # "grm" (fine-grained) or "global" (mean-pooled cosine VSE)
+      leaky_slope=0.1,            # c_ij = leaky_relu(cos, slope)
+      # Saliency adapters (section 2).
+      visual_adapter=True,
+      text_adapter=True,
+      adapter_hidden=128,         # width of W1
+      gumbel_tau=1.0,
+      gumbel_hard=False,          # straight-through hard Gumbel
+      gate_mode="weight",         # "weight": gates weight the aggregation; "scale": only
+                                  # scale the tokens (literal paper form; cosine-inert)
+      # Region prompting and uncertainty (section 3).
+      regions=True,
+      num_regions=5,              # K: 5 for ViT, 50 for Swin
+      uncertainty=True,           # reparameterised sampling in training (else u_k = mu_k)
+      num_samples=1,              # S samples averaged in S_unc
+      logvar_hidden=256,          # width of the MLP giving log sigma^2
+      # Inference score weights (ori, key, unc); scores that are switched off drop out.
+      score_weights=(0.4, 0.4, 0.2),
+  ))
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  """Loss switches (method.md section 5)."""
+  return ml_collections.ConfigDict(dict(
+      kind="triplet",             # "triplet" (VSE++ hinge) or "infonce"
+      margin=0.2,
+      warmup_epochs=1.0,          # sum over violating negatives, then hardest only;
+                                  # a negative value never switches to hardest
+      temperature=0.05,           # InfoNCE only
+      weights=(0.4, 0.4, 0.2),    # L_ori, L_key, L_unc
+      recon="mse",                # "mse" or "cos" (1 - cos)
+      recon_weight=0.1,           # l1
+      reg_weight=0.01,            # l2, on L_KL + L_ent
+      kl=True,
+      ent=True,
+      keep_ratio=-1.0,            # rho of the optional (mean(a) - rho)^2 penalty; < 0: off
+      keep_ratio_weight=0.0,
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Everything a run needs; experiment configs override pieces of it."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict(dict(
+      name="synthetic",           # "synthetic", "flickr30k" or "coco"
+      root="",                    # data set folder
+      format="laps",              # "laps" (id_mapping.json + precomp/) or "karpathy"
+      image_dir="images",         # image folder under root ("flickr30k-images" for F30K)
+      karpathy_json="",           # file name under root for format "karpathy"
+      tokenizer="",               # HF tokenizer folder; "" = <root>/tokenizer
+      image_size=64,
+      crop_scale=(0.6, 1.0),      # RandomResizedCrop scale range for training
+      hflip=True,                 # random horizontal flip for training
+      pixel_mean=(0.5, 0.5, 0.5),
+      pixel_std=(0.5, 0.5, 0.5),
+      max_len=32,                 # text tokens including [CLS] and [SEP]
+      num_workers=0,              # grain worker processes (0: in the main process)
+      prefetch=2,
+      train_split="train",
+      dev_split="dev",
+      test_split="test",
+      # The synthetic scenes set, generated when root has none.
+      synthetic=ml_collections.ConfigDict(dict(
+          generate=False, num_train=8000, num_dev=500, num_test=1000, seed=0,
+          vocab_size=1000)),
+  ))
+  config.model = model_config()
+  config.loss = loss_config()
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=128,             # global, split over all devices
+      num_epochs=30.0,
+      num_steps=-1,               # > 0 overrides num_epochs
+      lr=2e-4,
+      backbone_lr_mult=0.1,
+      weight_decay=1e-4,
+      grad_clip=2.0,
+      lr_decay_epochs=(9, 15, 20, 25),
+      lr_decay_factor=0.3,
+      warmup_steps=0,             # linear lr warm-up
+      log_every=50,
+      ckpt_every=500,
+      keep_checkpoints=2,
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      every_steps=1000,           # dev evaluation period; <= 0: only at the end
+      protocol="1k",              # "1k" (Flickr30K) or "coco" (1K five-fold and 5K)
+      block_images=64,
+      block_texts=512,
+      batch_size=256,             # encoding batch
+      dev_max_images=-1,          # > 0: evaluate dev on its first N images only
+  ))
+  return config
