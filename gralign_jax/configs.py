@@ -121,3 +121,86 @@ def base_config() -> ml_collections.ConfigDict:
       dev_max_images=-1,          # > 0: evaluate dev on its first N images only
   ))
   return config
+
+
+# Ablations (method.md section 6) as named config edits: `config.py:global`,
+# `config.py:ori,smoke`. Each entry sets dotted keys.
+VARIANTS = {
+    "grm": {},
+    "global": {"model.score": "global"},              # the VSE mean-pooled baseline
+    "ori": {"model.visual_adapter": False, "model.text_adapter": False,
+            "model.regions": False},                  # CHAN/LAPS-style max-mean only
+    "no_visual_adapter": {"model.visual_adapter": False},
+    "no_text_adapter": {"model.text_adapter": False},
+    "no_regions": {"model.regions": False},
+    "no_uncertainty": {"model.uncertainty": False},
+    "scale_gates": {"model.gate_mode": "scale"},
+    "no_recon": {"loss.recon_weight": 0.0},
+    "no_kl": {"loss.kl": False},
+    "no_ent": {"loss.ent": False},
+    "infonce": {"loss.kind": "infonce"},
+}
+
+
+def parse_arg(arg: str | None) -> list[str]:
+  """'smoke,global' -> ['smoke', 'global']; unknown words are errors."""
+  words = [w.strip() for w in (arg or "").split(",") if w.strip()]
+  unknown = [w for w in words if w != "smoke" and w not in VARIANTS]
+  if unknown:
+    raise ValueError(f"Unknown config argument(s) {unknown}; expected 'smoke' and/or one "
+                     f"of {sorted(VARIANTS)}.")
+  return words
+
+
+def apply_variants(config: ml_collections.ConfigDict, words: list[str]):
+  for word in words:
+    for key, value in VARIANTS.get(word, {}).items():
+      node = config
+      *path, leaf = key.split(".")
+      for p in path:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a seconds-long run: tiny encoders, a few steps, small evals."""
+  config.model.vision.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  config.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  config.model.update(embed_dim=32, adapter_hidden=16, logvar_hidden=32)
+  config.train.update(batch_size=16, num_steps=4, log_every=2, ckpt_every=2)
+  config.eval.update(every_steps=4, block_images=8, block_texts=32, batch_size=16)
+  return config
+
+
+def vit_b16(image_size: int = 224) -> dict:
+  """ViT-B/16 shape (pretrained weights: a later issue; random init until then)."""
+  return dict(name="vit", image_size=image_size, patch_size=16, width=768, depth=12,
+              num_heads=12, mlp_dim=3072, dropout=0.0)
+
+
+def bert_base(max_len: int = 90) -> dict:
+  return dict(name="bert", vocab_size=0, max_len=max_len, width=768, depth=12,
+              num_heads=12, mlp_dim=3072, dropout=0.0)
+
+
+def paper_config(dataset: str, arg: str | None = None,
+                 image_size: int = 224) -> ml_collections.ConfigDict:
+  """method.md defaults for a real data set: ViT-B/16 + BERT-base, K = 5, 30 epochs."""
+  words = parse_arg(arg)
+  config = base_config()
+  config.data.update(name=dataset, root="", image_size=image_size, max_len=90,
+                     image_dir="flickr30k-images" if dataset == "flickr30k" else "images",
+                     num_workers=8)
+  config.model.vision.update(vit_b16(image_size))
+  config.model.text.update(bert_base(90))
+  config.model.num_regions = 5
+  config.eval.protocol = "coco" if dataset == "coco" else "1k"
+  if dataset == "coco":
+    config.data.test_split = "testall"
+  apply_variants(config, words)
+  if "smoke" in words:
+    smoke(config)
+    config.model.vision.update(image_size=32, patch_size=8)
+    config.data.update(image_size=32, max_len=16, num_workers=0)
+  return config

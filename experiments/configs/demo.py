@@ -1,0 +1,29 @@
+"""GRM on the synthetic scenes set: the Quickstart's job, sized for a 2-core CPU.
+
+Arguments (comma-separated): a variant of gralign_jax.configs.VARIANTS ("global",
+"ori", "no_regions", ...) and/or "smoke" (a tiny set and a few steps, for tests).
+  python -m experiments.demo --config=experiments/configs/demo.py:global
+"""
+from gralign_jax import configs
+
+
+def get_config(arg: str | None = None):
+  words = configs.parse_arg(arg)
+  config = configs.base_config()
+  config.data.update(name="synthetic", root="data/synthetic", format="laps",
+                     image_dir="images", image_size=64, max_len=32, hflip=False,
+                     crop_scale=(0.8, 1.0))  # captions name left/right: no flips
+  config.data.synthetic.generate = True
+  config.model.vision.update(image_size=64, patch_size=8)
+  config.train.update(batch_size=128, num_epochs=4.0, lr=5e-4, backbone_lr_mult=1.0,
+                      weight_decay=1e-4, lr_decay_epochs=(3,), warmup_steps=100,
+                      log_every=50, ckpt_every=200)
+  config.loss.warmup_epochs = 2.0
+  config.eval.update(every_steps=400, block_images=40, block_texts=500, batch_size=256)
+  configs.apply_variants(config, words)
+  if "smoke" in words:
+    configs.smoke(config)
+    config.data.root = "data/synthetic_smoke"
+    config.data.synthetic.update(num_train=64, num_dev=16, num_test=16)
+    config.data.image_size = config.model.vision.image_size = 32
+  return config

@@ -1,0 +1,30 @@
+"""The absl main every experiment entry point shares: --config, --workdir, run."""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def run(default_config: str | None, default_workdir: str | None) -> None:
+  """Defines the flags and runs train_and_evaluate(config, workdir)."""
+  config_flag = config_flags.DEFINE_config_file(
+      "config", default_config and os.path.join(CONFIG_DIR, default_config),
+      "Config file, optionally with an argument: path/to/config.py:smoke", lock_config=True)
+  workdir_flag = flags.DEFINE_string(
+      "workdir", default_workdir, "Run directory: config.json, metrics.jsonl, "
+      "checkpoints/, results.json. Running again with the same workdir resumes.")
+
+  def main(argv):
+    del argv
+    if config_flag.value is None:
+      sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
+    if not workdir_flag.value:
+      sys.exit("--workdir is required: where checkpoints and results go.")
+    from gralign_jax import train  # after flag parsing: jax reads XLA_FLAGS at import
+    train.train_and_evaluate(config_flag.value, workdir_flag.value)
+
+  app.run(main)

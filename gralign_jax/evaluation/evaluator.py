@@ -1,0 +1,105 @@
+"""Evaluation with the standard protocol: encode every image and caption once, score
+the whole split blockwise over the devices, then rank.
+
+The encoders run jitted with the batch split over the mesh; only the token sets the
+score needs (similarity.SCORE_KEYS) are kept on the host. The score matrix is built by
+scoring.score_matrix in blocks, so the images x captions x tokens x tokens tensor never
+exists.
+"""
+import dataclasses
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+
+from gralign_jax import sharding
+from gralign_jax.data import images as images_lib
+from gralign_jax.data import pipeline
+from gralign_jax.data import readers
+from gralign_jax.evaluation import recall
+from gralign_jax.evaluation import scoring
+from gralign_jax.models import similarity
+
+
+def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+  return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), 0)], 0)
+
+
+def subset(split: readers.Split, num_images: int) -> readers.Split:
+  """The first num_images images of a split with their captions (<= 0: all)."""
+  if num_images <= 0 or num_images >= split.num_images:
+    return split
+  cpi = split.captions_per_image
+  return dataclasses.replace(split, image_paths=split.image_paths[:num_images],
+                             image_ids=split.image_ids[:num_images],
+                             captions=split.captions[:num_images * cpi])
+
+
+class Evaluator:
+  """Encodes splits and computes recall metrics for one model and config."""
+
+  def __init__(self, model, config: ml_collections.ConfigDict, mesh):
+    self.model, self.config, self.mesh = model, config, mesh
+    n_dev = mesh.devices.size
+    self.batch = -(-config.eval.batch_size // n_dev) * n_dev
+    keys = similarity.SCORE_KEYS
+    mean, std = config.data.pixel_mean, config.data.pixel_std
+    data_sharding, rep = sharding.batch_sharded(mesh), sharding.replicated(mesh)
+
+    def encode_images(params, pixels):
+      out = model.apply({"params": params}, images_lib.normalize(pixels, mean, std),
+                        train=False, method=model.encode_image)
+      return {k: v for k, v in out.items() if k in keys}
+
+    def encode_texts(params, ids, mask):
+      out = model.apply({"params": params}, ids, mask, train=False,
+                        method=model.encode_text)
+      return {k: v for k, v in out.items() if k in keys}
+
+    self._encode_images = jax.jit(encode_images, in_shardings=(rep, data_sharding),
+                                  out_shardings=data_sharding)
+    self._encode_texts = jax.jit(encode_texts, in_shardings=(rep, data_sharding,
+                                                             data_sharding),
+                                 out_shardings=data_sharding)
+    self.score_fn = functools.partial(_total_score, model_config=config.model)
+
+  def encode(self, params, split: readers.Split, captions: pipeline.EncodedCaptions):
+    """-> (image token sets, caption token sets): dicts of host arrays, leading N / M."""
+    img_parts = []
+    for batch in pipeline.eval_image_batches(split, self.config, self.batch):
+      n = len(batch["image"])
+      out = self._encode_images(params, sharding.global_batch(
+          _pad_rows(batch["image"], self.batch), self.mesh))
+      img_parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+    txt_parts = []
+    for start in range(0, len(captions.ids), self.batch):
+      ids = captions.ids[start:start + self.batch]
+      mask = captions.mask[start:start + self.batch]
+      n = len(ids)
+      out = self._encode_texts(params, *sharding.global_batch(
+          (_pad_rows(ids, self.batch), _pad_rows(mask, self.batch)), self.mesh))
+      txt_parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+    concat = lambda parts: jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)
+    return concat(img_parts), concat(txt_parts)
+
+  def scores(self, params, split, captions) -> np.ndarray:
+    """The (num_images, num_captions) score matrix of a split."""
+    imgs, txts = self.encode(params, split, captions)
+    return scoring.score_matrix(self.score_fn, imgs, txts,
+                                block_images=self.config.eval.block_images,
+                                block_texts=self.config.eval.block_texts, mesh=self.mesh)
+
+  def evaluate(self, params, split, captions, protocol: str = "1k") -> dict:
+    """Recall metrics; protocol "coco" -> {"test_1k": ..., "test_5k": ...}."""
+    sims = self.scores(params, split, captions)
+    cpi = split.captions_per_image
+    if protocol == "coco":
+      return recall.coco_metrics(sims, captions_per_image=cpi)
+    metrics = recall.recall_metrics(sims, captions_per_image=cpi)
+    metrics["score_std"] = float(sims.std())  # ~0 means a collapsed model
+    return metrics
+
+
+def _total_score(img, txt, model_config):
+  return similarity.total_score(similarity.pair_scores(img, txt, model_config), model_config)

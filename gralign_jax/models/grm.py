@@ -1,0 +1,123 @@
+"""The GRM dual encoder (method.md sections 1-3): backbones, projections, adapters,
+region prompts. Scoring lives in similarity.py, losses in losses.py.
+
+Top-level parameter names are fixed, because the trainer gives the backbones their own
+learning rate by name: "vision", "text" (backbones), "img_proj", "txt_proj" (Dense to
+d = embed_dim), "visual_adapter", "text_adapter" (saliency.py), "regions"
+(regions.py). RNG streams: "gumbel" (adapter noise), "sample" (region noise),
+"dropout". Evaluation (train=False) needs no rng at all.
+
+Backbones are found by config name in the registries below; a new one is one line
+there plus a module with `from_config(config, dtype)`.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gralign_jax.models import bert
+from gralign_jax.models import regions as regions_lib
+from gralign_jax.models import saliency
+from gralign_jax.models import vit
+
+# config.model.vision.name / text.name -> a class with from_config(config, dtype).
+VISION_BACKBONES = {"vit": vit.ViT}
+TEXT_BACKBONES = {"bert": bert.Bert}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _lookup(registry: dict[str, Any], name: str, where: str) -> Any:
+  if name not in registry:
+    raise ValueError(f"unknown {where} {name!r}; known: {sorted(registry)}")
+  return registry[name]
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """x (B, L, d), mask (B, L) -> (B, d) float32 mean over valid tokens."""
+  m = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(x.astype(jnp.float32) * m, axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+
+
+class GRM(nn.Module):
+  """GRM over a frozen model config (config.model of configs.py)."""
+  config: ml_collections.FrozenConfigDict
+
+  def setup(self):
+    cfg = self.config
+    if cfg.compute_dtype not in _DTYPES:
+      raise ValueError(f"config.model.compute_dtype must be one of {sorted(_DTYPES)}, "
+                       f"got {cfg.compute_dtype!r}")
+    if cfg.score not in ("grm", "global"):
+      raise ValueError(f"config.model.score must be 'grm' or 'global', got "
+                       f"{cfg.score!r}")
+    dtype = _DTYPES[cfg.compute_dtype]
+    self.vision = _lookup(VISION_BACKBONES, cfg.vision.name,
+                          "config.model.vision.name").from_config(cfg.vision, dtype)
+    self.text = _lookup(TEXT_BACKBONES, cfg.text.name,
+                        "config.model.text.name").from_config(cfg.text, dtype)
+    self.img_proj = nn.Dense(cfg.embed_dim, dtype=dtype)
+    self.txt_proj = nn.Dense(cfg.embed_dim, dtype=dtype)
+    # The global (VSE) baseline is the mean-pooled cosine: no adapters, no regions.
+    fine = cfg.score == "grm"
+    adapter = lambda: saliency.SaliencyAdapter(cfg.adapter_hidden, cfg.gumbel_tau,
+                                               cfg.gumbel_hard, dtype)
+    if fine and cfg.visual_adapter:
+      self.visual_adapter = adapter()
+    if fine and cfg.text_adapter:
+      self.text_adapter = adapter()
+    if fine and cfg.regions:
+      self.regions = regions_lib.RegionPrompts(cfg.num_regions, cfg.logvar_hidden,
+                                               cfg.uncertainty, cfg.num_samples)
+
+  def _fine(self) -> bool:
+    return self.config.score == "grm"
+
+  def encode_image(self, pixels: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """pixels (B, H, W, 3) float32, normalised -> dict.
+
+    "tokens" V (B, Lv, d) projected, not normalised, compute dtype; "mask" (B, Lv)
+    bool; "gates" a_v (B, Lv) float32 (ones when the visual adapter is off); "global"
+    (B, d) float32 masked mean of V; with regions on: "regions" U (B, S, K, d),
+    "region_mu" (B, K, d), "region_logvar" (B, K, d), "assign" A_hat (B, Lv, K).
+    """
+    cfg = self.config
+    v = self.img_proj(self.vision(pixels, train=train))
+    mask = jnp.ones(v.shape[:2], bool)  # a ViT has no padding
+    out = {"tokens": v, "mask": mask, "global": masked_mean(v, mask)}
+    if self._fine() and cfg.visual_adapter:
+      out["gates"] = self.visual_adapter(v, mask, train=train)
+    else:
+      out["gates"] = mask.astype(jnp.float32)
+    if self._fine() and cfg.regions:
+      v_hat = out["gates"][..., None] * v.astype(jnp.float32)
+      out.update(self.regions(v_hat, mask, train=train))
+    return out
+
+  def encode_text(self, ids: jax.Array, mask: jax.Array,
+                  train: bool = False) -> dict[str, jax.Array]:
+    """ids (B, L) int32, mask (B, L) bool -> dict.
+
+    "tokens" T (B, L, d) compute dtype; "mask" (B, L) bool; "gates" a_t (B, L) float32,
+    0 at padding (mask as float when the text adapter is off); "global" (B, d) float32.
+    """
+    mask = mask.astype(bool)
+    t = self.txt_proj(self.text(ids, mask, train=train))
+    out = {"tokens": t, "mask": mask, "global": masked_mean(t, mask)}
+    if self._fine() and self.config.text_adapter:
+      out["gates"] = self.text_adapter(t, mask, train=train)
+    else:
+      out["gates"] = mask.astype(jnp.float32)
+    return out
+
+  def __call__(self, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
+               train: bool = False) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Both encoders (used for init and training): (img_dict, txt_dict)."""
+    return self.encode_image(pixels, train), self.encode_text(ids, mask, train)
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> GRM:
+  """config.model -> GRM (frozen, so the module stays hashable for jit)."""
+  return GRM(config=ml_collections.FrozenConfigDict(model_config))

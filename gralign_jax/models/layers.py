@@ -1,0 +1,97 @@
+"""Transformer pieces shared by the backbones (ViT, BERT, and those to come).
+
+Parameter names follow Hugging Face's layout closely enough that weights.py can map a
+checkpoint tensor by tensor: separate query/key/value/out projections with (C, C)
+kernels, an MLP of "intermediate" and "output" Dense layers, and two LayerNorms per
+block ("ln_1" around attention, "ln_2" around the MLP; HF calls them
+layernorm_before/after in ViT and attention.output.LayerNorm/output.LayerNorm in BERT).
+
+Numerics also follow HF: exact (erf) GELU, LayerNorm eps 1e-12, attention logits
+scaled by 1/sqrt(head_dim) and masked keys removed before the softmax. The softmax is
+taken in float32 whatever the compute dtype, because bfloat16 logits lose the small
+differences that decide attention.
+"""
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# HF BERT and ViT both initialise with N(0, 0.02); matching it keeps a randomly
+# initialised backbone at the scale the pretrained one has.
+default_init = nn.initializers.normal(stddev=0.02)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, as HF's "gelu" activation (not the tanh approximation)."""
+  return nn.gelu(x, approximate=False)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention over (B, L, C) with an optional key mask (B, L)."""
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
+               train: bool = False) -> jax.Array:
+    b, l, c = x.shape
+    if c % self.num_heads:
+      raise ValueError(f"width {c} is not divisible by num_heads {self.num_heads}")
+    h, e = self.num_heads, c // self.num_heads
+    dense = functools.partial(nn.Dense, c, dtype=self.dtype, kernel_init=default_init)
+    q = dense(name="query")(x).reshape(b, l, h, e)
+    k = dense(name="key")(x).reshape(b, l, h, e)
+    v = dense(name="value")(x).reshape(b, l, h, e)
+    logits = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(e)
+    if mask is not None:
+      # Padding keys never receive attention; finite fill so an all-padding row stays
+      # finite (its output is ignored downstream anyway).
+      logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    probs = nn.Dropout(self.dropout)(probs, deterministic=not train)
+    out = jnp.einsum("bhqk,bkhe->bqhe", probs, v).reshape(b, l, c)
+    return dense(name="out")(out)
+
+
+class Mlp(nn.Module):
+  """Dense(mlp_dim) -> exact GELU -> Dense(C): HF's intermediate + output."""
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=default_init,
+                 name="intermediate")(x)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=default_init,
+                    name="output")(gelu(y))
+
+
+class TransformerBlock(nn.Module):
+  """One encoder block, pre-LN (ViT) or post-LN (BERT).
+
+  pre:  x + Drop(Attn(LN1(x)));  then  x + Drop(MLP(LN2(x)))
+  post: LN1(x + Drop(Attn(x)));  then  LN2(x + Drop(MLP(x)))
+  """
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  pre_norm: bool = True
+  ln_eps: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
+               train: bool = False) -> jax.Array:
+    """x (B, L, C), mask (B, L) bool or None -> (B, L, C)."""
+    ln = functools.partial(nn.LayerNorm, epsilon=self.ln_eps, dtype=self.dtype)
+    attn = SelfAttention(self.num_heads, self.dropout, self.dtype, name="attention")
+    mlp = Mlp(self.mlp_dim, self.dtype, name="mlp")
+    drop = nn.Dropout(self.dropout, deterministic=not train)
+    if self.pre_norm:
+      x = x + drop(attn(ln(name="ln_1")(x), mask, train))
+      return x + drop(mlp(ln(name="ln_2")(x)))
+    x = ln(name="ln_1")(x + drop(attn(x, mask, train)))
+    return ln(name="ln_2")(x + drop(mlp(x)))

@@ -1,0 +1,54 @@
+"""Saliency adapters (method.md section 2): one keep gate per token.
+
+h = W2 . GELU(W1 . LayerNorm(X)) in R^{L x 2} are (keep, drop) logits. In training the
+gate is the keep entry of a Gumbel-softmax sample (temperature tau; optionally
+straight-through hard, i.e. exactly 0 or 1 forward with the soft gradient), drawn with
+the "gumbel" rng. In evaluation it is softmax(h)[keep], deterministic. Padding gets 0.
+
+The same module serves both modalities with separate weights (the visual
+"significance-aware" and the textual "granularity-aware" adapter); neither sees the
+other modality. How the gates enter the score ("weight" the aggregation or only
+"scale" the tokens) is similarity.py's business: the adapter only produces them.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gralign_jax.models import layers
+
+
+def gumbel_softmax_keep(rng: jax.Array, logits: jax.Array, tau: float,
+                        hard: bool) -> jax.Array:
+  """logits (..., 2) -> keep probability (...) of one Gumbel-softmax draw."""
+  u = jax.random.uniform(rng, logits.shape, jnp.float32, minval=1e-10, maxval=1.0)
+  g = -jnp.log(-jnp.log(u))
+  y = jax.nn.softmax((logits + g) / tau, axis=-1)
+  if hard:
+    one_hot = jax.nn.one_hot(jnp.argmax(y, axis=-1), 2, dtype=y.dtype)
+    # Straight-through: (hard - soft) + soft is exactly the one-hot forward (x - x == 0
+    # in floating point for the dropped entry) and has the soft gradient.
+    y = (one_hot - jax.lax.stop_gradient(y)) + y
+  return y[..., 0]
+
+
+class SaliencyAdapter(nn.Module):
+  """X (B, L, d), mask (B, L) bool -> gates a (B, L) float32 in [0, 1], 0 at padding."""
+  hidden: int
+  tau: float = 1.0
+  hard: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    y = nn.LayerNorm(dtype=self.dtype, name="ln")(x)
+    y = layers.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(y))
+    # The logits go to float32: the Gumbel noise and a low temperature would swamp
+    # bfloat16's 8 mantissa bits.
+    h = nn.Dense(2, dtype=self.dtype, name="fc2")(y).astype(jnp.float32)
+    if train:
+      a = gumbel_softmax_keep(self.make_rng("gumbel"), h, self.tau, self.hard)
+    else:
+      a = jax.nn.softmax(h, axis=-1)[..., 0]
+    return jnp.where(mask, a, 0.0)

@@ -1,0 +1,255 @@
+"""train_and_evaluate(config, workdir): the whole run, top to bottom.
+
+Sections, in order: run directory / mesh / input / model and optimiser / state /
+update step / checkpoint and resume / evaluation / loop / final test. Running again
+with the same workdir resumes from the latest checkpoint, with the input pipeline at
+the same position, and ends with exactly the parameters of an uninterrupted run.
+"""
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gralign_jax import checkpoint as ckpt_lib
+from gralign_jax import losses
+from gralign_jax import metrics as metrics_lib
+from gralign_jax import optim
+from gralign_jax import sharding
+from gralign_jax.data import datasets
+from gralign_jax.data import images as images_lib
+from gralign_jax.data import pipeline
+from gralign_jax.evaluation import evaluator as evaluator_lib
+from gralign_jax.evaluation import recall
+from gralign_jax.models import grm
+from gralign_jax.models import similarity
+
+
+def log(*args) -> None:
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+def is_collapsed(aux: dict) -> bool:
+  """Every score in the batch (nearly) equal: the loss gives no ranking signal."""
+  return bool(aux["score_spread"] < 1e-3)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluates on dev periodically, tests the best-on-dev state. -> results."""
+  config = ml_collections.ConfigDict(config.to_dict())  # a private, mutable copy
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh()
+  sharding.check_divisible(config.train.batch_size, mesh)
+  log(f"Devices: {mesh.devices.size} x {jax.devices()[0].platform} "
+      f"({jax.process_count()} host(s)); workdir {workdir}")
+
+  # ---------------------------------------------------------------- input
+  datasets.prepare(config, log)
+  tokenizer = datasets.load_tokenizer(config)
+  if config.model.text.vocab_size <= 0:
+    config.model.text.vocab_size = len(tokenizer)
+  splits = {s: datasets.read_split(config, getattr(config.data, f"{s}_split"))
+            for s in ("train", "dev", "test")}
+  splits["dev"] = evaluator_lib.subset(splits["dev"], config.eval.dev_max_images)
+  captions = {s: pipeline.encode_captions(sp, tokenizer, config.data.max_len)
+              for s, sp in splits.items()}
+  steps_per_epoch = splits["train"].num_captions // config.train.batch_size
+  total_steps = (config.train.num_steps if config.train.num_steps > 0
+                 else int(round(config.train.num_epochs * steps_per_epoch)))
+  hard_from = (int(round(config.loss.warmup_epochs * steps_per_epoch))
+               if config.loss.warmup_epochs >= 0 else np.iinfo(np.int32).max)
+  for s, sp in splits.items():
+    log(f"  {s}: {sp.num_images} images, {sp.num_captions} captions"
+        f" ({captions[s].num_truncated} truncated to {config.data.max_len} tokens)")
+  log(f"  {steps_per_epoch} steps per epoch, {total_steps} steps, hardest negatives "
+      f"from step {min(hard_from, total_steps)}")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # ---------------------------------------------------------------- model and optimiser
+  model = grm.build_model(config.model)
+  tx = optim.make_optimizer(config, steps_per_epoch)
+
+  # ---------------------------------------------------------------- state and update step
+  state = create_state(model, tx, config, mesh)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  log(f"Model: {n_params / 1e6:.2f}M parameters, score={config.model.score}")
+  train_step = make_train_step(model, tx, config, mesh, hard_from)
+
+  # ---------------------------------------------------------------- checkpoint and resume
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=config.train.keep_checkpoints)
+  batches = pipeline.train_iterator(splits["train"], captions["train"], config,
+                                    seed=config.seed)
+  meta = {"best_rsum": -1.0, "best_step": -1}
+  restored = checkpointer.restore_latest(state)
+  if restored is not None:
+    state, meta = restored.state, restored.meta
+    batches.set_state(restored.data)
+    best_meta = checkpointer.best_meta()
+    if best_meta is not None:  # the best checkpoint's own record is the authoritative one
+      meta.update({k: best_meta[k] for k in ("best_rsum", "best_step")})
+    log(f"Resumed from step {restored.step} (best dev rSum so far {meta['best_rsum']:.1f})")
+  start_step = int(state["step"])
+
+  # ---------------------------------------------------------------- evaluation
+  evaluator = evaluator_lib.Evaluator(model, config, mesh)
+  writer = metrics_lib.MetricWriter(workdir)
+
+  def evaluate_dev(step):
+    t0 = time.time()
+    m = evaluator.evaluate(state["params"], splits["dev"], captions["dev"])
+    writer.write(step, "dev", m)
+    is_best = m["rsum"] > meta["best_rsum"]
+    log(f"[dev @ {step}] rSum {m['rsum']:.1f} (i2t R@1 {m['i2t_r1']:.1f}, t2i R@1 "
+        f"{m['t2i_r1']:.1f}){' best so far' if is_best else ''} [{time.time() - t0:.0f}s]")
+    if m["score_std"] < 1e-4:
+      log(f"[dev @ {step}] COLLAPSE: every dev score is equal (std {m['score_std']:.1e}); "
+          "the model ranks nothing. See README, 'Collapse'.")
+    if is_best:
+      meta.update(best_rsum=m["rsum"], best_step=step)
+      checkpointer.save(step, state, batches.get_state(), dict(meta), best=True)
+
+  # ---------------------------------------------------------------- loop
+  progress = _Progress(start_step, total_steps, config.train.log_every)
+  collapse_reported = False
+  for step in range(start_step + 1, total_steps + 1):
+    batch = sharding.global_batch(next(batches), mesh)
+    state, aux = train_step(state, batch)
+    if step % config.train.log_every == 0 or step == total_steps:
+      aux = jax.device_get(aux)
+      writer.write(step, "train", aux)
+      progress.update(step, aux)
+      if step > hard_from and is_collapsed(aux):
+        if not collapse_reported:
+          log(f"[train @ {step}] COLLAPSE: score spread {aux['score_spread']:.1e}, loss "
+              f"{aux['loss']:.2f} (2 x batch x margin = "
+              f"{2 * config.train.batch_size * config.loss.margin:.1f}). Hardest negatives "
+              "after an ambiguous warm-up; raise loss.warmup_epochs (README, 'Collapse').")
+          writer.write(step, "train", {"collapsed": 1})
+        collapse_reported = True
+    else:
+      progress.tick(step)
+    if config.eval.every_steps > 0 and step % config.eval.every_steps == 0:
+      evaluate_dev(step)
+    if step % config.train.ckpt_every == 0 or step == total_steps:
+      checkpointer.save(step, state, batches.get_state(), dict(meta))
+  progress.close()
+  evaluated_last = config.eval.every_steps > 0 and total_steps % config.eval.every_steps == 0
+  if start_step < total_steps and not evaluated_last:
+    evaluate_dev(total_steps)  # the last state is a candidate too
+  checkpointer.wait()
+
+  # ---------------------------------------------------------------- final test
+  best = checkpointer.restore_best(state)
+  params, best_step = (best.state["params"], best.step) if best else (state["params"], -1)
+  log(f"Testing the best-on-dev state (step {best_step}, dev rSum {meta['best_rsum']:.1f})")
+  results = {"dev": {k: v for k, v in evaluator.evaluate(
+      params, splits["dev"], captions["dev"]).items()}}
+  test_split = splits["test"]
+  if config.eval.protocol == "coco":
+    results.update(evaluator.evaluate(params, test_split, captions["test"], "coco"))
+  else:
+    results["test"] = evaluator.evaluate(params, test_split, captions["test"])
+  results["best_step"] = best_step
+  for split, m in results.items():
+    if isinstance(m, dict):
+      writer.write(total_steps, split, m)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  log(recall.format_table({k: v for k, v in results.items() if isinstance(v, dict)}))
+  writer.close()
+  checkpointer.close()
+  return results
+
+
+def create_state(model, tx, config: ml_collections.ConfigDict, mesh) -> dict:
+  """The train state, a plain pytree replicated over the mesh:
+  {params, opt_state, step: int32 (), rng: the run's base key (folded with the step)}."""
+  def init(rng):
+    S, L = config.data.image_size, config.data.max_len
+    params = model.init({"params": rng, "gumbel": rng, "sample": rng, "dropout": rng},
+                        jnp.zeros((1, S, S, 3)), jnp.zeros((1, L), jnp.int32),
+                        jnp.ones((1, L), bool), train=False)["params"]
+    return {"params": params, "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1)}
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(
+      jax.random.PRNGKey(config.seed))
+
+
+def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_from: int):
+  """(state, batch) -> (state, aux), jitted, state donated, batch split over 'data'.
+
+  batch: image uint8 (B, S, S, 3), ids int32 (B, L), mask bool (B, L), image_id (B,).
+  Hardest negatives switch on at step `hard_from` without recompiling.
+  """
+  mean, std = config.data.pixel_mean, config.data.pixel_std
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    rngs = dict(zip(("gumbel", "sample", "dropout"), jax.random.split(rng, 3)))
+    pixels = images_lib.normalize(batch["image"], mean, std)
+
+    def loss_fn(params):
+      img, txt = model.apply({"params": params}, pixels, batch["ids"], batch["mask"],
+                             train=True, rngs=rngs)
+      scores = similarity.pair_scores(img, txt, config.model)
+      return losses.grm_loss(scores, img, batch["image_id"], config.loss,
+                             hardest=state["step"] >= hard_from)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+    aux = dict(aux, loss=loss, grad_norm=_global_norm(grads))
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+            "rng": state["rng"]}, aux
+
+  rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
+                 donate_argnums=0)
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))
+
+
+class _Progress:
+  """A tqdm bar on a terminal, plain periodic lines otherwise (logs, CI, notebooks)."""
+
+  def __init__(self, start: int, total: int, every: int):
+    self.start, self.total, self.every = start, total, every
+    self.t0 = time.time()
+    self.bar = None
+    if sys.stderr.isatty() and jax.process_index() == 0:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+  def tick(self, step: int) -> None:
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+
+  def update(self, step: int, aux: dict) -> None:
+    if self.bar is not None:
+      self.tick(step)
+      self.bar.set_postfix(loss=f"{aux['loss']:.3f}", spread=f"{aux['score_spread']:.3f}")
+      return
+    rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
+    eta = (self.total - step) / max(rate, 1e-9)
+    log(f"[train @ {step}/{self.total}] loss {aux['loss']:.4f}  score spread "
+        f"{aux['score_spread']:.3f}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
