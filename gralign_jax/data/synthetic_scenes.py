@@ -1,0 +1,520 @@
+"""The embedded default data set: synthetic scenes that need fine-grained alignment.
+
+Each image holds 2-4 objects (shape x colour x size) at non-overlapping positions away
+from the border, over a muted textured background, plus 1-3 dull clutter items that no
+caption mentions. Five captions per image vary in wording and order: at least two name
+every object with size and colour, about a quarter name a single object, some state a
+spatial relation computed from the object centres. About a third of the images come in
+pairs that share shapes, colours and layout but swap colours (or shapes) between two
+objects ("red circle + blue square" vs "blue circle + red square"): hard negatives that
+only a model which binds attributes to objects can tell apart.
+
+`generate(root)` writes, deterministically given the seed (same bytes twice), the layouts
+that the public releases use, so the readers of real data read this set unchanged:
+
+  root/images/{imgid:06d}.jpg          JPEG, quality 90 (4:4:4, colours of small shapes
+                                       stay clean)
+  root/dataset_synthetic.json          Karpathy style; split "val" is the dev split; no
+                                       "filepath" key (Flickr30K style: images lie
+                                       directly in the image folder)
+  root/id_mapping.json                 LAPS / VSE-infinity: {"<imgid>": "<file name>"}
+  root/precomp/{train,dev,test}_ids.txt   one image id per line
+  root/precomp/{train,dev,test}_caps.txt  five captions per image, c -> image c // 5
+  root/tokenizer/                      WordPiece trained on the train captions (HF format)
+  root/scenes.json                     machine-readable scene record: objects, boxes,
+                                       clutter, which captions mention which objects
+  root/.complete                       written last; `is_complete(root)` checks for it
+
+Usage: python -m gralign_jax.data.synthetic_scenes --root DIR [--image_size 64] ...
+"""
+import argparse
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gralign_jax.data import text as text_lib
+
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "ring")
+COLOURS = {  # Saturated, far from the muted backgrounds and grey clutter.
+    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 225),
+    "yellow": (240, 215, 20), "purple": (135, 40, 190), "orange": (250, 130, 10),
+    "cyan": (20, 200, 220), "pink": (250, 105, 185)}
+# Object radius as a fraction of the image side.
+SIZES = {"small": 0.075, "large": 0.125}
+# Words a caption may use for each size (tests map them back).
+SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+RELATION_WORDS = {
+    "left": ("to the left of", "left of", "on the left of"),
+    "right": ("to the right of", "right of", "on the right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath")}
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+BACKGROUND_WORDS = {"gradient": ("shaded", "smooth"), "stripes": ("striped",),
+                    "noise": ("textured", "mottled")}
+SPLITS = (("train", "train"), ("dev", "val"), ("test", "test"))  # (ours, Karpathy's)
+MARKER = ".complete"
+IMAGE_DIR = "images"
+KARPATHY_JSON = "dataset_synthetic.json"
+
+_BORDER = 0.12    # objects keep this fraction of the side free at every border
+_GAP = 0.04       # minimum free space between two objects, fraction of the side
+_PAIR_PROB = 0.2  # chance that a scene starts an attribute-swapped pair
+
+
+# ------------------------------------------------------------------------------------
+# Scenes
+# ------------------------------------------------------------------------------------
+def _place(rng, sizes, image_size, tries=200):
+  """Non-overlapping centres for objects of the given sizes, or None if none found."""
+  s = float(image_size)
+  out = []
+  for size in sizes:
+    r = SIZES[size] * s
+    lo, hi = _BORDER * s + r, (1 - _BORDER) * s - r
+    for _ in range(tries):
+      c = rng.uniform(lo, hi, 2)
+      if all(math.hypot(c[0] - x, c[1] - y) >= r + rr + _GAP * s for x, y, rr in out):
+        out.append((float(c[0]), float(c[1]), r))
+        break
+    else:
+      return None
+  return out
+
+
+def _objects(kinds, centres):
+  return [dict(shape=sh, colour=co, size=si, centre=[round(cx, 3), round(cy, 3)],
+               radius=round(r, 3),
+               box=[round(cx - r, 3), round(cy - r, 3), round(cx + r, 3), round(cy + r, 3)])
+          for (sh, co, si), (cx, cy, r) in zip(kinds, centres)]
+
+
+def _new_scene(rng, image_size):
+  """Objects with unique (colour, shape) so that every mention is unambiguous."""
+  while True:
+    n = int(rng.integers(2, 5))
+    kinds, seen = [], set()
+    while len(kinds) < n:
+      sh = SHAPES[rng.integers(len(SHAPES))]
+      co = list(COLOURS)[rng.integers(len(COLOURS))]
+      if (sh, co) not in seen:
+        seen.add((sh, co))
+        kinds.append((sh, co, list(SIZES)[rng.integers(len(SIZES))]))
+    centres = _place(rng, [k[2] for k in kinds], image_size)
+    if centres is not None:
+      return _objects(kinds, centres)
+
+
+def _swapped(rng, objects):
+  """Same layout and sizes, colours (or shapes) of two objects exchanged; None if none."""
+  n = len(objects)
+  pairs = [(i, j) for i in range(n) for j in range(i + 1, n)
+           if objects[i]["shape"] != objects[j]["shape"]
+           and objects[i]["colour"] != objects[j]["colour"]]
+  order = rng.permutation(len(pairs))
+  attr = "colour" if rng.random() < 0.5 else "shape"
+  for k in order:
+    i, j = pairs[k]
+    new = [dict(o) for o in objects]
+    new[i][attr], new[j][attr] = objects[j][attr], objects[i][attr]
+    if len({(o["shape"], o["colour"]) for o in new}) == n:
+      return new
+  return None
+
+
+def _clutter(rng, objects, image_size):
+  """1-3 dull blobs or lines away from the objects (never mentioned by a caption)."""
+  s = float(image_size)
+  out = []
+  for _ in range(int(rng.integers(1, 4))):
+    kind = "blob" if rng.random() < 0.5 else "line"
+    r = rng.uniform(0.02, 0.045) * s if kind == "blob" else rng.uniform(0.04, 0.09) * s
+    for _ in range(30):
+      c = rng.uniform(0.06 * s + r, 0.94 * s - r, 2)
+      if all(math.hypot(c[0] - o["centre"][0], c[1] - o["centre"][1])
+             >= o["radius"] + r + 0.02 * s for o in objects):
+        break
+    else:
+      continue
+    item = dict(kind=kind, centre=[round(float(c[0]), 3), round(float(c[1]), 3)],
+                radius=round(float(r), 3), aspect=round(float(rng.uniform(0.5, 1.0)), 3),
+                angle=round(float(rng.uniform(0, math.pi)), 3),
+                grey=round(float(rng.uniform(-1, 1)), 3),
+                tint=[round(float(t), 1) for t in rng.uniform(-12, 12, 3)])
+    out.append(item)
+  return out
+
+
+def _background_spec(rng):
+  kind = ("gradient", "stripes", "noise")[rng.integers(3)]
+  # Muted: a grey level with a small tint, so no background colour is saturated.
+  c1 = rng.uniform(60, 190) + rng.uniform(-18, 18, 3)
+  c2 = rng.uniform(60, 190) + rng.uniform(-18, 18, 3)
+  return dict(kind=kind, c1=c1, c2=c2, angle=rng.uniform(0, 2 * math.pi),
+              freq=rng.uniform(3, 9), phase=rng.uniform(0, 2 * math.pi),
+              amp=rng.uniform(8, 22), noise_seed=int(rng.integers(2**31)))
+
+
+# ------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------
+def _render_background(spec, image_size):
+  """float32 (S, S, 3): a muted gradient, stripes or smooth noise, plus fine grain."""
+  s = image_size
+  yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+  ca, sa = math.cos(spec["angle"]), math.sin(spec["angle"])
+  t = xx * ca + yy * sa
+  t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+  c1, c2 = spec["c1"].astype(np.float32), spec["c2"].astype(np.float32)
+  nrng = np.random.default_rng(spec["noise_seed"])
+  if spec["kind"] == "gradient":
+    bg = c1 + (c2 - c1) * t[..., None]
+  elif spec["kind"] == "stripes":
+    wave = np.sin(2 * math.pi * spec["freq"] * t + spec["phase"])
+    bg = c1 + spec["amp"] * wave[..., None]
+  else:
+    # Smooth grey noise: low-resolution noise upsampled bilinearly (no Python pixel loop).
+    k = max(4, s // 8)
+    low = (nrng.normal(0, 1, (k, k)) * 40 + 128).clip(0, 255).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(low).resize((s, s), Image.BILINEAR), np.float32)
+    bg = c1 + (smooth - 128)[..., None] * (spec["amp"] / 40 * 1.5)
+  # Grey grain, identical across channels so it adds no colour.
+  bg = bg + nrng.normal(0, 4, (s, s, 1)).astype(np.float32)
+  return np.clip(bg, 0, 255)
+
+
+def _regular(cx, cy, r, n, start, radii=None):
+  radii = radii or [r]
+  return [(cx + radii[i % len(radii)] * math.cos(start + 2 * math.pi * i / n),
+           cy + radii[i % len(radii)] * math.sin(start + 2 * math.pi * i / n))
+          for i in range(n)]
+
+
+def _draw_object(draw, obj, rot, colour):
+  cx, cy = obj["centre"]
+  r = obj["radius"]
+  shape = obj["shape"]
+  if shape == "circle":
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+  elif shape == "ring":
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour,
+                 width=max(1, round(0.32 * r)))
+  elif shape == "square":
+    draw.polygon(_regular(cx, cy, 1.1 * r, 4, math.pi / 4 + rot), fill=colour)
+  elif shape == "diamond":
+    # Taller than wide, so it never reads as a rotated square.
+    pts = [(cx, cy - r), (cx + 0.7 * r, cy), (cx, cy + r), (cx - 0.7 * r, cy)]
+    draw.polygon(pts, fill=colour)
+  elif shape == "triangle":
+    draw.polygon(_regular(cx, cy + 0.15 * r, 1.1 * r, 3, -math.pi / 2 + rot), fill=colour)
+  elif shape == "star":
+    draw.polygon(_regular(cx, cy, r, 10, -math.pi / 2 + rot, [1.1 * r, 0.45 * r]),
+                 fill=colour)
+  elif shape == "cross":
+    w = 0.34 * r
+    pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
+           (-r, w), (-r, -w), (-w, -w)]
+    c, s = math.cos(rot), math.sin(rot)
+    draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=colour)
+  elif shape == "hexagon":
+    draw.polygon(_regular(cx, cy, r, 6, rot), fill=colour)
+  else:
+    raise ValueError(f"Unknown shape {shape!r}; expected one of {SHAPES}.")
+
+
+def render(scene, image_size) -> np.ndarray:
+  """uint8 (S, S, 3) image of a scene record (objects, clutter, background spec)."""
+  bg = _render_background(scene["_background"], image_size)
+  img = Image.fromarray(bg.astype(np.uint8))
+  draw = ImageDraw.Draw(img)
+  mean = float(bg.mean())
+  s = float(image_size)
+  for c in scene["clutter"]:
+    # Dull grey, offset from the background so that it is visible, never saturated.
+    g = mean - 60 * (1 if mean > 128 else -1) + 20 * c["grey"]
+    colour = tuple(int(np.clip(g + t, 0, 255)) for t in c["tint"])
+    cx, cy = c["centre"]
+    r = c["radius"]
+    if c["kind"] == "blob":
+      ry = r * c["aspect"]
+      draw.ellipse([cx - r, cy - ry, cx + r, cy + ry], fill=colour)
+    else:
+      dx, dy = r * math.cos(c["angle"]), r * math.sin(c["angle"])
+      draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=colour,
+                width=max(1, round(0.025 * s)))
+  for obj, rot, jitter in zip(scene["objects"], scene["_rot"], scene["_jitter"]):
+    colour = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[obj["colour"]], jitter))
+    _draw_object(draw, obj, rot, colour)
+  return np.asarray(img)
+
+
+# ------------------------------------------------------------------------------------
+# Captions
+# ------------------------------------------------------------------------------------
+def _article(word):
+  return "an" if word[0] in "aeiou" else "a"
+
+
+def _phrase(rng, obj, with_size):
+  words = [obj["colour"], obj["shape"]]
+  if with_size:
+    syn = SIZE_WORDS[obj["size"]]
+    words.insert(0, syn[0] if rng.random() < 0.75 else syn[1])
+  return f"{_article(words[0])} {' '.join(words)}"
+
+
+def _join(items):
+  if len(items) == 1:
+    return items[0]
+  return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def relation(a, b):
+  """The relation of object a to object b along the axis where they differ most.
+
+  Image y grows downwards, so "above" means a smaller y. Returns "left", "right",
+  "above" or "below".
+  """
+  dx = a["centre"][0] - b["centre"][0]
+  dy = a["centre"][1] - b["centre"][1]
+  if abs(dx) >= abs(dy):
+    return "left" if dx < 0 else "right"
+  return "above" if dy < 0 else "below"
+
+
+def _pick(rng, options):
+  return options[rng.integers(len(options))]
+
+
+def _full_caption(rng, scene):
+  objs = scene["objects"]
+  n = len(objs)
+  order = [int(i) for i in rng.permutation(n)]
+  phrases = [_phrase(rng, objs[i], True) for i in order]
+  listed = _join(phrases)
+  xs = sorted(o["centre"][0] for o in objs)
+  x_separable = min(b - a for a, b in zip(xs, xs[1:])) >= 0.1 * scene["_size"]
+  choices = ["plain", "prefix", "count", "there", "background", "relation"]
+  if x_separable:
+    choices.append("left_to_right")
+  kind = _pick(rng, choices)
+  if kind == "plain":
+    text = listed
+  elif kind == "prefix":
+    text = f"{_pick(rng, ('a photo of', 'a picture of', 'an image of', 'a drawing of'))} {listed}"
+  elif kind == "count":
+    text = f"{COUNT_WORDS[n]} {_pick(rng, ('shapes', 'objects'))}: {listed}"
+  elif kind == "there":
+    text = (f"there are {COUNT_WORDS[n]} shapes: {listed}" if rng.random() < 0.5
+            else f"there is {listed}")
+  elif kind == "background":
+    word = _pick(rng, BACKGROUND_WORDS[scene["_background"]["kind"]])
+    text = f"{listed} on a {word} background"
+  elif kind == "left_to_right":
+    order = sorted(range(n), key=lambda i: objs[i]["centre"][0])
+    text = "from left to right: " + _join([_phrase(rng, objs[i], True) for i in order])
+  else:  # relation between the first two listed, the rest appended
+    a, b = order[0], order[1]
+    rel = _pick(rng, RELATION_WORDS[relation(objs[a], objs[b])])
+    text = f"{phrases[0]} {rel} {phrases[1]}"
+    if n > 2:
+      text += ", and also " + _join(phrases[2:])
+    return text, dict(kind="full", objects=order, relation=[a, b])
+  return text, dict(kind="full", objects=order)
+
+
+def _single_caption(rng, scene):
+  i = int(rng.integers(len(scene["objects"])))
+  p = _phrase(rng, scene["objects"][i], rng.random() < 0.5)
+  template = _pick(rng, ("there is {}", "{}", "a photo of {}", "a picture with {} in it",
+                         "{} among other shapes", "one of the shapes is {}",
+                         "{} somewhere in the picture"))
+  return template.format(p), dict(kind="single", objects=[i])
+
+
+def _relation_caption(rng, scene):
+  objs = scene["objects"]
+  a, b = [int(i) for i in rng.choice(len(objs), 2, replace=False)]
+  with_size = rng.random() < 0.5
+  pa, pb = _phrase(rng, objs[a], with_size), _phrase(rng, objs[b], with_size)
+  rel = _pick(rng, RELATION_WORDS[relation(objs[a], objs[b])])
+  template = _pick(rng, ("{} {} {}", "{} is {} {}", "there is {} {} {}",
+                         "a picture of {} {} {}"))
+  return template.format(pa, rel, pb), dict(kind="relation", objects=[a, b],
+                                            relation=[a, b])
+
+
+def _subset_caption(rng, scene):
+  n = len(scene["objects"])
+  k = int(rng.integers(2, n))
+  idx = [int(i) for i in rng.choice(n, k, replace=False)]
+  listed = _join([_phrase(rng, scene["objects"][i], rng.random() < 0.5) for i in idx])
+  template = _pick(rng, ("{}", "there is {}", "a photo of {} among other shapes",
+                         "{} and more"))
+  return template.format(listed), dict(kind="subset", objects=idx)
+
+
+def _captions(rng, scene):
+  """Five captions: two full, one single, and a mix (expected single share ~1/4)."""
+  n = len(scene["objects"])
+  slots = ["full", "full", "single", "relation" if rng.random() < 0.6 else "full"]
+  if rng.random() < 0.25:
+    slots.append("single")
+  else:
+    slots.append(_pick(rng, ("relation", "subset", "full") if n > 2 else ("relation", "full")))
+  makers = dict(full=_full_caption, single=_single_caption, relation=_relation_caption,
+                subset=_subset_caption)
+  out, seen = [], set()
+  for slot in slots:
+    for _ in range(10):  # avoid two identical captions for one image
+      text, rec = makers[slot](rng, scene)
+      if text not in seen:
+        break
+    seen.add(text)
+    out.append((text, rec))
+  return [out[i] for i in rng.permutation(len(out))]
+
+
+# ------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------
+def _write_atomic(path, data: bytes):
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _dump_json(obj) -> bytes:
+  return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def is_complete(root: str) -> bool:
+  """True when `generate` finished writing `root` (its marker file exists)."""
+  return os.path.isfile(os.path.join(root, MARKER))
+
+
+def _prepare_root(root):
+  if os.path.isdir(root) and os.listdir(root):
+    ours = {MARKER, "scenes.json", KARPATHY_JSON}
+    if not ours & set(os.listdir(root)):
+      raise FileExistsError(
+          f"Refusing to generate the synthetic set into {root!r}: it is not empty and "
+          f"holds no earlier synthetic set ({sorted(os.listdir(root))[:10]}). Pick an "
+          "empty or new folder.")
+    if is_complete(root):
+      os.remove(os.path.join(root, MARKER))  # incomplete until rewritten
+    img_dir = os.path.join(root, IMAGE_DIR)
+    if os.path.isdir(img_dir):  # stale images of an earlier, larger set
+      for f in os.listdir(img_dir):
+        if f.endswith(".jpg"):
+          os.remove(os.path.join(img_dir, f))
+  os.makedirs(os.path.join(root, IMAGE_DIR), exist_ok=True)
+  os.makedirs(os.path.join(root, "precomp"), exist_ok=True)
+
+
+def generate(root: str, *, num_train: int = 8000, num_dev: int = 500,
+             num_test: int = 1000, image_size: int = 64, seed: int = 0,
+             vocab_size: int = 1000) -> None:
+  """Writes the synthetic scenes set to `root` (layout in the module docstring)."""
+  if min(num_train, num_dev, num_test) < 1:
+    raise ValueError(f"Every split needs at least one image, got train={num_train}, "
+                     f"dev={num_dev}, test={num_test}.")
+  if image_size < 16:
+    raise ValueError(f"image_size must be >= 16 to draw shapes, got {image_size}.")
+  _prepare_root(root)
+  rng = np.random.default_rng(seed)
+  counts = dict(train=num_train, dev=num_dev, test=num_test)
+  scenes = []
+  for split, karpathy_split in SPLITS:
+    start = len(scenes)
+    # Pairs stay inside one split, so that the hard negatives meet at evaluation too.
+    while len(scenes) - start < counts[split]:
+      objects = _new_scene(rng, image_size)
+      group = [(objects, None)]
+      if rng.random() < _PAIR_PROB and len(scenes) - start + 2 <= counts[split]:
+        twin = _swapped(rng, objects)
+        if twin is not None:
+          group.append((twin, len(scenes)))
+      for objs, swap_of in group:
+        scene = dict(imgid=len(scenes), split=split, karpathy_split=karpathy_split,
+                     objects=objs, swap_of=swap_of, _size=image_size)
+        scene["clutter"] = _clutter(rng, objs, image_size)
+        scene["_background"] = _background_spec(rng)
+        scene["_rot"] = [float(rng.uniform(-0.15, 0.15)) for _ in objs]
+        scene["_jitter"] = [rng.integers(-15, 16, 3).tolist() for _ in objs]
+        scene["captions"] = _captions(rng, scene)
+        scenes.append(scene)
+
+  for scene in scenes:
+    buf = io.BytesIO()
+    Image.fromarray(render(scene, image_size)).save(buf, "JPEG", quality=90, subsampling=0)
+    _write_atomic(os.path.join(root, IMAGE_DIR, f"{scene['imgid']:06d}.jpg"), buf.getvalue())
+
+  def fname(s):
+    return f"{s['imgid']:06d}.jpg"
+
+  images = []
+  for s in scenes:
+    sentids = [s["imgid"] * 5 + k for k in range(5)]
+    images.append(dict(
+        filename=fname(s), imgid=s["imgid"], split=s["karpathy_split"], sentids=sentids,
+        sentences=[dict(raw=t, tokens=t.replace(":", " ").replace(",", " ").split(),
+                        imgid=s["imgid"], sentid=sid)
+                   for (t, _), sid in zip(s["captions"], sentids)]))
+  _write_atomic(os.path.join(root, KARPATHY_JSON),
+                _dump_json(dict(dataset="synthetic", images=images)))
+  _write_atomic(os.path.join(root, "id_mapping.json"),
+                _dump_json({str(s["imgid"]): fname(s) for s in scenes}))
+  for split, _ in SPLITS:
+    mine = [s for s in scenes if s["split"] == split]
+    _write_atomic(os.path.join(root, "precomp", f"{split}_ids.txt"),
+                  "".join(f"{s['imgid']}\n" for s in mine).encode("utf-8"))
+    _write_atomic(os.path.join(root, "precomp", f"{split}_caps.txt"),
+                  "".join(t + "\n" for s in mine for t, _ in s["captions"]).encode("utf-8"))
+  record = dict(image_size=image_size, seed=seed, scenes=[dict(
+      imgid=s["imgid"], split=s["split"], filename=fname(s), objects=s["objects"],
+      clutter=s["clutter"], background=s["_background"]["kind"], swap_of=s["swap_of"],
+      captions=[dict(raw=t, **rec) for t, rec in s["captions"]]) for s in scenes])
+  _write_atomic(os.path.join(root, "scenes.json"), _dump_json(record))
+  train_caps = [t for s in scenes if s["split"] == "train" for t, _ in s["captions"]]
+  text_lib.train_wordpiece(train_caps, os.path.join(root, "tokenizer"), vocab_size)
+  _write_atomic(os.path.join(root, MARKER), _dump_json(dict(
+      num_train=num_train, num_dev=num_dev, num_test=num_test, image_size=image_size,
+      seed=seed, vocab_size=vocab_size)))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--root", required=True, help="output folder")
+  p.add_argument("--image_size", type=int, default=64)
+  p.add_argument("--num_train", type=int, default=8000)
+  p.add_argument("--num_dev", type=int, default=500)
+  p.add_argument("--num_test", type=int, default=1000)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--vocab_size", type=int, default=1000)
+  args = p.parse_args(argv)
+  t0 = time.time()
+  generate(args.root, num_train=args.num_train, num_dev=args.num_dev,
+           num_test=args.num_test, image_size=args.image_size, seed=args.seed,
+           vocab_size=args.vocab_size)
+  with open(os.path.join(args.root, "scenes.json"), encoding="utf-8") as f:
+    scenes = json.load(f)["scenes"]
+  caps = [c for s in scenes for c in s["captions"]]
+  kinds = {k: sum(c["kind"] == k for c in caps) for k in ("full", "single", "relation",
+                                                            "subset")}
+  vocab = len(text_lib.load_tokenizer(os.path.join(args.root, "tokenizer")).get_vocab())
+  print(f"Wrote {args.root} in {time.time() - t0:.1f} s: "
+        + ", ".join(f"{sp} {sum(s['split'] == sp for s in scenes)} images"
+                    for sp, _ in SPLITS)
+        + f"; {len(caps)} captions ({kinds}); "
+        f"{sum(s['swap_of'] is not None for s in scenes)} attribute-swapped twins; "
+        f"tokenizer vocabulary {vocab}.")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,167 @@
+"""GRM losses (method.md section 5), pure: (scores, encoder outputs, ids) -> (loss, aux).
+
+L = L_con + recon_weight * L_recon + reg_weight * (L_KL + L_ent) [+ keep-ratio penalty]
+with L_con the weighted contrastive loss over the scores that are on (ori, key, unc,
+or global alone). Conventions settled here:
+- triplet: VSE++ hinge in both directions, SUMMED over the batch, so a collapsed model
+  (every score equal) sits at exactly 2 x B x margin with hardest negatives, which the
+  trainer can detect. `hardest` is a traced bool so the warm-up switch does not
+  recompile.
+- infonce: cross-entropy in both directions, each averaged over its anchors, summed.
+- The weights of L_con are normalised over the scores present (similarity.weighted_sum),
+  so the collapse value stays 2 x B x margin under every ablation.
+- L_recon "mse" is a true mean over the d dimensions (and the batch): its size does not
+  grow with embed_dim. "cos" is 1 - cos.
+- L_KL is summed over d (the KL of the d-dimensional Gaussian) and averaged over
+  regions and images, as in method.md.
+"""
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gralign_jax.models import similarity
+from gralign_jax.models.regions import l2_normalize
+
+
+def _offdiag_negatives(positives: jax.Array) -> jax.Array:
+  """(B, B) bool: True where (i, j) is a negative (never the diagonal)."""
+  return ~(positives | jnp.eye(positives.shape[0], dtype=bool))
+
+
+def triplet(scores: jax.Array, positives: jax.Array, margin: float,
+            hardest: jax.Array) -> jax.Array:
+  """scores (B, B) rows = images, cols = captions of the batch pairs -> scalar.
+
+  positives (B, B) bool: pairs that share an image id (never negatives).
+  hardest: bool scalar; False sums over all violating negatives (warm-up), True keeps
+  only the hardest negative per anchor, in each direction.
+  """
+  scores = scores.astype(jnp.float32)
+  neg = _offdiag_negatives(positives)
+  diag = jnp.diagonal(scores)
+  # Image anchor i (row), negative captions j; caption anchor j (column), negative
+  # images i.
+  cost_c = jnp.where(neg, jax.nn.relu(margin + scores - diag[:, None]), 0.0)
+  cost_i = jnp.where(neg, jax.nn.relu(margin + scores - diag[None, :]), 0.0)
+  summed = jnp.sum(cost_c) + jnp.sum(cost_i)
+  hard = jnp.sum(jnp.max(cost_c, axis=1)) + jnp.sum(jnp.max(cost_i, axis=0))
+  return jnp.where(hardest, hard, summed)
+
+
+def infonce(scores: jax.Array, positives: jax.Array, temperature: float) -> jax.Array:
+  """Symmetric InfoNCE: scores (B, B), positives (B, B) bool -> scalar.
+
+  The diagonal is the target; other positives (same image) leave the denominators, so
+  a caption is never pushed away from its own image.
+  """
+  logits = scores.astype(jnp.float32) / temperature
+  b = scores.shape[0]
+  others = positives & ~jnp.eye(b, dtype=bool)
+  logits = jnp.where(others, -1e9, logits)
+  i2t = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
+  t2i = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=0)))
+  return i2t + t2i
+
+
+def kl_divergence(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+  """mu, logvar (B, K, d) -> mean_{b,k} KL(N(mu, e^logvar) || N(0, I)), summed over d."""
+  kl = -0.5 * jnp.sum(1.0 + logvar - jnp.square(mu) - jnp.exp(logvar), axis=-1)
+  return jnp.mean(kl)
+
+
+def reconstruction(mu: jax.Array, tokens: jax.Array, mask: jax.Array,
+                   kind: str = "mse") -> jax.Array:
+  """mu (B, K, d), tokens (B, Lv, d), mask (B, Lv) -> scalar.
+
+  Compares mean_k mu_k with the masked mean of the tokens: "mse" is the mean over d
+  and the batch of the squared difference; "cos" is mean_b (1 - cos).
+  """
+  pred = jnp.mean(mu.astype(jnp.float32), axis=1)
+  m = mask.astype(jnp.float32)[..., None]
+  target = jnp.sum(tokens.astype(jnp.float32) * m, axis=1) / jnp.maximum(
+      jnp.sum(m, axis=1), 1.0)
+  if kind == "mse":
+    return jnp.mean(jnp.square(pred - target))
+  if kind == "cos":
+    cos = jnp.sum(l2_normalize(pred) * l2_normalize(target), -1)
+    return jnp.mean(1.0 - cos)
+  raise ValueError(f"config.loss.recon must be 'mse' or 'cos', got {kind!r}")
+
+
+def prompt_entropy(assign: jax.Array, mask: jax.Array) -> jax.Array:
+  """assign A_hat (B, Lv, K), mask (B, Lv) -> -mean_b H(p_b).
+
+  p_b = the mean over valid tokens of each token's assignment normalised over the K
+  prompts: the share of the image each prompt takes. Minimising -H pushes every
+  prompt to be used.
+  """
+  q = assign / jnp.maximum(jnp.sum(assign, axis=-1, keepdims=True), 1e-12)
+  m = mask.astype(jnp.float32)[..., None]
+  p = jnp.sum(q * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)  # (B, K)
+  entropy = -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12)), axis=-1)
+  return -jnp.mean(entropy)
+
+
+def keep_ratio_penalty(gates: jax.Array, mask: jax.Array, rho: float) -> jax.Array:
+  """gates (B, L), mask (B, L) -> (mean of the gates over valid tokens - rho)^2."""
+  m = mask.astype(jnp.float32)
+  return jnp.square(jnp.sum(gates * m) / jnp.maximum(jnp.sum(m), 1.0) - rho)
+
+
+def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
+             image_ids: jax.Array, loss_config: ml_collections.ConfigDict,
+             hardest: jax.Array,
+             txt: Optional[Mapping[str, jax.Array]] = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The full objective on one batch of B pairs.
+
+  scores: similarity.pair_scores of the batch with itself, {name: (B, B)}.
+  img: GRM.encode_image output (region keys are used when present).
+  image_ids (B,) int: pairs with the same id are positives.
+  hardest: bool scalar, the warm-up switch of the triplet loss.
+  txt: GRM.encode_text output, only read by the keep-ratio penalty on text gates.
+  Returns (loss, aux): aux has "loss", "l_con", "l_<score>" per score, "l_recon",
+  "l_kl", "l_ent" (when regions are on; reported even if switched off), "l_keep" (when
+  on), "score_spread" (std of the total score matrix), "pos_score", "neg_score".
+  """
+  cfg = loss_config
+  positives = image_ids[:, None] == image_ids[None, :]
+  terms = {}
+  for name, s in scores.items():
+    if cfg.kind == "triplet":
+      terms[name] = triplet(s, positives, cfg.margin, hardest)
+    elif cfg.kind == "infonce":
+      terms[name] = infonce(s, positives, cfg.temperature)
+    else:
+      raise ValueError(f"config.loss.kind must be 'triplet' or 'infonce', got "
+                       f"{cfg.kind!r}")
+  l_con = similarity.weighted_sum(terms, cfg.weights)
+  aux = {f"l_{name}": value for name, value in terms.items()}
+  aux["l_con"] = l_con
+  loss = l_con
+
+  if "region_mu" in img:
+    aux["l_recon"] = reconstruction(img["region_mu"], img["tokens"], img["mask"],
+                                    cfg.recon)
+    aux["l_kl"] = kl_divergence(img["region_mu"], img["region_logvar"])
+    aux["l_ent"] = prompt_entropy(img["assign"], img["mask"])
+    reg = (aux["l_kl"] if cfg.kl else 0.0) + (aux["l_ent"] if cfg.ent else 0.0)
+    loss = loss + cfg.recon_weight * aux["l_recon"] + cfg.reg_weight * reg
+
+  if cfg.keep_ratio >= 0 and cfg.keep_ratio_weight > 0:
+    keep = keep_ratio_penalty(img["gates"], img["mask"], cfg.keep_ratio)
+    if txt is not None:
+      keep = keep + keep_ratio_penalty(txt["gates"], txt["mask"], cfg.keep_ratio)
+    aux["l_keep"] = keep
+    loss = loss + cfg.keep_ratio_weight * keep
+
+  # Collapse detection: with every score equal, the spread is 0 and pos == neg.
+  total = jax.lax.stop_gradient(similarity.weighted_sum(scores, cfg.weights))
+  pos = positives.astype(jnp.float32)
+  aux["score_spread"] = jnp.std(total)
+  aux["pos_score"] = jnp.sum(total * pos) / jnp.maximum(jnp.sum(pos), 1.0)
+  aux["neg_score"] = jnp.sum(total * (1 - pos)) / jnp.maximum(jnp.sum(1 - pos), 1.0)
+  aux["loss"] = loss
+  return loss, aux

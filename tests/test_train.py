@@ -1,0 +1,155 @@
+"""The trainer end to end on a tiny synthetic set: run directory, resume, sharding, kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import demo
+from gralign_jax import metrics as metrics_lib
+from gralign_jax import optim
+from gralign_jax import sharding
+from gralign_jax import train
+from gralign_jax.data import datasets
+from gralign_jax.data import pipeline
+from gralign_jax.models import grm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory):
+  """The smoke-size synthetic set, generated once for this module."""
+  root = str(tmp_path_factory.mktemp("data") / "synthetic_smoke")
+  config = demo.get_config("smoke")
+  config.data.root = root
+  datasets.prepare(config, log=lambda *a: None)
+  return root
+
+
+def smoke_config(root, **train):
+  config = demo.get_config("smoke")
+  config.data.root = root
+  config.train.update(train)
+  return config
+
+
+def test_run_directory_and_resume(smoke_root, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(smoke_config(smoke_root), workdir)
+  for name in ("config.json", "metrics.jsonl", "results.json"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["2", "4"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
+  keys = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
+  assert keys <= set(on_disk["test"]) and keys <= set(on_disk["dev"])
+  assert on_disk["test"]["rsum"] == pytest.approx(
+      sum(on_disk["test"][k] for k in keys - {"rsum"}))
+  records = metrics_lib.read_metrics(workdir)
+  assert {r["split"] for r in records} >= {"train", "dev", "test"}
+  assert [r["step"] for r in records if r["split"] == "train"] == [2, 4]
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["text"]["vocab_size"] > 0  # resolved from the tokenizer
+
+  capsys.readouterr()
+  again = train.train_and_evaluate(smoke_config(smoke_root), workdir)
+  out = capsys.readouterr().out
+  assert "Resumed from step 4" in out
+  assert again["test"] == results["test"]  # same best state, same scores
+
+
+def test_sharded_update_equals_single_device(smoke_root):
+  """One update with the batch split over 8 devices == the same update on one device."""
+  assert jax.device_count() == 8
+  config = smoke_config(smoke_root, batch_size=16)
+  tokenizer = datasets.load_tokenizer(config)
+  config.model.text.vocab_size = len(tokenizer)
+  split = datasets.read_split(config, "train")
+  caps = pipeline.encode_captions(split, tokenizer, config.data.max_len)
+  batch = next(pipeline.train_iterator(split, caps, config, seed=0))
+  model = grm.build_model(config.model)
+  tx = optim.make_optimizer(config, steps_per_epoch=10)
+  out = {}
+  for n in (1, 8):
+    mesh = sharding.make_mesh(jax.devices()[:n])
+    state = train.create_state(model, tx, config, mesh)
+    step = train.make_train_step(model, tx, config, mesh, hard_from=0)
+    state, aux = step(state, sharding.global_batch(batch, mesh))
+    state, aux = step(state, sharding.global_batch(batch, mesh))
+    out[n] = jax.device_get((state["params"], aux["loss"]))
+  np.testing.assert_allclose(out[1][1], out[8][1], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               out[1][0], out[8][0])
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+  from experiments.configs import flickr30k
+  config = flickr30k.get_config("smoke")
+  config.data.root = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def _main(workdir, root, *flags, entry="experiments.demo"):
+  cmd = [sys.executable, "-m", entry, "--config=experiments/configs/demo.py:smoke",
+         f"--config.data.root={root}", f"--workdir={workdir}", *flags]
+  return cmd
+
+
+def _final_params(workdir):
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  step = max(int(s) for s in os.listdir(latest) if s.isdigit())
+  state = ocp.PyTreeCheckpointer().restore(os.path.join(latest, str(step), "state"))
+  return step, state["params"]
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_gives_bitwise_identical_params(smoke_root, tmp_path):
+  flags = ["--config.train.num_steps=30", "--config.train.ckpt_every=5",
+           "--config.train.log_every=5", "--config.eval.every_steps=10"]
+  whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+  subprocess.run(_main(whole, smoke_root, *flags), cwd=REPO, check=True,
+                 capture_output=True)
+
+  proc = subprocess.Popen(_main(killed, smoke_root, *flags), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  latest = os.path.join(killed, "checkpoints", "latest")
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill as soon as a mid-run checkpoint is complete
+    steps = [int(s) for s in os.listdir(latest) if s.isdigit()] if os.path.isdir(latest) else []
+    if steps and 10 <= max(steps) < 30:
+      break
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, "results.json")), "killed too late"
+
+  resumed = subprocess.run(_main(killed, smoke_root, *flags), cwd=REPO, check=True,
+                           capture_output=True, text=True)
+  assert "Resumed from step" in resumed.stdout
+  step_a, params_a = _final_params(whole)
+  step_b, params_b = _final_params(killed)
+  assert step_a == step_b == 30
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  with open(os.path.join(whole, "results.json")) as fa, \
+      open(os.path.join(killed, "results.json")) as fb:
+    assert json.load(fa) == json.load(fb)
+
+
+@pytest.mark.slow
+def test_demo_config_runs_through_the_flickr30k_entry_point(smoke_root, tmp_path):
+  """The demo is not a special path: the Flickr30K main reads the same layout."""
+  workdir = str(tmp_path / "f30k")
+  subprocess.run(_main(workdir, smoke_root, entry="experiments.flickr30k"), cwd=REPO,
+                 check=True, capture_output=True)
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert "rsum" in json.load(f)["test"]
