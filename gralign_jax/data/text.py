@@ -5,45 +5,73 @@ the WordPiece trained here for the synthetic set and bert-base-uncased take the 
 path. The trained tokenizer is saved as `tokenizer.json` + `tokenizer_config.json` (what
 AutoTokenizer reads) plus a `vocab.txt` for people and tools that expect one.
 """
+import collections
 import os
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers import trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 import transformers
 
 # BERT's special tokens; [PAD] first so that padding is id 0 as in bert-base-uncased.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+def _closed_vocab(captions, normalizer, pre_tokenizer, vocab_size):
+  """Specials, characters and every whole word, or None if they exceed vocab_size.
+
+  This is where WordPiece training ends when the budget covers every word (each word is
+  one piece; characters stay for unseen words), built here in a fixed order because the
+  `tokenizers` trainer breaks ties by hash order and so differs from run to run.
+  """
+  counts = collections.Counter()
+  for c in captions:
+    for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(c)):
+      counts[w] += 1
+  chars = sorted({ch for w in counts for ch in w})
+  words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+  tokens = list(SPECIAL_TOKENS) + chars + ["##" + ch for ch in chars] + words
+  if len(tokens) > vocab_size:
+    return None
+  return {t: i for i, t in enumerate(tokens)}
+
+
 def train_wordpiece(captions: list[str], out_dir: str, vocab_size: int = 1000) -> None:
   """Trains an uncased BERT-style WordPiece on `captions`, saved in Hugging Face format.
 
+  When vocab_size covers every distinct word (the synthetic set: ~70 words), the
+  vocabulary is specials + characters + ##characters + whole words by frequency, in a
+  fixed order, so the same captions give the same bytes. Otherwise the `tokenizers`
+  WordPieceTrainer picks the word pieces; its ties are broken by hash order, so that
+  vocabulary is valid but not byte-reproducible across processes.
+
   Args:
     captions: training text, one caption per item.
-    out_dir: folder to write (created if missing): tokenizer.json, tokenizer_config.json,
-      special_tokens_map-style fields inside tokenizer_config.json, and vocab.txt.
-    vocab_size: upper bound; a small closed vocabulary gives fewer tokens.
+    out_dir: folder to write (created if missing): tokenizer.json,
+      tokenizer_config.json and vocab.txt.
+    vocab_size: upper bound on the number of tokens.
   """
   if not captions:
     raise ValueError("train_wordpiece needs at least one caption, got none.")
-  tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  trainer = trainers.WordPieceTrainer(
-      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-  tok.train_from_iterator(captions, trainer)
-  vocab = tok.get_vocab()
-  # The trainer puts the special tokens first, in the order given; later code relies on it.
+  normalizer = normalizers.BertNormalizer(lowercase=True)
+  pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  vocab = _closed_vocab(captions, normalizer, pre_tokenizer, vocab_size)
+  if vocab is None:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    tok.train_from_iterator(captions, trainer)
+    vocab = tok.get_vocab()
+  # The special tokens come first, in the order given; [PAD] = 0 is relied on later.
   for i, t in enumerate(SPECIAL_TOKENS):
     if vocab.get(t) != i:
-      raise RuntimeError(f"WordPiece training gave {t} id {vocab.get(t)}, expected {i}.")
-  tok.post_processor = processors.BertProcessing(
-      ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
-  tok.decoder = decoders.WordPiece(prefix="##")
-  # BertTokenizer(vocab=...) rebuilds the same pipeline around our vocabulary and records
-  # tokenizer_class "BertTokenizer", so AutoTokenizer restores a BERT tokenizer. (Passing
-  # vocab_file= would be silently ignored in transformers 5.)
+      raise RuntimeError(f"WordPiece vocabulary gave {t} id {vocab.get(t)}, expected {i}.")
+  # BertTokenizer(vocab=...) builds the BERT pipeline (BertNormalizer lowercase,
+  # BertPreTokenizer, WordPiece, [CLS] $A [SEP] template, WordPiece decoder) around our
+  # vocabulary and records tokenizer_class "BertTokenizer", so AutoTokenizer restores a
+  # BERT tokenizer. (BertTokenizerFast(vocab_file=...) is silently ignored in
+  # transformers 5.)
   hf = transformers.BertTokenizer(vocab=vocab, do_lower_case=True)
   if hf.get_vocab() != vocab:
     raise RuntimeError("transformers.BertTokenizer did not keep the trained vocabulary.")
