@@ -1,0 +1,112 @@
+"""Image decoding and augmentation: NumPy/PIL on the host (grain workers), jnp on device.
+
+Training images go through `random_resized_crop` (torchvision's RandomResizedCrop
+algorithm) and `hflip`; evaluation images through `resize`. All return uint8 (H, W, 3),
+the cheapest thing to ship to the device, where `normalize` turns them into float inside
+the jitted step.
+"""
+import math
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageFile
+
+
+class ImageDecodeError(ValueError):
+  """An image file is missing, unreadable, corrupt or truncated."""
+
+
+def decode_image(path: str) -> np.ndarray:
+  """Reads an image file fully and returns uint8 (H, W, 3) RGB.
+
+  The whole file is decoded here (`img.load()`), so a truncated or corrupt file fails
+  now with the file named, not later inside a batch. PIL's LOAD_TRUNCATED_IMAGES must
+  stay False: with it, a truncated JPEG decodes to grey silently.
+
+  Raises:
+    ImageDecodeError: the file is missing, not an image, corrupt or truncated.
+  """
+  if ImageFile.LOAD_TRUNCATED_IMAGES:
+    raise ImageDecodeError(
+        f"PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set elsewhere in this process); "
+        f"truncated images would decode silently. Set it back to False before reading "
+        f"{path}.")
+  try:
+    with open(path, "rb") as f:
+      with Image.open(f) as img:
+        img.load()
+        rgb = img.convert("RGB")
+  except FileNotFoundError as e:
+    raise ImageDecodeError(f"Image file {path} does not exist.") from e
+  except Image.DecompressionBombError as e:
+    raise ImageDecodeError(f"Image file {path} is implausibly large: {e}") from e
+  except (OSError, SyntaxError, ValueError, EOFError) as e:
+    # OSError covers UnidentifiedImageError ("cannot identify image file") and
+    # "image file is truncated"; some PIL decoders raise SyntaxError or ValueError.
+    raise ImageDecodeError(
+        f"Could not decode image file {path}: {type(e).__name__}: {e}") from e
+  return np.asarray(rgb, dtype=np.uint8)
+
+
+def sample_crop_box(height: int, width: int, rng: np.random.Generator,
+                    scale: Sequence[float] = (0.6, 1.0),
+                    ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """torchvision's RandomResizedCrop.get_params: (top, left, h, w) inside the image.
+
+  Ten tries at an area fraction in `scale` and a log-uniform aspect ratio in `ratio`;
+  if none fits, a centre crop with the aspect ratio clamped to `ratio`.
+  """
+  area = height * width
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
+                        scale: Sequence[float] = (0.6, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (size, size, 3): a random crop resized bilinearly."""
+  top, left, h, w = sample_crop_box(image.shape[0], image.shape[1], rng, scale, ratio)
+  # Crop, then resize (as torchvision does): PIL's box= would let the filter reach pixels
+  # just outside the crop.
+  out = Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w])).resize(
+      (size, size), Image.BILINEAR)
+  return np.asarray(out, dtype=np.uint8)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (size, size, 3), bilinear (the evaluation path)."""
+  if image.shape[0] == size and image.shape[1] == size:
+    return image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR),
+                    dtype=np.uint8)
+
+
+def hflip(image: np.ndarray) -> np.ndarray:
+  """(H, W, C) mirrored left-right (a contiguous copy, so batching stays cheap)."""
+  return np.ascontiguousarray(image[:, ::-1])
+
+
+def normalize(images, mean: Sequence[float], std: Sequence[float],
+              dtype=jnp.float32) -> jnp.ndarray:
+  """uint8 (..., H, W, 3) -> (x / 255 - mean) / std in `dtype`; meant for the device."""
+  x = jnp.asarray(images).astype(jnp.float32) / 255.0
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return ((x - mean) / std).astype(dtype)

@@ -1,0 +1,146 @@
+"""Tests of image decoding, crops, resizing, flips and normalisation."""
+import numpy as np
+from PIL import Image, ImageFile
+import pytest
+
+from gralign_jax.data import images
+
+
+def _picture(h=48, w=64, seed=0):
+  rng = np.random.default_rng(seed)
+  # Smooth content (JPEG-friendly) plus a little noise.
+  yy, xx = np.mgrid[0:h, 0:w]
+  base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 255 / (w + h)], -1)
+  return np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_decode_png_lossless(tmp_path):
+  img = _picture()
+  path = str(tmp_path / "a.png")
+  Image.fromarray(img).save(path)
+  out = images.decode_image(path)
+  assert out.dtype == np.uint8 and out.shape == (48, 64, 3)
+  np.testing.assert_array_equal(out, img)
+
+
+def test_decode_converts_to_rgb(tmp_path):
+  grey = (np.arange(32 * 16) % 256).reshape(16, 32).astype(np.uint8)
+  path = str(tmp_path / "g.png")
+  Image.fromarray(grey, "L").save(path)
+  out = images.decode_image(path)
+  assert out.shape == (16, 32, 3)
+  np.testing.assert_array_equal(out[..., 1], grey)
+
+
+def test_decode_jpeg_within_tolerance(tmp_path):
+  img = _picture()
+  path = str(tmp_path / "a.jpg")
+  Image.fromarray(img).save(path, quality=95)
+  out = images.decode_image(path)
+  assert out.shape == img.shape
+  assert np.abs(out.astype(int) - img).mean() < 4
+
+
+def test_truncated_jpeg_raises(tmp_path):
+  path = tmp_path / "t.jpg"
+  Image.fromarray(_picture(128, 128)).save(path, quality=95)
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  assert not ImageFile.LOAD_TRUNCATED_IMAGES
+  with pytest.raises(images.ImageDecodeError, match=str(path)):
+    images.decode_image(str(path))
+
+
+def test_garbage_and_missing_raise(tmp_path):
+  path = tmp_path / "g.jpg"
+  path.write_bytes(b"this is not an image at all" * 10)
+  with pytest.raises(images.ImageDecodeError, match=f"{path}.*UnidentifiedImageError"):
+    images.decode_image(str(path))
+  with pytest.raises(images.ImageDecodeError, match="nope.jpg does not exist"):
+    images.decode_image(str(tmp_path / "nope.jpg"))
+
+
+def test_load_truncated_images_guard(tmp_path, monkeypatch):
+  path = str(tmp_path / "a.png")
+  Image.fromarray(_picture()).save(path)
+  monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+  with pytest.raises(images.ImageDecodeError, match="LOAD_TRUNCATED_IMAGES"):
+    images.decode_image(path)
+
+
+def test_crop_shape_and_determinism():
+  img = _picture()
+  a = images.random_resized_crop(img, np.random.default_rng(7), 32)
+  b = images.random_resized_crop(img, np.random.default_rng(7), 32)
+  c = images.random_resized_crop(img, np.random.default_rng(8), 32)
+  assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_crop_boxes_inside_and_in_range():
+  rng = np.random.default_rng(0)
+  for h, w in ((48, 64), (64, 64), (20, 200), (200, 20)):
+    for _ in range(200):
+      top, left, ch, cw = images.sample_crop_box(h, w, rng, (0.6, 1.0), (3 / 4, 4 / 3))
+      assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+      assert ch > 0 and cw > 0
+      if (h, w) == (64, 64):  # no fallback here: area and ratio as asked
+        assert 0.6 * 64 * 64 * 0.9 <= ch * cw <= 64 * 64
+        assert 3 / 4 * 0.9 <= cw / ch <= 4 / 3 * 1.1
+
+
+def test_crop_fallback_is_centre():
+  # Ratio range excludes the image's shape and scale 1 cannot fit: centre crop.
+  top, left, h, w = images.sample_crop_box(20, 200, np.random.default_rng(0), (1.0, 1.0),
+                                           (3 / 4, 4 / 3))
+  assert (h, w) == (20, 27) and left == (200 - 27) // 2 and top == 0
+
+
+def test_crop_matches_manual_crop_and_resize():
+  img = _picture()
+  out = images.random_resized_crop(img, np.random.default_rng(3), 24)
+  top, left, h, w = images.sample_crop_box(48, 64, np.random.default_rng(3))
+  manual = Image.fromarray(img[top:top + h, left:left + w]).resize((24, 24),
+                                                                  Image.BILINEAR)
+  np.testing.assert_array_equal(out, np.asarray(manual))
+
+
+def test_crop_never_reads_outside_the_region():
+  # A bright frame around a dark image: a crop that excludes the frame stays dark.
+  img = np.full((40, 40, 3), 255, np.uint8)
+  img[1:-1, 1:-1] = 0
+  rng = np.random.default_rng(0)
+  inside = 0
+  for _ in range(50):
+    seed = int(rng.integers(1 << 30))
+    top, left, h, w = images.sample_crop_box(40, 40, np.random.default_rng(seed))
+    out = images.random_resized_crop(img, np.random.default_rng(seed), 16)
+    touches = top == 0 or left == 0 or top + h == 40 or left + w == 40
+    if not touches:
+      assert out.max() == 0
+      inside += 1
+  assert inside > 10
+
+
+def test_resize_and_hflip():
+  img = _picture()
+  r = images.resize(img, 32)
+  assert r.shape == (32, 32, 3) and r.dtype == np.uint8
+  np.testing.assert_array_equal(
+      r, np.asarray(Image.fromarray(img).resize((32, 32), Image.BILINEAR)))
+  sq = img[:, :48]
+  assert images.resize(sq, 48) is sq
+  f = images.hflip(img)
+  np.testing.assert_array_equal(f, img[:, ::-1])
+  assert f.flags.c_contiguous
+  np.testing.assert_array_equal(images.hflip(f), img)
+
+
+def test_normalize_matches_numpy():
+  batch = np.stack([_picture(8, 8, s) for s in range(3)])
+  mean, std = (0.48, 0.45, 0.40), (0.27, 0.26, 0.28)
+  out = images.normalize(batch, mean, std)
+  want = (batch.astype(np.float32) / 255 - np.array(mean)) / np.array(std)
+  assert out.dtype == np.float32 and out.shape == (3, 8, 8, 3)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
