@@ -45,7 +45,7 @@ COLOURS = {  # Saturated, far from the muted backgrounds and grey clutter.
     "yellow": (240, 215, 20), "purple": (135, 40, 190), "orange": (250, 130, 10),
     "cyan": (20, 200, 220), "pink": (250, 105, 185)}
 # Object radius as a fraction of the image side.
-SIZES = {"small": 0.075, "large": 0.125}
+SIZES = {"small": 0.085, "large": 0.13}
 # Words a caption may use for each size (tests map them back).
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 RELATION_WORDS = {
@@ -202,7 +202,7 @@ def _draw_object(draw, obj, rot, colour):
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
   elif shape == "ring":
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour,
-                 width=max(1, round(0.32 * r)))
+                 width=max(1, math.ceil(0.35 * r)))
   elif shape == "square":
     draw.polygon(_regular(cx, cy, 1.1 * r, 4, math.pi / 4 + rot), fill=colour)
   elif shape == "diamond":

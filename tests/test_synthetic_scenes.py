@@ -1,0 +1,226 @@
+"""Tests of the synthetic scenes generator: determinism, layout, caption truth."""
+import json
+import os
+import re
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from gralign_jax.data import synthetic_scenes as ss
+
+N_TRAIN, N_DEV, N_TEST, SIZE = 20, 5, 10, 32
+
+_SIZE_WORD = {w: size for size, words in ss.SIZE_WORDS.items() for w in words}
+_PHRASE = (r"(?:(?P<{p}size>" + "|".join(_SIZE_WORD) + r")\s+)?(?P<{p}colour>"
+           + "|".join(ss.COLOURS) + r")\s+(?P<{p}shape>" + "|".join(ss.SHAPES) + r")\b")
+_REL_WORD = {w: rel for rel, words in ss.RELATION_WORDS.items() for w in words}
+# Longest relation words first, so "to the left of" is not read as "left of".
+_RELATION = re.compile(
+    _PHRASE.format(p="a") + r"\s+(?:is\s+)?(?P<rel>"
+    + "|".join(sorted(map(re.escape, _REL_WORD), key=len, reverse=True))
+    + r")\s+an?\s+" + _PHRASE.format(p="b"))
+_MENTION = re.compile(_PHRASE.format(p=""))
+
+
+def _files(root):
+  out = {}
+  for d, _, names in os.walk(root):
+    for n in names:
+      p = os.path.join(d, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, root)] = f.read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  r = str(tmp_path_factory.mktemp("syn") / "a")
+  ss.generate(r, num_train=N_TRAIN, num_dev=N_DEV, num_test=N_TEST, image_size=SIZE,
+              seed=3)
+  return r
+
+
+@pytest.fixture(scope="module")
+def scenes(root):
+  with open(os.path.join(root, "scenes.json")) as f:
+    return json.load(f)["scenes"]
+
+
+def _find(obj_list, colour, shape):
+  hits = [i for i, o in enumerate(obj_list) if o["colour"] == colour and o["shape"] == shape]
+  return hits[0] if len(hits) == 1 else None
+
+
+def test_same_seed_same_bytes(root, tmp_path):
+  other = str(tmp_path / "b")
+  ss.generate(other, num_train=N_TRAIN, num_dev=N_DEV, num_test=N_TEST, image_size=SIZE,
+              seed=3)
+  a, b = _files(root), _files(other)
+  assert sorted(a) == sorted(b)
+  for name in a:
+    assert a[name] == b[name], name
+  third = str(tmp_path / "c")
+  ss.generate(third, num_train=N_TRAIN, num_dev=N_DEV, num_test=N_TEST, image_size=SIZE,
+              seed=4)
+  assert _files(third)["scenes.json"] != a["scenes.json"]
+
+
+def test_layout_complete(root, scenes):
+  assert ss.is_complete(root)
+  n = N_TRAIN + N_DEV + N_TEST
+  for f in ("dataset_synthetic.json", "id_mapping.json", "scenes.json",
+            "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+            "tokenizer/vocab.txt"):
+    assert os.path.isfile(os.path.join(root, f)), f
+  for split, count in (("train", N_TRAIN), ("dev", N_DEV), ("test", N_TEST)):
+    with open(os.path.join(root, "precomp", f"{split}_ids.txt")) as f:
+      ids = f.read().splitlines()
+    with open(os.path.join(root, "precomp", f"{split}_caps.txt")) as f:
+      caps = f.read().splitlines()
+    assert len(ids) == count and len(caps) == 5 * count
+  assert len(scenes) == n
+  for s in scenes:
+    img = Image.open(os.path.join(root, "images", s["filename"]))
+    assert img.format == "JPEG" and img.size == (SIZE, SIZE) and img.mode == "RGB"
+  assert not os.path.exists(os.path.join(root, "precomp", "train_caps.txt.tmp"))
+
+
+def test_incomplete_root_and_foreign_folder(tmp_path):
+  assert not ss.is_complete(str(tmp_path))
+  (tmp_path / "mine.txt").write_text("user data")
+  with pytest.raises(FileExistsError, match="not empty"):
+    ss.generate(str(tmp_path), num_train=2, num_dev=1, num_test=1, image_size=SIZE)
+
+
+def test_scene_geometry(scenes):
+  for s in scenes:
+    objs = s["objects"]
+    assert 2 <= len(objs) <= 4 and len(s["clutter"]) <= 3
+    assert len({(o["shape"], o["colour"]) for o in objs}) == len(objs)
+    for o in objs:
+      x0, y0, x1, y1 = o["box"]
+      assert min(x0, y0) >= 0.1 * SIZE and max(x1, y1) <= 0.9 * SIZE, o
+    for i, a in enumerate(objs):
+      for b in objs[i + 1:]:
+        d = np.hypot(a["centre"][0] - b["centre"][0], a["centre"][1] - b["centre"][1])
+        assert d > a["radius"] + b["radius"]
+
+
+def test_objects_are_drawn_in_their_colour(root, scenes):
+  # Each object's pixels (its centre; for a ring, the best pixel on the ring) carry its
+  # colour, not the background's.
+  yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+  for s in scenes:
+    img = np.asarray(Image.open(os.path.join(root, "images", s["filename"])), np.float32)
+    for o in s["objects"]:
+      cx, cy = o["centre"]
+      want = np.array(ss.COLOURS[o["colour"]], np.float32)
+      if o["shape"] == "ring":
+        d = np.hypot(xx - cx, yy - cy)
+        on_ring = (d > 0.6 * o["radius"]) & (d < o["radius"])
+        # A thin ring's line is blurred by JPEG, so allow more.
+        err = np.abs(img[on_ring] - want).max(-1).min() - 30
+      else:
+        err = np.abs(img[int(cy), int(cx)] - want).max()
+      assert err < 70, (s["imgid"], o, err)
+
+
+def test_captions_are_true(scenes):
+  kinds = []
+  for s in scenes:
+    objs = s["objects"]
+    assert len(s["captions"]) == 5
+    full = 0
+    for cap in s["captions"]:
+      raw = cap["raw"]
+      mentions = list(_MENTION.finditer(raw))
+      # Every colour word belongs to an object phrase; every phrase is a real object.
+      assert len(mentions) == sum(raw.split().count(c) for c in ss.COLOURS), raw
+      idx = []
+      for m in mentions:
+        i = _find(objs, m["colour"], m["shape"])
+        assert i is not None, (raw, objs)
+        if m["size"]:
+          assert _SIZE_WORD[m["size"]] == objs[i]["size"], (raw, objs[i])
+        idx.append(i)
+      assert sorted(idx) == sorted(cap["objects"]), raw
+      if len(set(idx)) == len(objs) and all(m["size"] for m in mentions):
+        full += 1
+      kinds.append(cap["kind"])
+      if cap["kind"] == "single":
+        assert len(mentions) == 1
+      count = re.search(r"\b(two|three|four) (?:shapes|objects)\b", raw)
+      if count:
+        assert ss.COUNT_WORDS[len(objs)] == count.group(1), raw
+      if raw.startswith("from left to right"):
+        xs = [objs[i]["centre"][0] for i in idx]
+        assert xs == sorted(xs), raw
+    assert full >= 2, s["captions"]
+  single = kinds.count("single") / len(kinds)
+  assert 0.18 <= single <= 0.35, single
+  assert kinds.count("relation") > 0
+
+
+def test_spatial_relations_are_correct(scenes):
+  n = 0
+  for s in scenes:
+    objs = s["objects"]
+    for cap in s["captions"]:
+      for m in _RELATION.finditer(cap["raw"]):
+        a = objs[_find(objs, m["acolour"], m["ashape"])]
+        b = objs[_find(objs, m["bcolour"], m["bshape"])]
+        rel = _REL_WORD[m["rel"]]
+        (ax, ay), (bx, by) = a["centre"], b["centre"]
+        assert {"left": ax < bx, "right": ax > bx, "above": ay < by,
+                "below": ay > by}[rel], (cap["raw"], a, b)
+        n += 1
+  assert n > 5
+
+
+def test_attribute_swapped_twins(scenes):
+  twins = [s for s in scenes if s["swap_of"] is not None]
+  assert twins
+  for t in twins:
+    src = scenes[t["swap_of"]]
+    assert src["split"] == t["split"]
+    a = sorted((o["shape"], o["colour"]) for o in src["objects"])
+    b = sorted((o["shape"], o["colour"]) for o in t["objects"])
+    assert a != b
+    # Same shapes and same colours overall: only the binding differs.
+    assert sorted(x[0] for x in a) == sorted(x[0] for x in b)
+    assert sorted(x[1] for x in a) == sorted(x[1] for x in b)
+
+
+def test_karpathy_and_laps_agree(root, scenes):
+  with open(os.path.join(root, "dataset_synthetic.json")) as f:
+    kj = json.load(f)
+  with open(os.path.join(root, "id_mapping.json")) as f:
+    mapping = json.load(f)
+  by_id = {e["imgid"]: e for e in kj["images"]}
+  assert kj["dataset"] == "synthetic" and len(by_id) == len(scenes)
+  for split, ksplit in (("train", "train"), ("dev", "val"), ("test", "test")):
+    with open(os.path.join(root, "precomp", f"{split}_ids.txt")) as f:
+      ids = [int(x) for x in f.read().split()]
+    with open(os.path.join(root, "precomp", f"{split}_caps.txt")) as f:
+      caps = f.read().splitlines()
+    assert ids == [e["imgid"] for e in kj["images"] if e["split"] == ksplit]
+    for k, image_id in enumerate(ids):
+      e = by_id[image_id]
+      assert mapping[str(image_id)] == e["filename"] == f"{image_id:06d}.jpg"
+      assert [s["raw"] for s in e["sentences"]] == caps[5 * k:5 * k + 5]
+      assert [s["raw"] for s in e["sentences"]] == [
+          c["raw"] for c in scenes[image_id]["captions"]]
+      assert e["sentids"] == [s["sentid"] for s in e["sentences"]]
+      for s in e["sentences"]:
+        assert s["imgid"] == image_id
+        assert s["tokens"] == re.findall(r"[a-z]+", s["raw"])
+
+
+def test_draws_at_other_sizes(tmp_path):
+  scene_rng = np.random.default_rng(0)
+  objs = ss._new_scene(scene_rng, 224)
+  assert all(o["box"][2] <= 0.9 * 224 for o in objs)
+  r = str(tmp_path / "big")
+  ss.generate(r, num_train=2, num_dev=1, num_test=1, image_size=96)
+  assert Image.open(os.path.join(r, "images", "000000.jpg")).size == (96, 96)
