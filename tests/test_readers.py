@@ -1,0 +1,271 @@
+"""Tests of the LAPS and Karpathy readers on small fixtures in the public layouts."""
+import json
+import os
+import shutil
+
+import pytest
+
+from gralign_jax.data import readers
+from gralign_jax.data import synthetic_scenes
+
+DataFormatError = readers.DataFormatError
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("syn") / "root")
+  synthetic_scenes.generate(root, num_train=6, num_dev=2, num_test=3, image_size=32)
+  return root
+
+
+@pytest.fixture
+def root(synthetic_root, tmp_path):
+  """A private copy that a test may break."""
+  r = str(tmp_path / "copy")
+  shutil.copytree(synthetic_root, r)
+  return r
+
+
+def _write(path, text):
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def test_laps_and_karpathy_agree(synthetic_root):
+  for split, n in (("train", 6), ("dev", 2), ("test", 3)):
+    laps = readers.read_split(synthetic_root, split, format="laps")
+    karpathy = readers.read_split(synthetic_root, split, format="karpathy")
+    assert laps == karpathy
+    assert laps.name == split and laps.num_images == n and laps.num_captions == 5 * n
+    assert all(os.path.isabs(p) and os.path.isfile(p) for p in laps.image_paths)
+    assert [os.path.basename(p) for p in laps.image_paths] == [
+        f"{i:06d}.jpg" for i in laps.image_ids]
+  dev = readers.read_split(synthetic_root, "dev")
+  assert dev.image_ids == (6, 7)
+  with open(os.path.join(synthetic_root, "scenes.json")) as f:
+    scenes = json.load(f)["scenes"]
+  assert dev.captions[5:10] == tuple(c["raw"] for c in scenes[7]["captions"])
+
+
+def test_split_validates_its_lengths():
+  with pytest.raises(DataFormatError, match="3 captions for 1 images"):
+    readers.Split("x", ("a.jpg",), (1,), ("a", "b", "c"))
+  with pytest.raises(DataFormatError, match="2 image ids for 1 image paths"):
+    readers.Split("x", ("a.jpg",), (1, 2), ("a",) * 5)
+
+
+def test_missing_root(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"nowhere.*does not exist.*synthetic_scenes"):
+    readers.read_split(str(tmp_path / "nowhere"), "train")
+
+
+def test_unknown_format(synthetic_root):
+  with pytest.raises(ValueError, match="Unknown data format 'tfrecord'"):
+    readers.read_split(synthetic_root, "train", format="tfrecord")
+
+
+def test_missing_split_files(root):
+  with pytest.raises(FileNotFoundError,
+                     match=r"split 'testall'.*testall_ids\.txt does not exist.*"
+                     r"it holds: dev_caps\.txt, dev_ids\.txt"):
+    readers.read_split(root, "testall")
+  os.remove(os.path.join(root, "precomp", "dev_caps.txt"))
+  with pytest.raises(FileNotFoundError, match=r"caption file.*dev_caps\.txt does not exist"):
+    readers.read_split(root, "dev")
+  os.remove(os.path.join(root, "id_mapping.json"))
+  with pytest.raises(FileNotFoundError, match=r"id mapping.*id_mapping\.json"):
+    readers.read_split(root, "train")
+
+
+def test_ids_and_captions_out_of_step(root):
+  caps = os.path.join(root, "precomp", "train_caps.txt")
+  with open(caps) as f:
+    lines = f.read().splitlines()
+  _write(caps, "\n".join(lines[:-1]) + "\n")
+  with pytest.raises(DataFormatError, match=r"train_caps\.txt has 29 captions but .*"
+                     r"train_ids\.txt lists 6 images; expected 5 captions per image \(30\)"):
+    readers.read_split(root, "train")
+
+
+def test_ids_listed_once_per_caption_are_collapsed(root):
+  before = readers.read_split(root, "test")
+  ids = os.path.join(root, "precomp", "test_ids.txt")
+  _write(ids, "".join(f"{i}\n" for i in (8, 9, 10) for _ in range(5)))
+  assert readers.read_split(root, "test") == before
+
+
+def test_id_absent_from_mapping(root):
+  path = os.path.join(root, "id_mapping.json")
+  with open(path) as f:
+    mapping = json.load(f)
+  del mapping["7"]
+  _write(path, json.dumps(mapping))
+  with pytest.raises(DataFormatError,
+                     match=r"dev_ids\.txt, line 2: image id 7 has no entry in .*id_mapping"):
+    readers.read_split(root, "dev")
+
+
+def test_bad_id_line(root):
+  _write(os.path.join(root, "precomp", "dev_ids.txt"), "6\nseven\n")
+  with pytest.raises(DataFormatError, match=r"dev_ids\.txt, line 2: expected an integer.*"
+                     r"'seven'"):
+    readers.read_split(root, "dev")
+
+
+def test_empty_caption(root):
+  caps = os.path.join(root, "precomp", "dev_caps.txt")
+  with open(caps) as f:
+    lines = f.read().splitlines()
+  lines[3] = "   "
+  _write(caps, "\n".join(lines) + "\n")
+  with pytest.raises(DataFormatError, match=r"dev_caps\.txt, line 4: empty caption"):
+    readers.read_split(root, "dev")
+
+
+def test_non_utf8_caption(root):
+  caps = os.path.join(root, "precomp", "dev_caps.txt")
+  with open(caps, "rb") as f:
+    lines = f.read().split(b"\n")
+  lines[6] = b"a caf\xe9 with a red circle"  # Latin-1, not UTF-8
+  with open(caps, "wb") as f:
+    f.write(b"\n".join(lines))
+  with pytest.raises(DataFormatError, match=r"dev_caps\.txt, line 7: not valid UTF-8"):
+    readers.read_split(root, "dev")
+
+
+def test_crlf_and_missing_final_newline(root):
+  before = readers.read_split(root, "dev")
+  caps = os.path.join(root, "precomp", "dev_caps.txt")
+  with open(caps) as f:
+    lines = f.read().splitlines()
+  with open(caps, "wb") as f:
+    f.write("\r\n".join(lines).encode())
+  assert readers.read_split(root, "dev") == before
+
+
+def test_missing_images(root):
+  os.remove(os.path.join(root, "images", "000001.jpg"))
+  os.remove(os.path.join(root, "images", "000003.jpg"))
+  for fmt in ("laps", "karpathy"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"2 of 6 image files are missing; the first is .*000001\.jpg"):
+      readers.read_split(root, "train", format=fmt)
+  split = readers.read_split(root, "train", check_images=False)
+  assert split.num_images == 6
+  with pytest.raises(FileNotFoundError, match=r"6 of 6 .*missing.*pix"):
+    readers.read_split(root, "train", image_dir="pix")
+
+
+def _karpathy(root):
+  path = os.path.join(root, "dataset_synthetic.json")
+  with open(path) as f:
+    return path, json.load(f)
+
+
+def test_karpathy_missing_keys(root):
+  path, data = _karpathy(root)
+  del data["images"][4]["sentences"]
+  _write(path, json.dumps(data))
+  with pytest.raises(DataFormatError, match=r'images\[4\]: missing key "sentences"'):
+    readers.read_split(root, "train", format="karpathy")
+  _write(path, json.dumps({"imgs": []}))
+  with pytest.raises(DataFormatError, match='with key "images"'):
+    readers.read_split(root, "train", format="karpathy")
+
+
+def test_karpathy_missing_id_and_raw(root):
+  path, data = _karpathy(root)
+  original = json.dumps(data)
+  del data["images"][1]["imgid"]
+  _write(path, json.dumps(data))
+  with pytest.raises(DataFormatError,
+                     match=r'images\[1\] \(000001\.jpg\): missing key "imgid"'):
+    readers.read_split(root, "train", format="karpathy")
+  data = json.loads(original)
+  del data["images"][2]["sentences"][3]["raw"]
+  _write(path, json.dumps(data))
+  with pytest.raises(DataFormatError,
+                     match=r'images\[2\] \(000002\.jpg\), sentences\[3\]: missing key "raw"'):
+    readers.read_split(root, "train", format="karpathy")
+
+
+def test_karpathy_too_few_sentences_and_empty(root):
+  path, data = _karpathy(root)
+  original = json.dumps(data)
+  data["images"][7]["sentences"] = data["images"][7]["sentences"][:4]
+  _write(path, json.dumps(data))
+  with pytest.raises(DataFormatError, match=r"images\[7\] \(000007\.jpg, id 7\): 4 "
+                     "sentences, expected at least 5"):
+    readers.read_split(root, "dev", format="karpathy")
+  data = json.loads(original)
+  data["images"][7]["sentences"][0]["raw"] = " "
+  _write(path, json.dumps(data))
+  with pytest.raises(DataFormatError, match=r"images\[7\].*sentences\[0\]: empty caption"):
+    readers.read_split(root, "dev", format="karpathy")
+
+
+def test_karpathy_invalid_json(root):
+  path = os.path.join(root, "dataset_synthetic.json")
+  _write(path, '{"images": [\n{"split": "train",}\n]}')
+  with pytest.raises(DataFormatError, match=r"dataset_synthetic\.json, line 2 column .*"
+                     "invalid JSON"):
+    readers.read_split(root, "train", format="karpathy")
+
+
+def test_karpathy_file_choice(root):
+  before = readers.read_split(root, "train")
+  shutil.copy(os.path.join(root, "dataset_synthetic.json"),
+              os.path.join(root, "dataset_other.json"))
+  with pytest.raises(DataFormatError, match=r"exactly one.*found 2 \(dataset_other\.json, "
+                     r"dataset_synthetic\.json\).*karpathy_json"):
+    readers.read_split(root, "train", format="karpathy")
+  named = readers.read_split(root, "train", format="karpathy",
+                             karpathy_json="dataset_other.json")
+  assert named == before
+  os.remove(os.path.join(root, "dataset_other.json"))
+  os.remove(os.path.join(root, "dataset_synthetic.json"))
+  with pytest.raises(FileNotFoundError, match=r"found 0 \(none\)"):
+    readers.read_split(root, "train", format="karpathy")
+  with pytest.raises(FileNotFoundError, match=r"Karpathy split file.*nope\.json"):
+    readers.read_split(root, "train", format="karpathy", karpathy_json="nope.json")
+
+
+def test_karpathy_coco_style(tmp_path):
+  """COCO's Karpathy file: filepath sub-folders, cocoid, restval, 6-7 sentences."""
+  root = tmp_path / "coco"
+  entries = []
+  for k, (split, sub) in enumerate([("train", "train2014"), ("restval", "val2014"),
+                                    ("val", "val2014"), ("test", "val2014")]):
+    name = f"COCO_{sub}_{k:012d}.jpg"
+    (root / "images" / sub).mkdir(parents=True, exist_ok=True)
+    (root / "images" / sub / name).write_bytes(b"")
+    n_sent = 7 if k == 0 else 5
+    entries.append(dict(filepath=sub, filename=name, imgid=k, cocoid=1000 + k, split=split,
+                        sentences=[dict(raw=f"caption {j} of {k} ") for j in range(n_sent)]))
+  _write(root / "dataset_coco.json", json.dumps(dict(dataset="coco", images=entries)))
+  train = readers.read_split(str(root), "train", format="karpathy")
+  assert train.image_ids == (1000, 1001)  # cocoid, and restval joins train
+  assert train.image_paths[1] == str(
+      root / "images" / "val2014" / "COCO_val2014_000000000001.jpg")
+  assert train.captions[:5] == tuple(f"caption {j} of 0" for j in range(5))
+  assert train.captions[5] == "caption 0 of 1"
+  dev = readers.read_split(str(root), "dev", format="karpathy")
+  assert dev.image_ids == (1002,)
+  with pytest.raises(DataFormatError, match=r"no image in split 'testall'.*"
+                     r"\['restval', 'test', 'train', 'val'\]"):
+    readers.read_split(str(root), "testall", format="karpathy")
+
+
+def test_laps_with_sub_folders(tmp_path):
+  """COCO-style LAPS: id_mapping values are paths under image_dir."""
+  root = tmp_path / "laps"
+  (root / "precomp").mkdir(parents=True)
+  (root / "imgs" / "val2014").mkdir(parents=True)
+  (root / "imgs" / "val2014" / "x.jpg").write_bytes(b"")
+  _write(root / "id_mapping.json", json.dumps({"42": "val2014/x.jpg"}))
+  _write(root / "precomp" / "testall_ids.txt", "42\n")
+  _write(root / "precomp" / "testall_caps.txt", "".join(f" cap {i}\n" for i in range(5)))
+  s = readers.read_split(str(root), "testall", image_dir="imgs")
+  assert s.image_paths == (str(root / "imgs" / "val2014" / "x.jpg"),)
+  assert s.captions == tuple(f"cap {i}" for i in range(5)) and s.image_ids == (42,)
+  assert s.name == "testall"
