@@ -20,7 +20,7 @@ setup(
         "numpy",
         "pillow",
         "tokenizers>=0.20",
-        "transformers>=4.50",
+        "transformers>=5.0",
         "safetensors",
         "tensorboardX",
         "tqdm",
