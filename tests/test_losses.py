@@ -1,0 +1,189 @@
+"""losses.py against explicit-loop NumPy references (method.md section 5)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gralign_jax import configs
+from gralign_jax import losses
+
+
+def np_triplet(s, ids, margin, hardest):
+  b = len(ids)
+  total = 0.0
+  for i in range(b):  # image anchor, negative captions
+    costs = [max(0.0, margin + s[i, j] - s[i, i]) for j in range(b) if ids[j] != ids[i]]
+    total += (max(costs) if hardest else sum(costs)) if costs else 0.0
+  for j in range(b):  # caption anchor, negative images
+    costs = [max(0.0, margin + s[i, j] - s[j, j]) for i in range(b) if ids[i] != ids[j]]
+    total += (max(costs) if hardest else sum(costs)) if costs else 0.0
+  return total
+
+
+def np_infonce(s, ids, temperature):
+  b = len(ids)
+  i2t = t2i = 0.0
+  for a in range(b):
+    row = [s[a, j] / temperature for j in range(b) if j == a or ids[j] != ids[a]]
+    i2t += -(s[a, a] / temperature - math.log(sum(math.exp(x) for x in row)))
+    col = [s[i, a] / temperature for i in range(b) if i == a or ids[i] != ids[a]]
+    t2i += -(s[a, a] / temperature - math.log(sum(math.exp(x) for x in col)))
+  return i2t / b + t2i / b
+
+
+def np_kl(mu, logvar):
+  b, k, d = mu.shape
+  total = 0.0
+  for i in range(b):
+    for j in range(k):
+      total += -0.5 * sum(1 + logvar[i, j, e] - mu[i, j, e] ** 2 - math.exp(logvar[i, j, e])
+                          for e in range(d))
+  return total / (b * k)
+
+
+def np_recon(mu, tokens, mask, kind):
+  out = []
+  for i in range(mu.shape[0]):
+    pred = mu[i].mean(0)
+    target = tokens[i][mask[i]].mean(0)
+    if kind == "mse":
+      out.append(np.mean((pred - target) ** 2))
+    else:
+      out.append(1 - pred @ target / (np.linalg.norm(pred) * np.linalg.norm(target)))
+  return np.mean(out)
+
+
+def np_entropy(assign, mask):
+  hs = []
+  for i in range(assign.shape[0]):
+    rows = [assign[i, l] / assign[i, l].sum() for l in range(assign.shape[1]) if mask[i, l]]
+    p = np.mean(rows, axis=0)
+    hs.append(-sum(x * math.log(x) for x in p))
+  return -np.mean(hs)
+
+
+IDS = np.array([0, 0, 1, 2, 3, 3, 4, 5])  # repeated ids: extra positives
+
+
+@pytest.mark.parametrize("hardest", [False, True])
+def test_triplet_matches_reference(hardest):
+  s = np.random.RandomState(0).uniform(-0.2, 1.0, (8, 8))
+  got = losses.triplet(jnp.asarray(s), jnp.asarray(IDS[:, None] == IDS[None]), 0.2,
+                       jnp.asarray(hardest))
+  np.testing.assert_allclose(got, np_triplet(s, IDS, 0.2, hardest), rtol=1e-5)
+
+
+def test_triplet_collapse_value():
+  b, margin = 8, 0.2
+  s = jnp.full((b, b), 0.37)
+  pos = jnp.asarray(IDS[:, None] == IDS[None])
+  np.testing.assert_allclose(losses.triplet(s, pos, margin, jnp.asarray(True)),
+                             2 * b * margin, rtol=1e-6)
+
+
+def test_triplet_hardest_switch_is_traced():
+  s = jnp.asarray(np.random.RandomState(1).randn(8, 8))
+  pos = jnp.asarray(IDS[:, None] == IDS[None])
+  f = jax.jit(lambda h: losses.triplet(s, pos, 0.2, h))
+  np.testing.assert_allclose(f(jnp.asarray(False)), np_triplet(np.asarray(s), IDS, 0.2,
+                                                                False), rtol=1e-5)
+  np.testing.assert_allclose(f(jnp.asarray(True)), np_triplet(np.asarray(s), IDS, 0.2,
+                                                               True), rtol=1e-5)
+  assert f._cache_size() == 1
+
+
+def test_infonce_matches_reference():
+  s = np.random.RandomState(2).uniform(-0.2, 1.0, (8, 8))
+  got = losses.infonce(jnp.asarray(s), jnp.asarray(IDS[:, None] == IDS[None]), 0.05)
+  np.testing.assert_allclose(got, np_infonce(s, IDS, 0.05), rtol=1e-5)
+
+
+def test_kl_recon_entropy_keep():
+  r = np.random.RandomState(3)
+  mu, logvar = r.randn(2, 3, 4), r.randn(2, 3, 4) * 0.5
+  np.testing.assert_allclose(losses.kl_divergence(jnp.asarray(mu), jnp.asarray(logvar)),
+                             np_kl(mu, logvar), rtol=1e-5)
+  tokens = r.randn(2, 6, 4)
+  mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
+  for kind in ("mse", "cos"):
+    np.testing.assert_allclose(
+        losses.reconstruction(jnp.asarray(mu), jnp.asarray(tokens), mask, kind),
+        np_recon(mu, tokens, mask, kind), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="recon"):
+    losses.reconstruction(jnp.asarray(mu), jnp.asarray(tokens), mask, "l1")
+  assign = r.uniform(0.01, 1, (2, 6, 3))
+  np.testing.assert_allclose(losses.prompt_entropy(jnp.asarray(assign), mask),
+                             np_entropy(assign, mask), rtol=1e-5)
+  gates = r.uniform(0, 1, (2, 6)) * mask
+  np.testing.assert_allclose(losses.keep_ratio_penalty(jnp.asarray(gates), mask, 0.3),
+                             (gates[mask].mean() - 0.3) ** 2, rtol=1e-5)
+
+
+def fake_batch(seed=4, b=8, lv=6, k=3, d=4):
+  r = np.random.RandomState(seed)
+  scores = {n: jnp.asarray(r.uniform(-0.1, 1.0, (b, b))) for n in ("ori", "key", "unc")}
+  img = dict(tokens=jnp.asarray(r.randn(b, lv, d)), mask=jnp.ones((b, lv), bool),
+             gates=jnp.asarray(r.uniform(0, 1, (b, lv))),
+             region_mu=jnp.asarray(r.randn(b, k, d)),
+             region_logvar=jnp.asarray(r.randn(b, k, d) * 0.3),
+             assign=jnp.asarray(r.uniform(0.01, 1, (b, lv, k))))
+  return scores, img
+
+
+@pytest.mark.parametrize("kl,ent,hardest", [(True, True, False), (False, True, True),
+                                             (True, False, True)])
+def test_grm_loss_combines_terms(kl, ent, hardest):
+  cfg = configs.loss_config()
+  cfg.kl, cfg.ent = kl, ent
+  scores, img = fake_batch()
+  loss, aux = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(hardest))
+  con = sum(w * np_triplet(np.asarray(scores[n]), IDS, 0.2, hardest)
+            for w, n in zip((0.4, 0.4, 0.2), ("ori", "key", "unc")))
+  mu, lv, a = (np.asarray(img[k]) for k in ("region_mu", "region_logvar", "assign"))
+  recon = np_recon(mu, np.asarray(img["tokens"]), np.asarray(img["mask"]), "mse")
+  reg = (np_kl(mu, lv) if kl else 0) + (np_entropy(a, np.asarray(img["mask"])) if ent
+                                        else 0)
+  np.testing.assert_allclose(aux["l_con"], con, rtol=1e-5)
+  np.testing.assert_allclose(loss, con + 0.1 * recon + 0.01 * reg, rtol=1e-5)
+  assert {"loss", "l_con", "l_ori", "l_key", "l_unc", "l_recon", "l_kl", "l_ent",
+          "score_spread", "pos_score", "neg_score"} <= set(aux)
+  assert "l_keep" not in aux
+
+
+def test_grm_loss_collapse_aux_and_variants():
+  cfg = configs.loss_config()
+  b = 8
+  scores = {"ori": jnp.full((b, b), 0.5)}  # regions and adapters off, collapsed
+  img = dict(tokens=jnp.ones((b, 2, 4)), mask=jnp.ones((b, 2), bool),
+             gates=jnp.full((b, 2), 0.9))
+  loss, aux = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(True))
+  np.testing.assert_allclose(loss, 2 * b * cfg.margin, rtol=1e-6)
+  assert float(aux["score_spread"]) == 0.0
+  assert float(aux["pos_score"]) == float(aux["neg_score"]) == 0.5
+  assert "l_recon" not in aux
+  # Keep-ratio penalty on visual and text gates.
+  cfg.keep_ratio, cfg.keep_ratio_weight = 0.5, 2.0
+  txt = dict(gates=jnp.full((b, 3), 0.2), mask=jnp.ones((b, 3), bool))
+  loss2, aux2 = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(True),
+                                txt)
+  np.testing.assert_allclose(aux2["l_keep"], 0.4 ** 2 + 0.3 ** 2, rtol=1e-5)
+  np.testing.assert_allclose(loss2, loss + 2.0 * aux2["l_keep"], rtol=1e-6)
+  # InfoNCE alternative and the global score.
+  cfg.kind = "infonce"
+  s = np.random.RandomState(5).randn(b, b)
+  loss3, aux3 = losses.grm_loss({"global": jnp.asarray(s)}, img, jnp.asarray(IDS), cfg,
+                                jnp.asarray(True))
+  np.testing.assert_allclose(aux3["l_global"], np_infonce(s, IDS, 0.05), rtol=1e-5)
+
+
+def test_grm_loss_grad_finite():
+  cfg = configs.loss_config()
+  scores, img = fake_batch(6)
+  mask = img.pop("mask")
+  g = jax.grad(lambda s, i: losses.grm_loss(s, i | {"mask": mask}, jnp.asarray(IDS),
+                                            cfg, jnp.asarray(False))[0],
+               argnums=(0, 1))(scores, img)
+  for leaf in jax.tree.leaves(g):
+    assert np.all(np.isfinite(leaf))
