@@ -4,6 +4,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -20,6 +21,7 @@ def run(default_config: str | None, default_workdir: str | None) -> None:
 
   def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
     if config_flag.value is None:
       sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
     if not workdir_flag.value:

@@ -10,7 +10,10 @@ import os
 
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-import transformers
+
+# Tokenizers need no PyTorch; keep transformers from announcing that it is absent.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import transformers  # pylint: disable=g-import-not-at-top
 
 # BERT's special tokens; [PAD] first so that padding is id 0 as in bert-base-uncased.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
