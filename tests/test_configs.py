@@ -1,0 +1,42 @@
+"""Every experiment config builds, under :smoke and with each ablation variant."""
+import glob
+import importlib.util
+import os
+
+import ml_collections
+import pytest
+
+from gralign_jax import configs
+from gralign_jax.models import grm
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments",
+                          "configs")
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+                      if not os.path.basename(p).startswith("_"))
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("arg", ["", "smoke"] + [f"smoke,{v}" for v in configs.VARIANTS])
+def test_config_builds(path, arg):
+  config = load(path).get_config(arg)
+  assert isinstance(config, ml_collections.ConfigDict)
+  config.model.text.vocab_size = 100
+  grm.build_model(config.model)  # the model accepts every variant
+  if "smoke" in arg:
+    assert config.train.num_steps > 0 and config.train.batch_size <= 16
+
+
+def test_unknown_argument_and_key_are_errors():
+  with pytest.raises(ValueError, match="nonsense"):
+    configs.parse_arg("smoke,nonsense")
+  config = configs.base_config()
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.train.not_a_field = 1
