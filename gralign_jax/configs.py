@@ -139,6 +139,7 @@ VARIANTS = {
     "no_kl": {"loss.kl": False},
     "no_ent": {"loss.ent": False},
     "infonce": {"loss.kind": "infonce"},
+    "triplet": {"loss.kind": "triplet"},
 }
 
 

@@ -52,6 +52,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"({jax.process_count()} host(s)); workdir {workdir}")
 
   # ---------------------------------------------------------------- input
+  if config.data.max_len > config.model.text.max_len:
+    raise ValueError(f"data.max_len={config.data.max_len} exceeds the text encoder's "
+                     f"position table (model.text.max_len={config.model.text.max_len}).")
   datasets.prepare(config, log)
   tokenizer = datasets.load_tokenizer(config)
   if config.model.text.vocab_size <= 0:
@@ -69,8 +72,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for s, sp in splits.items():
     log(f"  {s}: {sp.num_images} images, {sp.num_captions} captions"
         f" ({captions[s].num_truncated} truncated to {config.data.max_len} tokens)")
-  log(f"  {steps_per_epoch} steps per epoch, {total_steps} steps, hardest negatives "
-      f"from step {min(hard_from, total_steps)}")
+  negatives = (f", hardest negatives from step {hard_from}"
+               if config.loss.kind == "triplet" and hard_from < total_steps else "")
+  log(f"  {steps_per_epoch} steps per epoch, {total_steps} steps, loss {config.loss.kind}"
+      f"{negatives}")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
