@@ -101,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=128,             # global, split over all devices
       num_epochs=30.0,
       num_steps=-1,               # > 0 overrides num_epochs
+      max_train_seconds=-1.0,     # > 0: also stop once training (evals excluded) has
+                                  # run this long, e.g. to compare models at equal time
       lr=2e-4,
       backbone_lr_mult=0.1,
       weight_decay=1e-4,

@@ -125,36 +125,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpointer.save(step, state, batches.get_state(), dict(meta), best=True)
 
   # ---------------------------------------------------------------- loop
+  # Training time (evaluations excluded) accumulates across resumptions in `meta`, so
+  # that train.max_train_seconds can give two models the same wall-clock budget.
   progress = _Progress(start_step, total_steps, config.train.log_every)
-  collapse_reported = False
-  for step in range(start_step + 1, total_steps + 1):
+  budget = config.train.max_train_seconds
+  watch_from = hard_from if config.loss.kind == "triplet" else config.train.warmup_steps
+  collapse_reported, step = False, start_step
+  if budget > 0 and meta.get("train_seconds", 0.0) >= budget:
+    total_steps = start_step  # the budget was spent before the last stop
+  clock = time.time()
+  while step < total_steps:
+    step += 1
     batch = sharding.global_batch(next(batches), mesh)
     state, aux = train_step(state, batch)
-    if step % config.train.log_every == 0 or step == total_steps:
+    out_of_time = budget > 0 and meta.get("train_seconds", 0.0) + time.time() - clock > budget
+    last = step == total_steps or out_of_time
+    if step % config.train.log_every == 0 or last:
       aux = jax.device_get(aux)
       writer.write(step, "train", aux)
       progress.update(step, aux)
-      if step > hard_from and is_collapsed(aux):
-        if not collapse_reported:
-          log(f"[train @ {step}] COLLAPSE: score spread {aux['score_spread']:.1e}, loss "
-              f"{aux['loss']:.2f} (2 x batch x margin = "
-              f"{2 * config.train.batch_size * config.loss.margin:.1f}). Hardest negatives "
-              "after an ambiguous warm-up; raise loss.warmup_epochs (README, 'Collapse').")
-          writer.write(step, "train", {"collapsed": 1})
+      if step > watch_from and is_collapsed(aux) and not collapse_reported:
         collapse_reported = True
+        log(f"[train @ {step}] COLLAPSE: every score in the batch is equal (spread "
+            f"{aux['score_spread']:.1e}, loss {aux['loss']:.2f}; a collapsed triplet sits "
+            f"at 2 x batch x margin = {2 * config.train.batch_size * config.loss.margin:.1f})."
+            " See README, 'Collapse'.")
+        writer.write(step, "train", {"collapsed": 1})
     else:
       progress.tick(step)
-    if config.eval.every_steps > 0 and step % config.eval.every_steps == 0:
+    if (config.eval.every_steps > 0 and step % config.eval.every_steps == 0) or last:
+      meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
       evaluate_dev(step)
-    if step % config.train.ckpt_every == 0 or step == total_steps:
+      clock = time.time()
+    if step % config.train.ckpt_every == 0 or last:
+      meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
+      clock = time.time()
       checkpointer.save(step, state, batches.get_state(), dict(meta))
+    if out_of_time:
+      log(f"Stopping at step {step}: train.max_train_seconds={budget:.0f} reached.")
+      break
   progress.close()
-  evaluated_last = config.eval.every_steps > 0 and total_steps % config.eval.every_steps == 0
-  if start_step < total_steps and not evaluated_last:
-    evaluate_dev(total_steps)  # the last state is a candidate too
   checkpointer.wait()
 
   # ---------------------------------------------------------------- final test
+  total_steps = step
   best = checkpointer.restore_best(state)
   params, best_step = (best.state["params"], best.step) if best else (state["params"], -1)
   log(f"Testing the best-on-dev state (step {best_step}, dev rSum {meta['best_rsum']:.1f})")

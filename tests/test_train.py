@@ -90,6 +90,16 @@ def test_sharded_update_equals_single_device(smoke_root):
                out[1][0], out[8][0])
 
 
+def test_coco_protocol_reports_1k_folds_and_5k(smoke_root, tmp_path):
+  config = smoke_config(smoke_root, num_steps=2)
+  config.eval.protocol = "coco"  # 20 test images: five folds of 4
+  results = train.train_and_evaluate(config, str(tmp_path / "coco"))
+  assert {"test_1k", "test_5k", "dev"} <= set(results)
+  assert 0 <= results["test_1k"]["rsum"] <= 600 and 0 <= results["test_5k"]["rsum"] <= 600
+  with open(os.path.join(tmp_path, "coco", "results.json")) as f:
+    assert set(json.load(f)) >= {"test_1k", "test_5k"}
+
+
 def test_missing_data_root_is_a_clear_error(tmp_path):
   from experiments.configs import flickr30k
   config = flickr30k.get_config("smoke")

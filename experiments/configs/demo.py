@@ -30,6 +30,6 @@ def get_config(arg: str | None = None):
   if "smoke" in words:
     configs.smoke(config)
     config.data.root = "data/synthetic_smoke"
-    config.data.synthetic.update(num_train=64, num_dev=16, num_test=16)
+    config.data.synthetic.update(num_train=64, num_dev=16, num_test=20)
     config.data.image_size = config.model.vision.image_size = 32
   return config

@@ -88,10 +88,12 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
     raise ValueError(f"train.batch_size={global_batch} must be a multiple of the number "
                      f"of hosts ({process_count}).")
   ds = grain.MapDataset.range(split.num_captions).shuffle(seed=seed).repeat()
-  ds = ds[jax.process_index()::process_count]
+  # Augment before sharding: a record's crop depends on its global position only, not
+  # on how many hosts share the stream.
   ds = ds.random_map(_TrainExample(split, captions, config.data.image_size,
                                    tuple(config.data.crop_scale), bool(config.data.hflip)),
                      seed=seed)
+  ds = ds[jax.process_index()::process_count]
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
   it = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
