@@ -12,6 +12,20 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 def run(default_config: str | None, default_workdir: str | None) -> None:
   """Defines the flags and runs train_and_evaluate(config, workdir)."""
+  started = []
+  try:
+    _run(default_config, default_workdir, started)
+  except (AttributeError, KeyError) as e:
+    if started:  # raised by the run itself, not by flag parsing: not ours to reword
+      raise
+    name = str(e).strip("\"'")
+    bad = [a.split("=")[0] for a in sys.argv[1:]
+           if a.startswith("--config.") and name in a.split("=")[0].split(".")]
+    sys.exit(f"Unknown config key {name!r} in {bad or 'the overrides'}: the config has "
+             "no such field (gralign_jax/configs.py lists them all).")
+
+
+def _run(default_config, default_workdir, started: list) -> None:
   config_flag = config_flags.DEFINE_config_file(
       "config", default_config and os.path.join(CONFIG_DIR, default_config),
       "Config file, optionally with an argument: path/to/config.py:smoke", lock_config=True)
@@ -29,4 +43,8 @@ def run(default_config: str | None, default_workdir: str | None) -> None:
     from gralign_jax import train  # after flag parsing: jax reads XLA_FLAGS at import
     train.train_and_evaluate(config_flag.value, workdir_flag.value)
 
-  app.run(main)
+  def guarded_main(argv):
+    started.append(True)
+    main(argv)
+
+  app.run(guarded_main)

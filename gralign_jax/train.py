@@ -225,7 +225,7 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_fro
                              train=True, rngs=rngs)
       scores = similarity.pair_scores(img, txt, config.model)
       return losses.grm_loss(scores, img, batch["image_id"], config.loss,
-                             hardest=state["step"] >= hard_from)
+                             hardest=state["step"] >= hard_from, txt=txt)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -40,3 +40,14 @@ def test_unknown_argument_and_key_are_errors():
   config.lock()
   with pytest.raises(AttributeError):
     config.train.not_a_field = 1
+
+
+def test_unknown_override_on_the_command_line_is_a_clear_error(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(CONFIG_DIR.rsplit(os.sep, 1)[0])
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", f"--workdir={tmp_path}",
+       "--config.train.not_a_field=3"], cwd=repo, capture_output=True, text=True)
+  assert proc.returncode != 0
+  assert "Unknown config key 'not_a_field' in ['--config.train.not_a_field']" in proc.stderr

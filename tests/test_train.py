@@ -100,6 +100,24 @@ def test_coco_protocol_reports_1k_folds_and_5k(smoke_root, tmp_path):
     assert set(json.load(f)) >= {"test_1k", "test_5k"}
 
 
+def test_collapse_is_detected_and_reported(smoke_root, tmp_path, capsys, monkeypatch):
+  """A model whose every score is equal: the log and metrics.jsonl say COLLAPSE."""
+  from gralign_jax.models import similarity
+  real = similarity.pair_scores
+  monkeypatch.setattr(similarity, "pair_scores", lambda i, t, c: {
+      k: 0.0 * v for k, v in real(i, t, c).items()})
+  config = smoke_config(smoke_root, num_steps=4, warmup_steps=0, log_every=2)
+  config.loss.update(kind="triplet", warmup_epochs=0.0)
+  workdir = str(tmp_path / "collapsed")
+  train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert "[train @ 2] COLLAPSE" in out and "[dev @ 4] COLLAPSE" in out
+  records = metrics_lib.read_metrics(workdir)
+  assert any(r.get("collapsed") == 1 for r in records)
+  losses = [r["l_ori"] for r in records if r["split"] == "train" and "l_ori" in r]
+  assert losses and all(l == pytest.approx(2 * 16 * 0.2) for l in losses)
+
+
 def test_missing_data_root_is_a_clear_error(tmp_path):
   from experiments.configs import flickr30k
   config = flickr30k.get_config("smoke")
