@@ -4,6 +4,7 @@ Parameters under the top-level names in BACKBONES (the pretrained encoders) lear
 `train.backbone_lr_mult` x lr; everything else (projections, adapters, prompts) at lr.
 """
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -19,9 +20,9 @@ def schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.S
                                                    if k > 0})
   if t.warmup_steps <= 0:
     return decay
-  warm = optax.linear_schedule(0.0, t.lr, t.warmup_steps)
-  return optax.join_schedules([warm, decay], [t.warmup_steps])
-
+  # A multiplier, not optax.join_schedules: that would restart the decay's step count
+  # at the end of the warm-up and shift every decay epoch by warmup_steps.
+  return lambda step: decay(step) * jnp.minimum(1.0, step / t.warmup_steps)
 
 def param_groups(params) -> dict:
   """Top-level name -> 'backbone' or 'head', the labels multi_transform needs."""

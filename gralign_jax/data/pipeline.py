@@ -14,6 +14,7 @@ device, inside the jitted step, so host-to-device traffic stays small.
 import dataclasses
 from typing import Iterator
 
+from absl import flags
 import grain
 import jax
 import ml_collections
@@ -69,6 +70,14 @@ class _EvalImage:
     return {"image": images_lib.resize(image, self.image_size), "index": np.int32(index)}
 
 
+def _worker_options(config: ml_collections.ConfigDict) -> grain.MultiprocessingOptions:
+  # grain's workers read absl flags; outside an absl main (tests, notebooks) nothing
+  # has parsed them, so take the defaults.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return grain.MultiprocessingOptions(num_workers=config.data.num_workers)
+
+
 def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=max(1, int(config.data.get("num_threads", 2))),
                            prefetch_buffer_size=max(1, int(config.data.prefetch)))
@@ -97,7 +106,7 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
   it = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    it = it.mp_prefetch(_worker_options(config))
   return iter(it)
 
 
@@ -111,5 +120,5 @@ def eval_image_batches(split: readers.Split, config: ml_collections.ConfigDict,
       _EvalImage(split, config.data.image_size)).batch(batch_size)
   it = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    it = it.mp_prefetch(_worker_options(config))
   return iter(it)
