@@ -30,7 +30,13 @@ from gralign_jax.models import similarity
 
 
 def log(*args) -> None:
-  if jax.process_index() == 0:
+  """Process 0 prints; on a terminal through tqdm, so lines do not land on the bar."""
+  if jax.process_index() != 0:
+    return
+  if sys.stdout.isatty():
+    from tqdm import tqdm
+    tqdm.write(" ".join(map(str, args)))
+  else:
     print(*args, flush=True)
 
 
