@@ -14,8 +14,8 @@ def get_config(arg: str | None = None):
                      image_dir="images", image_size=64, max_len=28, hflip=False,
                      crop_scale=(0.8, 1.0))  # captions name left/right: no flips
   config.data.synthetic.generate = True
-  # 16 px patches: 17 visual tokens. 8 px patches (65 tokens) cost 2.5x per step on a
-  # 2-core CPU (measured), too slow to learn much within the demo's 15 minutes.
+  # 16 px patches: 17 visual tokens. 8 px patches (65 tokens) cost 3x per step on a
+  # 2-core CPU (benchmarks/README.md), too slow to learn much within 15 minutes.
   config.model.vision.update(image_size=64, patch_size=16)
   config.model.embed_dim = 128
   # From scratch on ambiguous captions, InfoNCE learns far faster than the summed or

@@ -4,6 +4,7 @@ The one place that knows where things live under `config.data.root`; the synthet
 scenes set is generated here when the config asks for it and the folder has none.
 """
 import os
+import time
 
 import ml_collections
 
@@ -22,9 +23,11 @@ def prepare(config: ml_collections.ConfigDict, log=print) -> None:
   if data.name == "synthetic" and syn.generate and not synthetic_scenes.is_complete(data.root):
     log(f"Generating the synthetic scenes set in {data.root} "
         f"({syn.num_train}/{syn.num_dev}/{syn.num_test} images, {data.image_size} px)...")
+    t0 = time.time()
     synthetic_scenes.generate(data.root, num_train=syn.num_train, num_dev=syn.num_dev,
                               num_test=syn.num_test, image_size=data.image_size,
                               seed=syn.seed, vocab_size=syn.vocab_size)
+    log(f"  done in {time.time() - t0:.0f} s")
   if not os.path.isdir(data.root):
     raise FileNotFoundError(
         f"config.data.root={data.root!r} does not exist. Expected the {data.name} data set "
