@@ -22,10 +22,6 @@ from gralign_jax.evaluation import scoring
 from gralign_jax.models import similarity
 
 
-def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
-  return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), 0)], 0)
-
-
 def subset(split: readers.Split, num_images: int) -> readers.Split:
   """The first num_images images of a split with their captions (<= 0: all)."""
   if num_images <= 0 or num_images >= split.num_images:
@@ -70,15 +66,15 @@ class Evaluator:
     for batch in pipeline.eval_image_batches(split, self.config, self.batch):
       n = len(batch["image"])
       out = self._encode_images(params, sharding.global_batch(
-          _pad_rows(batch["image"], self.batch), self.mesh))
+          scoring.pad_rows(batch["image"], self.batch), self.mesh))
       img_parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
     txt_parts = []
     for start in range(0, len(captions.ids), self.batch):
-      ids = captions.ids[start:start + self.batch]
-      mask = captions.mask[start:start + self.batch]
-      n = len(ids)
-      out = self._encode_texts(params, *sharding.global_batch(
-          (_pad_rows(ids, self.batch), _pad_rows(mask, self.batch)), self.mesh))
+      rows = slice(start, start + self.batch)
+      n = len(captions.ids[rows])
+      ids, mask = (scoring.pad_rows(x[rows], self.batch) for x in (captions.ids,
+                                                                   captions.mask))
+      out = self._encode_texts(params, *sharding.global_batch((ids, mask), self.mesh))
       txt_parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
     concat = lambda parts: jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)
     return concat(img_parts), concat(txt_parts)

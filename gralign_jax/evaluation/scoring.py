@@ -67,7 +67,7 @@ def _leading_dim(tree: Tree, name: str) -> int:
   return n
 
 
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   """(n, ...) -> (rows, ...) by repeating the last row: padding stays a valid input."""
   if x.shape[0] == rows:
     return x
@@ -129,7 +129,7 @@ class _Prepared:
     self.m_pad = _round_up(self.m, self.bt)
     self.rows = P(self.mesh.axis_names)  # item axis split over every mesh axis
     self.images = jax.device_put(
-        jax.tree.map(lambda x: _pad_rows(np.asarray(x), self.n_pad), images),
+        jax.tree.map(lambda x: pad_rows(np.asarray(x), self.n_pad), images),
         NamedSharding(self.mesh, self.rows))
     self.texts = jax.tree.map(np.asarray, texts)
 
@@ -137,7 +137,7 @@ class _Prepared:
     """Yields (start, texts[start:start + bt] padded and replicated on the mesh)."""
     replicated = NamedSharding(self.mesh, P())
     for s in range(0, self.m, self.bt):
-      block = jax.tree.map(lambda x: _pad_rows(x[s:s + self.bt], self.bt), self.texts)
+      block = jax.tree.map(lambda x: pad_rows(x[s:s + self.bt], self.bt), self.texts)
       yield s, jax.device_put(block, replicated)
 
 
