@@ -50,12 +50,6 @@ class Checkpointer:
         data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def latest_step(self) -> int | None:
-    return self._latest.latest_step()
-
-  def best_step(self) -> int | None:
-    return self._best.latest_step()
-
   def _restore(self, manager, step, like):
     out = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract(like)),

@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
       pixel_std=(0.5, 0.5, 0.5),
       max_len=32,                 # text tokens including [CLS] and [SEP]
       num_workers=0,              # grain worker processes (0: in the main process)
+      num_threads=2,              # decoding threads per process
       prefetch=2,
       train_split="train",
       dev_split="dev",

@@ -40,7 +40,3 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
   sharding = batch_sharded(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))

@@ -133,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- loop
   # Training time (evaluations excluded) accumulates across resumptions in `meta`, so
   # that train.max_train_seconds can give two models the same wall-clock budget.
-  progress = _Progress(start_step, total_steps, config.train.log_every)
+  progress = _Progress(start_step, total_steps)
   budget = config.train.max_train_seconds
   watch_from = hard_from if config.loss.kind == "triplet" else config.train.warmup_steps
   collapse_reported, step = False, start_step
@@ -178,8 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best = checkpointer.restore_best(state)
   params, best_step = (best.state["params"], best.step) if best else (state["params"], -1)
   log(f"Testing the best-on-dev state (step {best_step}, dev rSum {meta['best_rsum']:.1f})")
-  results = {"dev": {k: v for k, v in evaluator.evaluate(
-      params, splits["dev"], captions["dev"]).items()}}
+  results = {"dev": evaluator.evaluate(params, splits["dev"], captions["dev"])}
   test_split = splits["test"]
   if config.eval.protocol == "coco":
     results.update(evaluator.evaluate(params, test_split, captions["test"], "coco"))
@@ -253,8 +252,8 @@ def _global_norm(tree):
 class _Progress:
   """A tqdm bar on a terminal, plain periodic lines otherwise (logs, CI, notebooks)."""
 
-  def __init__(self, start: int, total: int, every: int):
-    self.start, self.total, self.every = start, total, every
+  def __init__(self, start: int, total: int):
+    self.start, self.total = start, total
     self.t0 = time.time()
     self.bar = None
     if sys.stderr.isatty() and jax.process_index() == 0:

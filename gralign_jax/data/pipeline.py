@@ -79,7 +79,7 @@ def _worker_options(config: ml_collections.ConfigDict) -> grain.MultiprocessingO
 
 
 def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=max(1, int(config.data.get("num_threads", 2))),
+  return grain.ReadOptions(num_threads=max(1, config.data.num_threads),
                            prefetch_buffer_size=max(1, int(config.data.prefetch)))
 
 
