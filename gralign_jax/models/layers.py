@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gralign_jax import weights
+
 # HF BERT and ViT both initialise with N(0, 0.02); matching it keeps a randomly
 # initialised backbone at the scale the pretrained one has.
 default_init = nn.initializers.normal(stddev=0.02)
@@ -67,6 +69,20 @@ class Mlp(nn.Module):
                  name="intermediate")(x)
     return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=default_init,
                     name="output")(gelu(y))
+
+
+def hf_leaf(leaf: str) -> tuple[str, Any]:
+  """Flax leaf name -> (HF tensor suffix, transform) for Dense, LayerNorm and Embed."""
+  return {"kernel": ("weight", weights.linear), "bias": ("bias", weights.identity),
+          "scale": ("weight", weights.identity),
+          "embedding": ("weight", weights.identity)}[leaf]
+
+
+def block_class(remat: bool) -> type[nn.Module]:
+  """TransformerBlock, or its rematerialised twin (same parameter names) when `remat`:
+  activations inside a block are recomputed in the backward pass instead of stored."""
+  # static_argnums counts self: (x, mask, train) -> train is 3.
+  return nn.remat(TransformerBlock, static_argnums=(3,)) if remat else TransformerBlock
 
 
 class TransformerBlock(nn.Module):

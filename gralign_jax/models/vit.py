@@ -2,19 +2,63 @@
 
 Patch embedding (a Conv with stride = patch size), a CLS token, learned position
 embeddings over CLS + patches, pre-LN blocks (LayerNorm eps 1e-12, exact GELU) and a
-final LayerNorm. No pooler: GRM uses every token. Parameter names map one to one onto
-HF's (weights.py): patch_embed <- embeddings.patch_embeddings.projection (kernel
-transposed from OIHW to HWIO), cls_token, pos_embedding <- embeddings.position_embeddings,
-layer_i <- encoder.layer.i, ln_final <- layernorm.
+final LayerNorm. No pooler: GRM uses every token. Parameters map one to one onto HF's
+(`hf_name`): patch_embed <- embeddings.patch_embeddings.projection (kernel OIHW ->
+HWIO), cls_token, pos_embedding <- embeddings.position_embeddings, layer_i <-
+encoder.layer.i, ln_final <- layernorm. A checkpoint trained at another resolution
+(google/vit-base-patch16-224-in21k used at 384) has its position grid resized with
+PyTorch's bicubic rule, as HF's `interpolate_pos_encoding=True` does at run time.
 """
+import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from gralign_jax import weights
 from gralign_jax.models import layers
+
+
+def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """(n_out, n_in) weights of torch's bicubic resize (align_corners=False, edge clamp)."""
+  def w(t):  # Keys' cubic convolution kernel with torch's a = -0.75.
+    t = abs(t)
+    if t <= 1:
+      return ((a + 2) * t - (a + 3)) * t * t + 1
+    if t < 2:
+      return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return 0.0
+  m = np.zeros((n_out, n_in), np.float64)
+  for o in range(n_out):
+    src = (o + 0.5) * n_in / n_out - 0.5   # not clamped at 0: torch's cubic rule
+    base = int(np.floor(src))
+    for k in range(-1, 3):
+      m[o, min(max(base + k, 0), n_in - 1)] += w(src - (base + k))
+  return m
+
+
+def interpolate_positions(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """Position table (1, 1 + g*g, C) -> (1, 1 + G*G, C): the patch grid resized bicubically."""
+  if tuple(x.shape) == tuple(shape) or x.ndim != 3 or x.shape[2] != shape[2]:
+    return x
+  g, big = int(round((x.shape[1] - 1) ** 0.5)), int(round((shape[1] - 1) ** 0.5))
+  if g * g != x.shape[1] - 1 or big * big != shape[1] - 1:
+    return x  # not square grids: left for convert() to report as mis-shaped
+  m = _cubic_matrix(g, big)
+  grid = x[0, 1:].reshape(g, g, -1).astype(np.float64)
+  grid = np.einsum("Hh,hwc,Ww->HWc", m, grid, m).reshape(1, big * big, -1)
+  return np.concatenate([x[:, :1], grid.astype(x.dtype)], axis=1)
+
+
+_HF_BLOCK = {"attention/query": "attention.attention.query",
+             "attention/key": "attention.attention.key",
+             "attention/value": "attention.attention.value",
+             "attention/out": "attention.output.dense",
+             "mlp/intermediate": "intermediate.dense", "mlp/output": "output.dense",
+             "ln_1": "layernorm_before", "ln_2": "layernorm_after"}
 
 
 class ViT(nn.Module):
@@ -26,7 +70,11 @@ class ViT(nn.Module):
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
+  ln_eps: float = 1e-12
+  remat: bool = False
   dtype: Any = jnp.float32
+
+  HF_IGNORED = (r"^pooler\.", r"^classifier\.", r"mask_token$")
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
@@ -34,7 +82,41 @@ class ViT(nn.Module):
     """Builds from config.model.vision (the registry in grm.py calls this)."""
     return cls(image_size=config.image_size, patch_size=config.patch_size,
                width=config.width, depth=config.depth, num_heads=config.num_heads,
-               mlp_dim=config.mlp_dim, dropout=config.dropout, dtype=dtype, **kwargs)
+               mlp_dim=config.mlp_dim, dropout=config.dropout,
+               remat=config.get("remat", False), dtype=dtype, **kwargs)
+
+  @classmethod
+  def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "ViT":
+    """From a HF ViTConfig dict; overrides (e.g. image_size=384) win."""
+    if hf.get("hidden_act", "gelu") != "gelu":
+      raise ValueError(f"ViT checkpoint uses hidden_act {hf['hidden_act']!r}; only "
+                       f"exact 'gelu' is implemented.")
+    kw = dict(image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16),
+              width=hf["hidden_size"], depth=hf["num_hidden_layers"],
+              num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
+              ln_eps=hf.get("layer_norm_eps", 1e-12), dtype=dtype)
+    kw.update(overrides)
+    return cls(**kw)
+
+  def example_inputs(self) -> tuple[jax.Array]:
+    return (jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32),)
+
+  @staticmethod
+  def hf_name(path: tuple[str, ...]) -> tuple[str, weights.Transform]:
+    """Flax parameter path -> (HF ViTModel tensor name, transform)."""
+    if path == ("cls_token",):
+      return "embeddings.cls_token", weights.identity
+    if path == ("pos_embedding",):
+      return "embeddings.position_embeddings", interpolate_positions
+    if path[0] == "patch_embed":
+      return ("embeddings.patch_embeddings.projection."
+              + ("weight" if path[1] == "kernel" else "bias"),
+              weights.conv if path[1] == "kernel" else weights.identity)
+    suffix, transform = layers.hf_leaf(path[-1])
+    if path[0] == "ln_final":
+      return f"layernorm.{suffix}", transform
+    i = re.fullmatch(r"layer_(\d+)", path[0]).group(1)
+    return f"encoder.layer.{i}.{_HF_BLOCK['/'.join(path[1:-1])]}.{suffix}", transform
 
   @nn.compact
   def __call__(self, pixels: jax.Array, train: bool = False) -> jax.Array:
@@ -53,8 +135,8 @@ class ViT(nn.Module):
     pos = self.param("pos_embedding", layers.default_init, (1, x.shape[1], self.width))
     x = x + pos.astype(x.dtype)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    block = layers.block_class(self.remat)
     for i in range(self.depth):
-      x = layers.TransformerBlock(self.num_heads, self.mlp_dim, self.dropout,
-                                  pre_norm=True, dtype=self.dtype, name=f"layer_{i}")(
-                                      x, None, train)
-    return nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name="ln_final")(x)
+      x = block(self.num_heads, self.mlp_dim, self.dropout, pre_norm=True,
+                ln_eps=self.ln_eps, dtype=self.dtype, name=f"layer_{i}")(x, None, train)
+    return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)

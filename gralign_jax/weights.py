@@ -1,0 +1,242 @@
+"""Hugging Face checkpoints -> Flax params, read from a local folder, never the network.
+
+A checkpoint folder holds `config.json` and `model.safetensors` (or a sharded
+`model.safetensors.index.json`, or `pytorch_model.bin` when torch is installed). A
+Hugging Face cache folder (`.../hub/models--google--vit-base-patch16-384`, with
+`refs/` and `snapshots/`) is resolved to its snapshot.
+
+Each backbone module says how its parameters are named in the checkpoint, through
+three class members (the "HF protocol"):
+
+  from_hf_config(hf_config: dict, dtype, **overrides) -> module  (classmethod)
+  example_inputs() -> tuple of arrays for `module.init` (shapes only matter)
+  hf_name(path: tuple[str, ...]) -> (checkpoint name, Transform)  (staticmethod)
+  HF_IGNORED: tuple of regexes of checkpoint tensors the module does not use
+              (pooler, classifier and pre-training heads, buffers)
+
+`convert` walks the module's own parameter tree, asks `hf_name` for each leaf, and
+collects every problem - missing, mis-shaped, unexpected tensors - into one
+`CheckpointMismatchError` that lists each name with both shapes. Names are compared
+after dropping a model prefix ("bert.", "vit.", "swin.": task models such as
+ViTForImageClassification nest the backbone under one) and renaming the old
+TensorFlow-era LayerNorm "gamma"/"beta" to "weight"/"bias".
+"""
+import importlib
+import json
+import os
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# array from the checkpoint, shape the Flax parameter has -> array of that shape.
+Transform = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+
+_PREFIXES = ("", "bert.", "vit.", "swin.", "model.")
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the module it is loaded into (every offender listed)."""
+
+
+# ---------------------------------------------------------------------------
+# Transforms between PyTorch and Flax layouts.
+# ---------------------------------------------------------------------------
+def identity(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  del shape
+  return x
+
+
+def linear(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """torch Linear weight (out, in) -> Dense kernel (in, out)."""
+  del shape
+  return x.T if x.ndim == 2 else x
+
+
+def conv(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """torch Conv2d weight (O, I, H, W) -> Conv kernel (H, W, I, O)."""
+  del shape
+  return x.transpose(2, 3, 1, 0) if x.ndim == 4 else x
+
+
+def leading_rows(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """A table with more rows than needed (BERT's 512 positions) -> its first rows."""
+  if x.ndim == len(shape) and x.shape[1:] == tuple(shape[1:]) and x.shape[0] > shape[0]:
+    return x[:shape[0]]
+  return x
+
+
+# ---------------------------------------------------------------------------
+# Finding and reading a checkpoint.
+# ---------------------------------------------------------------------------
+def resolve(path: str) -> str:
+  """A checkpoint folder, or a HF cache repo folder -> the folder with config.json."""
+  path = os.path.expanduser(str(path))
+  if os.path.isfile(os.path.join(path, "config.json")):
+    return path
+  snapshots = os.path.join(path, "snapshots")
+  if os.path.isdir(snapshots):
+    ref = os.path.join(path, "refs", "main")
+    if os.path.isfile(ref):
+      with open(ref) as f:
+        candidate = os.path.join(snapshots, f.read().strip())
+      if os.path.isfile(os.path.join(candidate, "config.json")):
+        return candidate
+    found = sorted((os.path.getmtime(os.path.join(snapshots, s)), s)
+                   for s in os.listdir(snapshots)
+                   if os.path.isfile(os.path.join(snapshots, s, "config.json")))
+    if found:
+      return os.path.join(snapshots, found[-1][1])
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
+  raise FileNotFoundError(
+      f"{path} is not a Hugging Face checkpoint: expected config.json there (a folder "
+      f"written by save_pretrained), or snapshots/<hash>/config.json (a Hugging Face "
+      f"cache folder models--<org>--<name>); it holds {sorted(os.listdir(path))[:20]}.")
+
+
+def read_config(folder: str) -> dict:
+  with open(os.path.join(folder, "config.json")) as f:
+    return json.load(f)
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  import safetensors  # pylint: disable=g-import-not-at-top
+  out = {}
+  with safetensors.safe_open(path, framework="numpy") as f:
+    for name in f.keys():
+      out[name] = f.get_tensor(name)
+  return out
+
+
+def read_state_dict(folder: str) -> dict[str, np.ndarray]:
+  """Every tensor of the checkpoint in `folder`, as NumPy arrays, by name."""
+  single = os.path.join(folder, "model.safetensors")
+  if os.path.isfile(single):
+    return _read_safetensors(single)
+  index = os.path.join(folder, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    with open(index) as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    out = {}
+    for shard in shards:
+      out.update(_read_safetensors(os.path.join(folder, shard)))
+    return out
+  binary = os.path.join(folder, "pytorch_model.bin")
+  if os.path.isfile(binary):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f"{binary} is a PyTorch pickle: reading it needs torch "
+                        f"(pip install torch), or convert it to model.safetensors.") from e
+    state = torch.load(binary, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in state.items()}
+  raise FileNotFoundError(
+      f"No weights in {folder}: expected model.safetensors, "
+      f"model.safetensors.index.json or pytorch_model.bin; it holds "
+      f"{sorted(os.listdir(folder))[:20]}.")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint tensors -> the module's parameter tree.
+# ---------------------------------------------------------------------------
+def _canonical(name: str) -> str:
+  return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight",
+                re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+
+
+def _strip_prefix(state: Mapping[str, np.ndarray], wanted: set[str]) -> dict[str, np.ndarray]:
+  """Renames checkpoint tensors with the model prefix that matches most wanted names."""
+  state = {_canonical(k): v for k, v in state.items()}
+  def renamed(prefix):
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+  best = max(_PREFIXES, key=lambda p: len(wanted & set(renamed(p))))
+  return renamed(best)
+
+
+def expected_params(module: Any) -> dict:
+  """The module's parameter tree of ShapeDtypeStructs (nothing is computed)."""
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *module.example_inputs()))
+  return variables["params"]
+
+
+def convert(module: Any, state: Mapping[str, np.ndarray], *,
+            where: str = "checkpoint") -> dict:
+  """Checkpoint tensors -> params for `module` (which follows the HF protocol).
+
+  Raises CheckpointMismatchError listing every missing, mis-shaped and unexpected
+  tensor at once, so one run shows everything that is wrong.
+  """
+  flat = flax.traverse_util.flatten_dict(expected_params(module))
+  plan = {path: type(module).hf_name(path) for path in flat}
+  state = _strip_prefix(state, {name for name, _ in plan.values()})
+  params, missing, mismatched = {}, [], []
+  for path, leaf in flat.items():
+    name, transform = plan[path]
+    want = tuple(leaf.shape)
+    if name not in state:
+      missing.append(f"  missing    {name}  (for {'/'.join(path)}, shape {want})")
+      continue
+    x = transform(np.asarray(state[name]), want)
+    if tuple(x.shape) != want:
+      mismatched.append(f"  mis-shaped {name}: checkpoint {tuple(state[name].shape)}"
+                        f" -> {tuple(x.shape)}, model {'/'.join(path)} expects {want}")
+      continue
+    params[path] = np.asarray(x, dtype=leaf.dtype)
+  used = {name for name, _ in plan.values()}
+  ignored = [re.compile(p) for p in type(module).HF_IGNORED]
+  unexpected = [f"  unexpected {k} {tuple(np.shape(v))}" for k, v in sorted(state.items())
+                if k not in used and not any(p.search(k) for p in ignored)]
+  problems = missing + mismatched + unexpected
+  if problems:
+    raise CheckpointMismatchError(
+        f"{where} does not fit {type(module).__name__} ({len(missing)} missing, "
+        f"{len(mismatched)} mis-shaped, {len(unexpected)} unexpected tensors):\n"
+        + "\n".join(problems))
+  return flax.traverse_util.unflatten_dict(params)
+
+
+# ---------------------------------------------------------------------------
+# The public entry point.
+# ---------------------------------------------------------------------------
+# HF config "model_type" -> the backbone module implementing the HF protocol.
+ARCHITECTURES = {"bert": "gralign_jax.models.bert.Bert",
+                 "vit": "gralign_jax.models.vit.ViT",
+                 "swin": "gralign_jax.models.swin.Swin"}
+
+
+def architecture(model_type: str, where: str) -> Any:
+  """The backbone class for a HF model_type (imported on demand: models import us)."""
+  if model_type not in ARCHITECTURES:
+    raise CheckpointMismatchError(f"{where} has model_type {model_type!r}; supported: "
+                                  f"{sorted(ARCHITECTURES)}.")
+  module_name, cls = ARCHITECTURES[model_type].rsplit(".", 1)
+  return getattr(importlib.import_module(module_name), cls)
+
+
+def from_pretrained(path: str, *, dtype: Any = jnp.float32,
+                    **overrides) -> tuple[Any, dict]:
+  """A local HF checkpoint folder -> (module, params).
+
+  `module.apply({'params': params}, ...)` gives the last hidden states (B, L, C): for
+  BERT from `(input_ids, attention_mask)`, for ViT and Swin from NHWC `pixel_values`.
+  `overrides` go to the module (e.g. `image_size=384` for a ViT checkpoint trained at
+  224: the position embeddings are interpolated; `max_len=32` for BERT).
+  """
+  folder = resolve(path)
+  hf_config = read_config(folder)
+  cls = architecture(hf_config.get("model_type", ""), f"{folder}/config.json")
+  module = cls.from_hf_config(hf_config, dtype=dtype, **overrides)
+  params = convert(module, read_state_dict(folder), where=f"checkpoint {folder}")
+  return module, jax.tree.map(jnp.asarray, params)
+
+
+def load_backbone(path: str, module: Any) -> dict:
+  """Params for an already-built backbone (the GRM's own) from a checkpoint folder."""
+  folder = resolve(path)
+  return convert(module, read_state_dict(folder), where=f"checkpoint {folder}")
+
