@@ -118,8 +118,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=1000,           # dev evaluation period; <= 0: only at the end
       protocol="1k",              # "1k" (Flickr30K) or "coco" (1K five-fold and 5K)
-      block_images=64,
-      block_texts=512,
+      block_images=0,             # images per block on a device; <= 0: sized to its memory
+      block_texts=0,              # texts per host step; <= 0: sized to the device
+      backend="auto",             # scoring: "auto" | "xla" | "pallas" | "reference"
+                                  # (evaluation/engine.py); auto = pallas where it compiles
+      score_dtype="float32",      # stored unit tokens for scoring: "float32" | "bfloat16"
       batch_size=256,             # encoding batch
       dev_max_images=-1,          # > 0: evaluate dev on its first N images only
   ))

@@ -3,11 +3,11 @@ the whole split blockwise over the devices, then rank.
 
 The encoders run jitted with the batch split over the mesh; only the token sets the
 score needs (similarity.SCORE_KEYS) are kept on the host. The score matrix is built by
-scoring.score_matrix in blocks, so the images x captions x tokens x tokens tensor never
-exists.
+scorer.Scorer (config.eval.backend: XLA blocks or the fused Pallas kernel) over
+scoring.py's blocks, so the images x captions x tokens x tokens tensor never exists.
 """
 import dataclasses
-import functools
+import os
 
 import jax
 import ml_collections
@@ -17,7 +17,9 @@ from gralign_jax import sharding
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
+from gralign_jax.evaluation import gallery
 from gralign_jax.evaluation import recall
+from gralign_jax.evaluation import scorer as scorer_lib
 from gralign_jax.evaluation import scoring
 from gralign_jax.models import similarity
 
@@ -44,7 +46,7 @@ class Evaluator:
     data_sharding, rep = sharding.batch_sharded(mesh), sharding.replicated(mesh)
 
     def encode_images(params, pixels):
-      out = model.apply({"params": params}, images_lib.normalize(pixels, mean, std),
+      out = model.apply({"params": params}, images_lib.model_input(pixels, mean, std),
                         train=False, method=model.encode_image)
       return {k: v for k, v in out.items() if k in keys}
 
@@ -58,12 +60,13 @@ class Evaluator:
     self._encode_texts = jax.jit(encode_texts, in_shardings=(rep, data_sharding,
                                                              data_sharding),
                                  out_shardings=data_sharding)
-    self.score_fn = functools.partial(_total_score, model_config=config.model)
+    self.scorer = scorer_lib.Scorer.from_config(config, mesh)
 
   def encode(self, params, split: readers.Split, captions: pipeline.EncodedCaptions):
     """-> (image token sets, caption token sets): dicts of host arrays, leading N / M."""
-    img_parts = []
+    img_parts, self.bad_images = [], 0
     for batch in pipeline.eval_image_batches(split, self.config, self.batch):
+      self.bad_images += int(batch["bad_images"].sum())  # data.skip_bad_images
       n = len(batch["image"])
       out = self._encode_images(params, sharding.global_batch(
           scoring.pad_rows(batch["image"], self.batch), self.mesh))
@@ -79,23 +82,35 @@ class Evaluator:
     concat = lambda parts: jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)
     return concat(img_parts), concat(txt_parts)
 
+  def encode_cached(self, params, split, captions, folder: str, meta: dict):
+    """encode() through a gallery cache (gallery.py): read from folder when it holds
+    this split encoded under this meta (e.g. {"step": 30000, "split": "test"}), else
+    encoded and saved there. A cache with other meta or other ids is an error."""
+    if os.path.exists(os.path.join(folder, gallery.MANIFEST)):
+      sides, _ = gallery.load(folder, expect_meta=meta)
+      (imgs, img_ids), (txts, _) = sides["images"], sides["texts"]
+      if not np.array_equal(img_ids, np.asarray(split.image_ids)):
+        raise ValueError(f"Gallery cache {folder!r} holds other images than split "
+                         f"{split.name!r}; re-encode or point elsewhere.")
+      return imgs, txts
+    imgs, txts = self.encode(params, split, captions)
+    gallery.save(folder, {"images": (imgs, np.asarray(split.image_ids)),
+                          "texts": (txts, np.arange(len(captions.ids)))}, meta)
+    return imgs, txts
+
   def scores(self, params, split, captions) -> np.ndarray:
     """The (num_images, num_captions) score matrix of a split."""
     imgs, txts = self.encode(params, split, captions)
-    return scoring.score_matrix(self.score_fn, imgs, txts,
-                                block_images=self.config.eval.block_images,
-                                block_texts=self.config.eval.block_texts, mesh=self.mesh)
+    return self.scorer.matrix(imgs, txts)
 
   def evaluate(self, params, split, captions, protocol: str = "1k") -> dict:
     """Recall metrics; protocol "coco" -> {"test_1k": ..., "test_5k": ...}."""
     sims = self.scores(params, split, captions)
     cpi = split.captions_per_image
+    bad = {"bad_images": self.bad_images} if self.config.data.skip_bad_images else {}
     if protocol == "coco":
-      return recall.coco_metrics(sims, captions_per_image=cpi)
+      return {k: dict(m, **bad) for k, m in
+              recall.coco_metrics(sims, captions_per_image=cpi).items()}
     metrics = recall.recall_metrics(sims, captions_per_image=cpi)
     metrics["score_std"] = float(sims.std())  # ~0 means a collapsed model
-    return metrics
-
-
-def _total_score(img, txt, model_config):
-  return similarity.total_score(similarity.pair_scores(img, txt, model_config), model_config)
+    return dict(metrics, **bad)

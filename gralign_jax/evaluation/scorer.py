@@ -1,0 +1,184 @@
+"""The scorer: picks the backend and the block sizes for the hardware, prepares the
+encoded token sets (engine.py) and runs scoring.py's blockwise, sharded matrix or
+streaming top-k with the matching block score function.
+
+  scorer = Scorer.from_config(config, mesh)
+  sims = scorer.matrix(image_enc, text_enc)            # (N, M) float32
+  vals, idx = scorer.topk_texts(image_enc, text_enc, k)  # (N, k), memory N x k
+
+image_enc / text_enc are the dicts encode_image / encode_text return (the keys of
+similarity.SCORE_KEYS, as the evaluator and gallery.py keep them).
+"""
+import dataclasses
+import functools
+import logging
+
+import jax
+import ml_collections
+import numpy as np
+
+from gralign_jax.evaluation import engine
+from gralign_jax.evaluation import pallas_scoring
+from gralign_jax.evaluation import scoring
+from gralign_jax.models import similarity
+
+
+# ---------------------------------------------------------------------------
+# Backend and block sizes for the hardware.
+# ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def pallas_works(params: pallas_scoring.KernelParams) -> bool:
+  """Whether the kernel compiles here and agrees with xla_scores on a small probe."""
+  rng = np.random.default_rng(0)
+  enc_i = {"tokens": rng.normal(size=(3, 20, 64)), "mask": np.ones((3, 20), bool)}
+  enc_t = {"tokens": rng.normal(size=(5, 7, 64)),
+           "mask": np.arange(7)[None] < rng.integers(1, 8, size=(5, 1))}
+  layout = engine.Layout(True, 16, max(16, params.block_k))
+  img = engine.prepare_images(enc_i, {"ori": 1.0}, layout=layout)
+  txt = engine.prepare_texts(enc_t, {"ori": 1.0}, layout=layout)
+  try:
+    got = jax.jit(functools.partial(engine.pallas_scores, slope=0.1, params=params,
+                                    interpret=False))(img, txt)
+    want = engine.xla_scores(img, txt, slope=0.1)
+    ok = bool(np.allclose(np.asarray(got), np.asarray(want), atol=1e-3))
+    if not ok:
+      logging.warning("The Pallas scoring kernel disagrees with XLA here; using XLA.")
+    return ok
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("The Pallas scoring kernel does not compile on %s (%s: %s); using "
+                    "XLA.", jax.default_backend(), type(e).__name__, str(e)[:300])
+    return False
+
+
+def resolve_backend(backend: str, model_config,
+                    params: pallas_scoring.KernelParams) -> str:
+  """"auto" | "xla" | "pallas" | "reference" -> the backend that will run."""
+  if backend not in engine.BACKENDS:
+    raise ValueError(f"config.eval.backend must be one of {engine.BACKENDS}, got {backend!r}.")
+  if model_config.score == "global":
+    return "global"
+  if model_config.gate_mode == "scale":
+    if backend in ("xla", "pallas"):
+      raise ValueError(f"eval.backend={backend!r} computes gate_mode 'weight' only; use "
+                       "'reference' (or 'auto') with gate_mode 'scale'.")
+    return "reference"
+  if backend == "auto":
+    on_accelerator = jax.default_backend() in ("gpu", "tpu")
+    return "pallas" if on_accelerator and pallas_works(params) else "xla"
+  return backend
+
+
+def auto_blocks(backend: str, n_local: int, m: int, lt: int, lc: int) -> tuple[int, int]:
+  """(block_images, block_texts) sized to a quarter of one device's memory.
+
+  xla holds about three float32 (bi, bt, L_t, L_c) temporaries; pallas only the
+  (bi, bt) output and the text block, so its blocks are limited by launch size.
+  """
+  stats = jax.local_devices()[0].memory_stats() or {}
+  budget = stats.get("bytes_limit", 2 ** 32) // 4  # CPUs report none: 1 GiB
+  if backend == "pallas":
+    return min(n_local, 1024), min(m, 4096)
+  bt = min(m, 256)
+  pairs = max(1, budget // (12 * lt * lc))
+  return max(1, min(n_local, pairs // bt)), bt
+
+
+# ---------------------------------------------------------------------------
+# The scorer.
+# ---------------------------------------------------------------------------
+class Scorer:
+  """Scores of one model config's encodings; see the module docstring.
+
+  Args:
+    model_config: config.model (score, gate_mode, adapters, regions, leaky_slope).
+    backend: "auto" | "xla" | "pallas" | "reference" (engine.py).
+    dtype: "float32" | "bfloat16": the stored unit tokens; sums are float32 always.
+    block_images, block_texts: upper bounds of a block; <= 0: auto_blocks.
+    weights: {score name: weight}; None: model.score_weights over the present scores
+      (e.g. {"ori": 1} gives S_ori alone).
+    params: the kernel's tiling; interpret: run it interpreted (default: on a CPU).
+  """
+
+  def __init__(self, model_config, *, backend: str = "auto", dtype: str = "float32",
+               block_images: int = 0, block_texts: int = 0, mesh=None, weights=None,
+               params: pallas_scoring.KernelParams = pallas_scoring.KernelParams(),
+               interpret: bool | None = None):
+    if dtype not in engine.DTYPES:
+      raise ValueError(f"score dtype must be one of {sorted(engine.DTYPES)}, got {dtype!r}.")
+    self.config = model_config
+    self.dtype = engine.DTYPES[dtype]
+    self.blocks = (block_images, block_texts)
+    self.mesh = mesh if mesh is not None else scoring.default_mesh()
+    self.backend = resolve_backend(backend, model_config, params)
+    self.mix = engine.score_mix(model_config, weights) if model_config.score == "grm" else {}
+    if interpret is None:
+      interpret = jax.default_backend() == "cpu"
+    slope = float(model_config.leaky_slope)
+    if self.backend == "pallas":
+      self.layout = engine.Layout(pow2_text=True, col_multiple=16, d_multiple=16)
+      self.params, self.interpret = params, interpret
+      self.score_fn = None  # needs d: built in prepare
+    else:
+      self.layout = engine.Layout()
+      self.score_fn = {
+          "xla": functools.partial(engine.xla_scores, slope=slope),
+          "global": engine.global_scores,
+          "reference": functools.partial(
+              engine.reference_scores, mix=self.mix,
+              model_config=ml_collections.FrozenConfigDict(model_config)),
+      }[self.backend]
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, mesh=None) -> "Scorer":
+    ev = config.eval
+    return cls(config.model, backend=ev.get("backend", "auto"),
+               dtype=ev.get("score_dtype", "float32"), block_images=ev.block_images,
+               block_texts=ev.block_texts, mesh=mesh)
+
+  def prepare(self, images, texts) -> tuple[dict, dict]:
+    """Encodings -> the trees the block score function reads (host arrays)."""
+    if self.backend == "global":
+      unit = lambda e: {"global": engine._unit(e["global"])}  # pylint: disable=protected-access
+      return unit(images), unit(texts)
+    if self.backend == "reference":
+      keep = lambda e: {k: np.asarray(v) for k, v in e.items() if k in similarity.SCORE_KEYS}
+      return keep(images), keep(texts)
+    samples = np.shape(images["regions"])[1] if "unc" in self.mix else 1
+    img = engine.prepare_images(images, self.mix, self.dtype, self.layout)
+    txt = engine.prepare_texts(texts, self.mix, samples, self.dtype, self.layout)
+    if self.backend == "pallas":
+      d = img["tokens"].shape[-1]
+      block_k = self.params.block_k
+      while d % block_k:
+        block_k //= 2
+      self.score_fn = functools.partial(
+          engine.pallas_scores, slope=float(self.config.leaky_slope),
+          params=dataclasses.replace(self.params, block_k=block_k),
+          interpret=self.interpret)
+    return img, txt
+
+  def _blocks(self, img, txt) -> dict:
+    n, m = len(jax.tree.leaves(img)[0]), len(jax.tree.leaves(txt)[0])
+    bi, bt = self.blocks
+    if bi <= 0 or bt <= 0:
+      lt = txt["tokens"].shape[1] if "tokens" in txt else 1
+      lc = img["tokens"].shape[1] if "tokens" in img else 1
+      auto = auto_blocks(self.backend, -(-n // self.mesh.devices.size), m, lt, lc)
+      bi, bt = (b if b > 0 else a for b, a in zip(self.blocks, auto))
+    return {"block_images": bi, "block_texts": bt, "mesh": self.mesh}
+
+  def _run(self, fn, images, texts, *args, prepared: bool):
+    img, txt = (images, texts) if prepared else self.prepare(images, texts)
+    return fn(self.score_fn, img, txt, *args, **self._blocks(img, txt))
+
+  def matrix(self, images, texts, *, prepared: bool = False) -> np.ndarray:
+    """(N, M) float32 scores. prepared=True: images/texts come from self.prepare."""
+    return self._run(scoring.score_matrix, images, texts, prepared=prepared)
+
+  def topk_texts(self, images, texts, k: int, *, prepared: bool = False):
+    """The k best texts per image: values (N, k) float32, indices (N, k) int32."""
+    return self._run(scoring.topk_texts_per_image, images, texts, k, prepared=prepared)
+
+  def topk_images(self, images, texts, k: int, *, prepared: bool = False):
+    """The k best images per text: values (M, k) float32, indices (M, k) int32."""
+    return self._run(scoring.topk_images_per_text, images, texts, k, prepared=prepared)

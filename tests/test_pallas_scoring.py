@@ -1,0 +1,147 @@
+"""The fused Pallas scoring kernel, run by Pallas's interpreter on the CPU, against a
+NumPy loop over pairs and tokens, against the XLA path (engine.xla_scores) and against
+the model's own definition (similarity.pair_scores) through the Scorer."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from gralign_jax import configs
+from gralign_jax.evaluation import pallas_scoring as ps
+from gralign_jax.evaluation import scorer
+from gralign_jax.models import similarity
+
+SLOPE = 0.1
+
+
+def loop_reference(t, trow, v, vcol, lt, lc):
+  """The kernel's contract (pallas_scoring docstring), one pair and token at a time."""
+  n, m = v.shape[0] // lc, t.shape[0] // lt
+  groups = trow.shape[0] - 1
+  out = np.zeros((n, m))
+  for i in range(n):
+    for j in range(m):
+      tt = t[j * lt:(j + 1) * lt].astype(np.float64)
+      vv = v[i * lc:(i + 1) * lc].astype(np.float64)
+      c = tt @ vv.T
+      c = np.where(c > 0, c, SLOPE * c)
+      valid = trow[0, j * lt:(j + 1) * lt] > 0
+      gid = vcol[0, i * lc:(i + 1) * lc]
+      s = 0.0
+      for col in range(lc):
+        best = max([c[l, col] for l in range(lt) if valid[l]], default=ps.NEG)
+        s += vcol[1, i * lc + col] * best
+      for g in range(groups):
+        for l in range(lt):
+          best = max([c[l, col] for col in range(lc) if gid[col] == g], default=ps.NEG)
+          s += trow[1 + g, j * lt + l] * best
+      out[i, j] = s
+  return out
+
+
+def flat_inputs(seed, n, m, lt, lc, d, groups, dtype=np.float32):
+  """Random flat kernel inputs: unit tokens, masked rows, ragged column groups."""
+  rng = np.random.default_rng(seed)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  t = unit(rng.normal(size=(m * lt, d))).astype(dtype)
+  v = unit(rng.normal(size=(n * lc, d))).astype(dtype)
+  valid = (rng.random(m * lt) > 0.3).astype(np.float32)
+  trow = np.concatenate([valid[None], rng.random((groups, m * lt)) * valid], 0)
+  gid = rng.integers(-1, groups, size=n * lc).astype(np.float32)
+  vcol = np.stack([gid, rng.random(n * lc) * (gid >= 0)]).astype(np.float32)
+  return t, trow.astype(np.float32), v, vcol
+
+
+PARAMS = [
+    ps.KernelParams(tile_texts=1, tile_images=1, max_chunk=16, block_k=16),
+    ps.KernelParams(tile_texts=2, tile_images=3, max_chunk=32, block_k=16),
+    ps.KernelParams(tile_texts=4, tile_images=2, max_chunk=128, block_k=32,
+                    reshape_reduce=True),
+]
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_kernel_equals_loop_reference(params):
+  n, m, lt, lc, d, groups = 6, 8, 4, 48, 32, 2   # lc = 32 + 16: two chunk widths
+  t, trow, v, vcol = flat_inputs(0, n, m, lt, lc, d, groups)
+  got = ps.max_mean_scores(t, trow, v, vcol, lt=lt, lc=lc, groups=groups, slope=SLOPE,
+                           params=params, interpret=True)
+  np.testing.assert_allclose(np.asarray(got), loop_reference(t, trow, v, vcol, lt, lc),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_bf16_inputs_accumulate_in_f32():
+  n, m, lt, lc, d, groups = 2, 4, 8, 16, 64, 1
+  t, trow, v, vcol = flat_inputs(1, n, m, lt, lc, d, groups, dtype=jnp.bfloat16)
+  got = ps.max_mean_scores(t, trow, v, vcol, lt=lt, lc=lc, groups=groups, slope=SLOPE,
+                           params=ps.KernelParams(tile_texts=2, block_k=64),
+                           interpret=True)
+  assert got.dtype == jnp.float32
+  want = loop_reference(np.asarray(t, np.float32), trow, np.asarray(v, np.float32),
+                        vcol, lt, lc)  # the same bf16 values, multiplied exactly
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_column_chunks():
+  assert ps.column_chunks(208, 128) == ((0, 128), (128, 64), (192, 16))
+  assert ps.column_chunks(256, 128) == ((0, 128), (128, 128))
+  assert ps.column_chunks(16, 128) == ((0, 16),)
+  with pytest.raises(ValueError, match="multiple of 16"):
+    ps.column_chunks(202, 128)
+
+
+def test_unpadded_inputs_are_refused():
+  t, trow, v, vcol = flat_inputs(2, 3, 3, 4, 16, 16, 1)
+  with pytest.raises(ValueError, match="Unpadded"):
+    ps.max_mean_scores(t, trow, v, vcol, lt=4, lc=16, groups=1, slope=SLOPE,
+                       params=ps.KernelParams(tile_texts=2, block_k=16), interpret=True)
+
+
+def _grm_inputs(seed, ni, nt, lv=9, lt=5, d=20, k=3, s=1):
+  rng = np.random.default_rng(seed)
+  v_mask = np.arange(lv)[None] < rng.integers(2, lv + 1, size=(ni, 1))
+  t_mask = np.arange(lt)[None] < rng.integers(1, lt + 1, size=(nt, 1))
+  img = {"tokens": rng.normal(size=(ni, lv, d)), "mask": v_mask,
+         "gates": rng.uniform(0, 1, (ni, lv)) * v_mask,
+         "regions": rng.normal(size=(ni, s, k, d))}
+  txt = {"tokens": rng.normal(size=(nt, lt, d)), "mask": t_mask,
+         "gates": np.where(rng.random((nt, lt)) > 0.2, rng.uniform(0.1, 1, (nt, lt)),
+                           0.0) * t_mask}
+  txt["gates"][:, 0] = 0.5
+  return ({k: np.asarray(x, np.float32) if x.dtype == np.float64 else x
+           for k, x in img.items()},
+          {k: np.asarray(x, np.float32) if x.dtype == np.float64 else x
+           for k, x in txt.items()})
+
+
+@pytest.mark.parametrize("n_dev,bi,bt,samples", [(8, 1, 3, 1), (1, 5, 7, 2), (8, 2, 13, 1)])
+def test_scorer_pallas_equals_xla_and_definition(n_dev, bi, bt, samples):
+  cfg = configs.model_config()
+  img, txt = _grm_inputs(n_dev + bi, ni=10, nt=13, s=samples)   # ragged last blocks
+  mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("data",))
+  kw = dict(block_images=bi, block_texts=bt, mesh=mesh)
+  params = ps.KernelParams(tile_texts=2, tile_images=2, max_chunk=16, block_k=16)
+  pallas = scorer.Scorer(cfg, backend="pallas", params=params, **kw).matrix(img, txt)
+  xla = scorer.Scorer(cfg, backend="xla", **kw).matrix(img, txt)
+  want = similarity.total_score(similarity.pair_scores(img, txt, cfg), cfg)
+  np.testing.assert_allclose(pallas, xla, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(pallas, np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_scorer_pallas_topk():
+  cfg = configs.model_config()
+  img, txt = _grm_inputs(3, ni=7, nt=9)
+  sc = scorer.Scorer(cfg, backend="pallas", block_images=2, block_texts=4,
+                     params=ps.KernelParams(tile_texts=2, block_k=16))
+  full = sc.matrix(img, txt)
+  _, idx = sc.topk_texts(img, txt, 3)
+  np.testing.assert_array_equal(idx, np.argsort(-full, 1, kind="stable")[:, :3])
+  _, idx = sc.topk_images(img, txt, 2)
+  np.testing.assert_array_equal(idx, np.argsort(-full.T, 1, kind="stable")[:, :2])
+
+
+def test_auto_is_xla_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert scorer.Scorer(configs.model_config()).backend == "xla"
+  assert scorer.Scorer(configs.model_config(), backend="pallas").backend == "pallas"
