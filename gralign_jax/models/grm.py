@@ -20,10 +20,11 @@ import ml_collections
 from gralign_jax.models import bert
 from gralign_jax.models import regions as regions_lib
 from gralign_jax.models import saliency
+from gralign_jax.models import swin
 from gralign_jax.models import vit
 
 # config.model.vision.name / text.name -> a class with from_config(config, dtype).
-VISION_BACKBONES = {"vit": vit.ViT}
+VISION_BACKBONES = {"vit": vit.ViT, "swin": swin.Swin}
 TEXT_BACKBONES = {"bert": bert.Bert}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
