@@ -26,7 +26,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
+        "test": ["pytest>=8", "pytest-timeout", "tensorflow-datasets>=4.9.8", "array-record"],
+        # config.data.format="tfds" (reads array_record; TensorFlow is not needed)
+        "tfds": ["tensorflow-datasets>=4.9.8", "array-record"],
         "parity": ["torch"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

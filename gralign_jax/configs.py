@@ -75,9 +75,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic",           # "synthetic", "flickr30k" or "coco"
       root="",                    # data set folder
-      format="laps",              # "laps" (id_mapping.json + precomp/) or "karpathy"
+      format="laps",              # the reader (data/readers.py): "laps" (id_mapping.json
+                                  # + precomp/{split}_{ids,caps}.txt + images), "karpathy"
+                                  # (dataset_*.json + images), "precomp" (SCAN's
+                                  # {split}_ims.npy BUTD features + {split}_caps.txt) or
+                                  # "tfds" (a TFDS-prepared coco_captions, array_record)
       image_dir="images",         # image folder under root ("flickr30k-images" for F30K)
       karpathy_json="",           # file name under root for format "karpathy"
+      feature_shape=(36, 2048),   # format "precomp": (regions, dims) of {split}_ims.npy
+      tfds_name="coco_captions",  # format "tfds": the data set under a TFDS data_dir
+      skip_bad_images=False,      # True: an unreadable image is warned about, passed over
+                                  # (train) or zeroed (eval), and counted in metrics
+                                  # ("bad_images"); False: it stops the run, named
       tokenizer="",               # HF tokenizer folder; "" = <root>/tokenizer
       image_size=64,
       crop_scale=(0.6, 1.0),      # RandomResizedCrop scale range for training

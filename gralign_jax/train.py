@@ -115,6 +115,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- evaluation
   evaluator = evaluator_lib.Evaluator(model, config, mesh)
   writer = metrics_lib.MetricWriter(workdir)
+  writer.write(start_step, "data", {f"{s}_{k}": v for s, sp in splits.items() for k, v in (
+      ("images", sp.num_images), ("captions", sp.num_captions),
+      ("truncated_captions", captions[s].num_truncated))})
 
   def evaluate_dev(step):
     t0 = time.time()
@@ -142,12 +145,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   clock = time.time()
   while step < total_steps:
     step += 1
-    batch = sharding.global_batch(next(batches), mesh)
+    local = next(batches)  # images passed over (data.skip_bad_images) are counted here
+    meta["bad_images"] = meta.get("bad_images", 0) + int(local.pop("bad_images").sum())
+    batch = sharding.global_batch(local, mesh)
     state, aux = train_step(state, batch)
     out_of_time = budget > 0 and meta.get("train_seconds", 0.0) + time.time() - clock > budget
     last = step == total_steps or out_of_time
     if step % config.train.log_every == 0 or last:
       aux = jax.device_get(aux)
+      if config.data.skip_bad_images:
+        aux["bad_images"] = _sum_over_hosts(meta["bad_images"])
       writer.write(step, "train", aux)
       progress.update(step, aux)
       if step > watch_from and is_collapsed(aux) and not collapse_reported:
@@ -223,7 +230,7 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_fro
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     rngs = dict(zip(("gumbel", "sample", "dropout"), jax.random.split(rng, 3)))
-    pixels = images_lib.normalize(batch["image"], mean, std)
+    pixels = images_lib.model_input(batch["image"], mean, std)  # precomp: features
 
     def loss_fn(params):
       img, txt = model.apply({"params": params}, pixels, batch["ids"], batch["mask"],
@@ -242,6 +249,13 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_fro
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
                  donate_argnums=0)
+
+
+def _sum_over_hosts(count: int) -> int:
+  if jax.process_count() == 1:
+    return count
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
 
 
 def _global_norm(tree):

@@ -1,12 +1,25 @@
-"""The grain training pipeline: deterministic order, worker processes, resumable state."""
+"""The grain pipeline: deterministic order, worker processes, resumable state, host
+shards, the four formats, and bad images (stop naming the file, or skip and count)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
 import jax
 import numpy as np
 import pytest
 
+import format_fixtures
 from experiments.configs import demo
 from gralign_jax.data import datasets
+from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.data import synthetic_scenes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +104,155 @@ def test_hosts_read_disjoint_shards(data, monkeypatch):
   merged = np.stack([np.concatenate([b["ids"] for b in per_host[h]]) for h in range(2)],
                     axis=1).reshape(-1, captions.ids.shape[1])
   np.testing.assert_array_equal(merged, np.concatenate([b["ids"] for b in one_host]))
+
+
+# ---------------------------------------------------------------- the four formats
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+  pytest.importorskip("tensorflow_datasets")
+  return format_fixtures.build(str(tmp_path_factory.mktemp("formats")))
+
+
+def format_data(roots, fmt, workers=0):
+  config = format_fixtures.configure(demo.get_config("smoke"), fmt, roots)
+  config.train.batch_size = 8
+  config.data.num_workers = workers
+  split = datasets.read_split(config, "train")
+  captions = pipeline.encode_captions(split, datasets.load_tokenizer(config),
+                                      config.data.max_len)
+  return config, split, captions
+
+
+@pytest.mark.parametrize("fmt", format_fixtures.FORMATS)
+def test_every_format_pairs_each_caption_with_its_image(roots, fmt):
+  config, split, captions = format_data(roots, fmt)
+  steps = split.num_captions // config.train.batch_size
+  batches = take(pipeline.train_iterator(split, captions, config, seed=0), steps)
+  seen = np.concatenate([b["caption_id"] for b in batches])
+  np.testing.assert_array_equal(np.sort(seen), np.arange(split.num_captions))
+  for b in batches[:3]:
+    np.testing.assert_array_equal(b["image_id"], b["caption_id"] // 5)
+    np.testing.assert_array_equal(b["ids"], captions.ids[b["caption_id"]])
+    assert not b["bad_images"].any()
+    if fmt == "precomp":  # features pass unaugmented
+      assert b["image"].dtype == np.float32 and b["image"].shape == (8, 6, 64)
+      for row, i in zip(b["image"], b["image_id"]):
+        np.testing.assert_array_equal(row, split.load_image(i))
+    else:
+      assert b["image"].dtype == np.uint8 and b["image"].shape == (8, 32, 32, 3)
+  evals = list(pipeline.eval_image_batches(split, config, batch_size=10))
+  assert [len(b["index"]) for b in evals] == [10, 10, 4]
+  first = evals[0]["image"][2]
+  want = split.load_image(2)
+  np.testing.assert_array_equal(first, want if fmt == "precomp"
+                                else images_lib.resize(want, 32))
+
+
+@pytest.mark.parametrize("fmt", ["precomp", "tfds"])
+def test_sources_cross_to_worker_processes(roots, fmt):
+  config, split, captions = format_data(roots, fmt)
+  in_process = take(pipeline.train_iterator(split, captions, config, seed=0), 3)
+  config.data.num_workers = 2
+  assert_batches_equal(in_process,
+                       take(pipeline.train_iterator(split, captions, config, seed=0), 3))
+
+
+@pytest.fixture
+def broken(data, tmp_path):
+  """A copy of the synthetic set whose image 3 is a truncated JPEG."""
+  config, split, _ = data
+  root = str(tmp_path / "broken")
+  shutil.copytree(config.data.root, root)
+  path = os.path.join(root, "images", "000003.jpg")
+  with open(path, "rb") as f:
+    data_bytes = f.read()
+  with open(path, "wb") as f:
+    f.write(data_bytes[:len(data_bytes) // 2])
+  config = config.copy_and_resolve_references()
+  config.data.root = root
+  split = datasets.read_split(config, "train")
+  return config, split, pipeline.encode_captions(split, datasets.load_tokenizer(config),
+                                                 config.data.max_len)
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_corrupt_jpeg_stops_the_run_naming_the_file(broken, workers):
+  config, split, captions = broken
+  config.data.num_workers = workers
+  it = pipeline.train_iterator(split, captions, config, seed=0)
+  with pytest.raises(images_lib.ImageDecodeError, match=r"images/000003\.jpg: OSError: "
+                     "image file is truncated"):
+    take(it, 15)
+  with pytest.raises(images_lib.ImageDecodeError, match=r"000003\.jpg"):
+    list(pipeline.eval_image_batches(split, config, batch_size=8))
+
+
+def test_skip_bad_images_passes_over_and_counts(broken, caplog):
+  config, split, captions = broken
+  config.data.skip_bad_images = True
+  batches = take(pipeline.train_iterator(split, captions, config, seed=0), 15)  # 1 epoch
+  seen = np.concatenate([b["caption_id"] for b in batches])
+  bad = np.concatenate([b["bad_images"] for b in batches])
+  # Image 3's five captions became image 4's: counted once each, never paired with 3.
+  assert bad.sum() == 5 and not np.isin(seen, np.arange(15, 20)).any()
+  np.testing.assert_array_equal(np.sort(seen[bad == 1] % 5), np.arange(5))
+  assert (seen[bad == 1] // 5 == 4).all()
+  assert np.bincount(seen, minlength=120)[20:25].tolist() == [2] * 5
+  assert "Skipping a bad image" in caplog.text and "000003.jpg" in caplog.text
+  evals = list(pipeline.eval_image_batches(split, config, batch_size=8))
+  assert sum(int(b["bad_images"].sum()) for b in evals) == 1
+  assert evals[0]["bad_images"][3] == 1 and not evals[0]["image"][3].any()
+
+
+def test_two_processes_read_disjoint_shards_that_cover_the_epoch(roots, tmp_path):
+  """Two real JAX processes (jax.distributed on CPU), each with its own grain
+  pipeline: one epoch's caption ids split between them without overlap, in every
+  format, and their batches assemble into one global array on the mesh."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  script = textwrap.dedent(f"""
+      import json, sys
+      import jax, numpy as np
+      pid = int(sys.argv[1])
+      jax.distributed.initialize(coordinator_address="localhost:{port}",
+                                 num_processes=2, process_id=pid)
+      sys.path.insert(0, "tests")
+      import format_fixtures
+      from experiments.configs import demo
+      from gralign_jax import sharding
+      from gralign_jax.data import datasets, pipeline
+      roots = json.loads(sys.argv[2])
+      out = {{}}
+      mesh = sharding.make_mesh()
+      for fmt in format_fixtures.FORMATS:
+        config = format_fixtures.configure(demo.get_config("smoke"), fmt, roots)
+        config.train.batch_size = 8
+        split = datasets.read_split(config, "train")
+        caps = pipeline.encode_captions(split, datasets.load_tokenizer(config), 28)
+        it = pipeline.train_iterator(split, caps, config, seed=0)
+        ids = []
+        for _ in range(split.num_captions // 8):
+          local = next(it)
+          ids += local["caption_id"].tolist()
+          glob = sharding.global_batch(local, mesh)
+          assert glob["ids"].shape == (8, 28) and mesh.devices.size == 4
+        out[fmt] = ids
+      print("IDS", json.dumps(out))
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(pid), json.dumps(roots)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  shards = [json.loads(o.split("IDS ", 1)[1]) for o, _ in outs]
+  for fmt in format_fixtures.FORMATS:
+    a, b = shards[0][fmt], shards[1][fmt]
+    assert len(a) == len(b) == 60
+    assert not set(a) & set(b)
+    assert sorted(a + b) == list(range(120))

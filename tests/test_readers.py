@@ -251,9 +251,11 @@ def test_karpathy_coco_style(tmp_path):
   assert train.captions[5] == "caption 0 of 1"
   dev = readers.read_split(str(root), "dev", format="karpathy")
   assert dev.image_ids == (1002,)
-  with pytest.raises(DataFormatError, match=r"no image in split 'testall'.*"
+  testall = readers.read_split(str(root), "testall", format="karpathy")
+  assert testall.image_ids == (1003,)  # COCO's 5K test set is Karpathy's "test"
+  with pytest.raises(DataFormatError, match=r"no image in split 'test1k'.*"
                      r"\['restval', 'test', 'train', 'val'\]"):
-    readers.read_split(str(root), "testall", format="karpathy")
+    readers.read_split(str(root), "test1k", format="karpathy")
 
 
 def test_laps_with_sub_folders(tmp_path):

@@ -8,6 +8,7 @@ import time
 
 import ml_collections
 
+from gralign_jax import weights
 from gralign_jax.data import readers
 from gralign_jax.data import synthetic_scenes
 from gralign_jax.data import text
@@ -37,11 +38,19 @@ def prepare(config: ml_collections.ConfigDict, log=print) -> None:
 def read_split(config: ml_collections.ConfigDict, split: str) -> readers.Split:
   data = config.data
   return readers.read_split(data.root, split, format=data.format, image_dir=data.image_dir,
-                            karpathy_json=data.karpathy_json)
+                            karpathy_json=data.karpathy_json,
+                            feature_shape=tuple(data.feature_shape),
+                            tfds_name=data.tfds_name)
 
 
 def tokenizer_path(config: ml_collections.ConfigDict) -> str:
-  return config.data.tokenizer or os.path.join(config.data.root, "tokenizer")
+  """data.tokenizer (a folder, or a model id in the local HF cache such as
+  "google-bert/bert-base-uncased"), or <root>/tokenizer when it is empty."""
+  if not config.data.tokenizer:
+    return os.path.join(config.data.root, "tokenizer")
+  if os.path.isdir(config.data.tokenizer):
+    return config.data.tokenizer
+  return weights.resolve(config.data.tokenizer)
 
 
 def load_tokenizer(config: ml_collections.ConfigDict):

@@ -5,6 +5,7 @@ algorithm) and `hflip`; evaluation images through `resize`. All return uint8 (H,
 the cheapest thing to ship to the device, where `normalize` turns them into float inside
 the jitted step.
 """
+import io
 import math
 from typing import Sequence
 
@@ -27,25 +28,35 @@ def decode_image(path: str) -> np.ndarray:
   Raises:
     ImageDecodeError: the file is missing, not an image, corrupt or truncated.
   """
+  try:
+    with open(path, "rb") as f:
+      return _decode(f, f"Image file {path}")
+  except FileNotFoundError as e:
+    raise ImageDecodeError(f"Image file {path} does not exist.") from e
+
+
+def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
+  """decode_image for encoded bytes held elsewhere (a TFDS record); `where` names them."""
+  return _decode(io.BytesIO(data), where)
+
+
+def _decode(f, where: str) -> np.ndarray:
   if ImageFile.LOAD_TRUNCATED_IMAGES:
     raise ImageDecodeError(
         f"PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set elsewhere in this process); "
         f"truncated images would decode silently. Set it back to False before reading "
-        f"{path}.")
+        f"{where}.")
   try:
-    with open(path, "rb") as f:
-      with Image.open(f) as img:
-        img.load()
-        rgb = img.convert("RGB")
-  except FileNotFoundError as e:
-    raise ImageDecodeError(f"Image file {path} does not exist.") from e
+    with Image.open(f) as img:
+      img.load()
+      rgb = img.convert("RGB")
   except Image.DecompressionBombError as e:
-    raise ImageDecodeError(f"Image file {path} is implausibly large: {e}") from e
+    raise ImageDecodeError(f"{where} is implausibly large: {e}") from e
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     # OSError covers UnidentifiedImageError ("cannot identify image file") and
     # "image file is truncated"; some PIL decoders raise SyntaxError or ValueError.
-    raise ImageDecodeError(
-        f"Could not decode image file {path}: {type(e).__name__}: {e}") from e
+    where = where[0].lower() + where[1:] if where.startswith("Image file") else where
+    raise ImageDecodeError(f"Could not decode {where}: {type(e).__name__}: {e}") from e
   return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -110,3 +121,15 @@ def normalize(images, mean: Sequence[float], std: Sequence[float],
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   return ((x - mean) / std).astype(dtype)
+
+
+def model_input(images, mean: Sequence[float], std: Sequence[float]) -> jnp.ndarray:
+  """What the vision backbone takes: uint8 pixels normalised, float features as they are.
+
+  Region-feature splits (format "precomp") carry float32 (..., R, D) in the batch's
+  "image" slot; only uint8 pixels have a mean and std to remove.
+  """
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    return normalize(images, mean, std)
+  return images.astype(jnp.float32)

@@ -9,12 +9,15 @@ share of the records (record g goes to host g % process_count).
 Captions are tokenised once, up front, in the main process; images are decoded and
 augmented per record (in grain worker processes when `data.num_workers > 0`).
 Batches leave the pipeline as uint8 images and int32 ids: normalisation happens on the
-device, inside the jitted step, so host-to-device traffic stays small.
+device, inside the jitted step, so host-to-device traffic stays small. The same code
+serves all four formats (readers.py): a "precomp" split yields its float32 (R, D)
+region features in the "image" slot, unaugmented.
 """
 import dataclasses
 from typing import Iterator
 
 from absl import flags
+from absl import logging
 import grain
 import jax
 import ml_collections
@@ -38,36 +41,87 @@ def encode_captions(split: readers.Split, tokenizer, max_len: int) -> EncodedCap
   return EncodedCaptions(ids.astype(np.int32), mask.astype(bool), int(truncated.sum()))
 
 
+_WARNED: set = set()  # images already reported bad by this process
+
+
+def _load_or_skip(split: readers.Split, i: int, skip: bool) -> np.ndarray | None:
+  """split.load_image(i); with skip, None (and one warning per image) if it is bad."""
+  try:
+    return split.load_image(i)
+  except images_lib.ImageDecodeError as e:
+    if not skip:
+      raise
+    if i not in _WARNED:
+      _WARNED.add(i)
+      logging.warning("Skipping a bad image (data.skip_bad_images=True): %s", e)
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainExample:
-  """Record index -> one augmented (image, caption) pair. Picklable for worker processes."""
+  """Record index -> one augmented (image, caption) pair. Picklable for worker processes.
+
+  With skip_bad_images, a caption whose image cannot be read is replaced by the same
+  caption slot of the next readable image, so batches keep their size and every host
+  its step count; "bad_images" counts the images passed over for this record.
+  """
   split: readers.Split
   captions: EncodedCaptions
   image_size: int
   crop_scale: tuple[float, float]
   hflip: bool
+  skip_bad_images: bool = False
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict:
+    cpi, n = self.split.captions_per_image, self.split.num_images
     c = int(index) % self.split.num_captions
-    i = c // self.split.captions_per_image
-    image = images_lib.decode_image(self.split.image_paths[i])
-    image = images_lib.random_resized_crop(image, rng, self.image_size,
-                                           scale=tuple(self.crop_scale))
-    if self.hflip and rng.random() < 0.5:
-      image = images_lib.hflip(image)
+    i, bad = c // cpi, 0
+    image = _load_or_skip(self.split, i, self.skip_bad_images)
+    while image is None:
+      bad += 1
+      if bad >= min(n, _MAX_BAD_IN_A_ROW):
+        raise images_lib.ImageDecodeError(
+            f"{bad} unreadable images in a row, from {self.split.image_paths[c // cpi]} "
+            f"on (split {self.split.name!r}); data.skip_bad_images passes over a few "
+            "bad files, not a broken data set.")
+      i = (i + 1) % n
+      image = _load_or_skip(self.split, i, self.skip_bad_images)
+    c = i * cpi + c % cpi
+    if self.split.kind == "pixels":  # region features are used as they are
+      image = images_lib.random_resized_crop(image, rng, self.image_size,
+                                             scale=tuple(self.crop_scale))
+      if self.hflip and rng.random() < 0.5:
+        image = images_lib.hflip(image)
     return {"image": image, "ids": self.captions.ids[c], "mask": self.captions.mask[c],
-            "image_id": np.int32(i)}
+            "image_id": np.int32(i), "caption_id": np.int32(c),
+            "bad_images": np.int32(bad)}
+
+
+_MAX_BAD_IN_A_ROW = 100
 
 
 @dataclasses.dataclass(frozen=True)
 class _EvalImage:
-  """Image index -> resized image (no augmentation)."""
+  """Image index -> resized image (no augmentation), or its region features.
+
+  With skip_bad_images an unreadable image becomes zeros (the protocol needs every
+  image in its place), counted in "bad_images".
+  """
   split: readers.Split
   image_size: int
+  skip_bad_images: bool = False
+  feature_shape: tuple[int, int] = (36, 2048)
 
   def __call__(self, index: int) -> dict:
-    image = images_lib.decode_image(self.split.image_paths[int(index)])
-    return {"image": images_lib.resize(image, self.image_size), "index": np.int32(index)}
+    image = _load_or_skip(self.split, int(index), self.skip_bad_images)
+    bad = image is None
+    if self.split.kind == "features":
+      image = np.zeros(self.feature_shape, np.float32) if bad else image
+    elif bad:
+      image = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+    else:
+      image = images_lib.resize(image, self.image_size)
+    return {"image": image, "index": np.int32(index), "bad_images": np.int32(bad)}
 
 
 def _worker_options(config: ml_collections.ConfigDict) -> grain.MultiprocessingOptions:
@@ -87,8 +141,9 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
                    config: ml_collections.ConfigDict, *, seed: int) -> grain.DatasetIterator:
   """Endless iterator of this host's training batches.
 
-  Yields dicts: image uint8 (b, S, S, 3), ids int32 (b, L), mask bool (b, L),
-  image_id int32 (b,), where b = train.batch_size / process_count.
+  Yields dicts: image uint8 (b, S, S, 3) (features: float32 (b, R, D)), ids int32
+  (b, L), mask bool (b, L), image_id and caption_id int32 (b,), bad_images int32 (b,)
+  (images passed over, see _TrainExample), where b = train.batch_size / process_count.
   `get_state()` / `set_state()` give its position for checkpoints.
   """
   process_count = jax.process_count()
@@ -100,8 +155,8 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
   # Augment before sharding: a record's crop depends on its global position only, not
   # on how many hosts share the stream.
   ds = ds.random_map(_TrainExample(split, captions, config.data.image_size,
-                                   tuple(config.data.crop_scale), bool(config.data.hflip)),
-                     seed=seed)
+                                   tuple(config.data.crop_scale), bool(config.data.hflip),
+                                   bool(config.data.skip_bad_images)), seed=seed)
   ds = ds[jax.process_index()::process_count]
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
   it = ds.to_iter_dataset(_read_options(config))
@@ -112,12 +167,14 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
 
 def eval_image_batches(split: readers.Split, config: ml_collections.ConfigDict,
                        batch_size: int) -> Iterator[dict]:
-  """All images of a split in order, resized: image uint8 (b, S, S, 3), index (b,).
+  """All images of a split in order, resized: image uint8 (b, S, S, 3) (features:
+  float32 (b, R, D)), index int32 (b,), bad_images int32 (b,).
 
   The last batch may be short; the caller pads it.
   """
   ds = grain.MapDataset.range(split.num_images).map(
-      _EvalImage(split, config.data.image_size)).batch(batch_size)
+      _EvalImage(split, config.data.image_size, bool(config.data.skip_bad_images),
+                 tuple(config.data.feature_shape))).batch(batch_size)
   it = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     it = it.mp_prefetch(_worker_options(config))

@@ -1,0 +1,175 @@
+"""The record every reader returns (`Split`), and the helpers the readers share.
+
+A `Split` is one split of a data set: images and their captions, caption c belonging
+to image c // captions_per_image. Where image i comes from depends on the format:
+
+- image files (laps, karpathy): `image_paths[i]`, decoded with images.decode_image;
+- an `ImageSource` (precomp, tfds): `source.load(i)`, and `image_paths[i]` is only a
+  name for messages ("train_ims.npy[17]", "coco_captions-train.array_record[17] ...").
+
+Sources are small picklable objects (grain worker processes receive them) that open
+their files lazily, once per process.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from gralign_jax.data import images as images_lib
+
+
+class DataFormatError(ValueError):
+  """A data set file exists but its content does not follow the expected layout."""
+
+
+class ImageSource(Protocol):
+  """Where a split's images live when they are not one file each.
+
+  kind: "pixels" (load -> uint8 (H, W, 3)) or "features" (load -> float32 (R, D)).
+  """
+  kind: str
+
+  def load(self, index: int) -> np.ndarray:
+    """Image `index` of the split (raises images.ImageDecodeError naming the record)."""
+
+  def describe(self, index: int) -> str:
+    """Where image `index` lives, for messages."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split: images and their captions, caption c -> image c // captions_per_image.
+
+  Attributes:
+    name: "train", "dev", "test", ...
+    image_paths: one per image: the file (no source) or a name for messages (source).
+    image_ids: the data set's ids, one per image.
+    captions: captions_per_image per image, in image order.
+    captions_per_image: 5 for Flickr30K, MS-COCO and the synthetic set.
+    source: None for image files, else the ImageSource that image i is read from
+      (indexed by position, so a prefix of the split keeps the same source).
+  """
+  name: str
+  image_paths: tuple[str, ...]
+  image_ids: tuple[int, ...]
+  captions: tuple[str, ...]
+  captions_per_image: int = 5
+  source: Any = None
+
+  def __post_init__(self):
+    if len(self.image_ids) != len(self.image_paths):
+      raise DataFormatError(f"Split {self.name!r}: {len(self.image_ids)} image ids for "
+                            f"{len(self.image_paths)} image paths.")
+    if len(self.captions) != self.captions_per_image * len(self.image_paths):
+      raise DataFormatError(
+          f"Split {self.name!r}: {len(self.captions)} captions for {len(self.image_paths)} "
+          f"images, expected {self.captions_per_image} per image.")
+
+  @property
+  def num_images(self) -> int:
+    return len(self.image_paths)
+
+  @property
+  def num_captions(self) -> int:
+    return len(self.captions)
+
+  @property
+  def kind(self) -> str:
+    """"pixels" (uint8 (H, W, 3) images) or "features" (float32 (R, D) regions)."""
+    return "pixels" if self.source is None else self.source.kind
+
+  def load_image(self, index: int) -> np.ndarray:
+    """Image `index`: uint8 (H, W, 3), or float32 (R, D) for a features split.
+
+    Raises:
+      images.ImageDecodeError: the image is missing, corrupt or truncated (named).
+    """
+    if self.source is None:
+      return images_lib.decode_image(self.image_paths[index])
+    return self.source.load(index)
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def listing(folder: str) -> str:
+  """What a folder holds (the first 20 names), for "missing file" messages."""
+  try:
+    names = sorted(os.listdir(folder))
+  except OSError:
+    return "(the folder does not exist)"
+  if not names:
+    return "(the folder is empty)"
+  more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+  return "it holds: " + ", ".join(names[:20]) + more
+
+
+def require_file(path: str, what: str) -> None:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"Missing {what}: {path} does not exist; {listing(os.path.dirname(path))}.")
+
+
+def read_lines(path: str) -> list[str]:
+  """Lines of a UTF-8 text file without their line ends (a final newline is optional)."""
+  with open(path, "rb") as f:
+    data = f.read()
+  lines = data.split(b"\n")
+  if lines and lines[-1] == b"":
+    lines.pop()
+  out = []
+  for i, raw in enumerate(lines, 1):
+    try:
+      out.append(raw.decode("utf-8").rstrip("\r"))
+    except UnicodeDecodeError as e:
+      raise DataFormatError(
+          f"{path}, line {i}: not valid UTF-8 ({e.reason} at byte {e.start} of the "
+          f"line: {raw[max(0, e.start - 10):e.start + 10]!r}).") from e
+  return out
+
+
+def read_captions(path: str) -> list[str]:
+  """Caption lines, stripped; an empty or whitespace-only line is an error."""
+  captions = read_lines(path)
+  for i, c in enumerate(captions, 1):
+    if not c.strip():
+      raise DataFormatError(f"{path}, line {i}: empty caption.")
+  return [c.strip() for c in captions]
+
+
+def read_ids(path: str) -> list[int]:
+  """One integer image id per line."""
+  ids = []
+  for i, line in enumerate(read_lines(path), 1):
+    try:
+      ids.append(int(line.strip()))
+    except ValueError:
+      raise DataFormatError(
+          f"{path}, line {i}: expected an integer image id, found {line!r}.") from None
+  return ids
+
+
+def collapse_repeated_ids(ids: list[int], num_captions: int, cpi: int) -> list[int]:
+  """Some releases list each image id once per caption; those runs become one id."""
+  if (len(ids) == num_captions and len(ids) % cpi == 0 and len(ids) > 0
+      and all(len(set(ids[k:k + cpi])) == 1 for k in range(0, len(ids), cpi))):
+    return ids[::cpi]
+  return ids
+
+
+def load_json(path: str):
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise DataFormatError(f"{path}, line {line}: not valid UTF-8 ({e.reason} at byte "
+                          f"{e.start}).") from e
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataFormatError(
+        f"{path}, line {e.lineno} column {e.colno}: invalid JSON ({e.msg}).") from e
