@@ -36,4 +36,5 @@ def configure(config, fmt: str, roots: dict[str, str]):
   config.data.update(format=fmt, root=roots[fmt],
                      tokenizer=os.path.join(roots["laps"], "tokenizer"),
                      feature_shape=FEATURE_SHAPE)
+  config.data.synthetic.generate = False
   return config

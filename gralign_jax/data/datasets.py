@@ -21,7 +21,10 @@ def prepare(config: ml_collections.ConfigDict, log=print) -> None:
     raise ValueError("config.data.root is empty: set it to the data set folder, e.g. "
                      "--config.data.root=/path/to/flickr30k")
   syn = data.synthetic
-  if data.name == "synthetic" and syn.generate and not synthetic_scenes.is_complete(data.root):
+  # The synthetic set is written in the laps and karpathy layouts only; a root in another
+  # format is never a place to generate it.
+  if (data.name == "synthetic" and syn.generate and data.format in ("laps", "karpathy")
+      and not synthetic_scenes.is_complete(data.root)):
     log(f"Generating the synthetic scenes set in {data.root} "
         f"({syn.num_train}/{syn.num_dev}/{syn.num_test} images, {data.image_size} px)...")
     t0 = time.time()
