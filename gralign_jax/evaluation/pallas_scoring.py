@@ -79,7 +79,7 @@ def _segment(x, n_seg, seg_len, op, reshape):
   """x (n_seg * seg_len,) -> (n_seg,): op over each consecutive segment."""
   if reshape:
     return op(x.reshape(n_seg, seg_len), axis=1)
-  owner = lax.broadcasted_iota(jnp.int32, x.shape, 0) // seg_len
+  owner = lax.div(lax.broadcasted_iota(jnp.int32, x.shape, 0), seg_len)
   lane = lax.broadcasted_iota(jnp.int32, (n_seg,), 0)
   out = jnp.zeros((n_seg,), jnp.float32)
   for s in range(n_seg):
@@ -93,7 +93,8 @@ def _kernel(t_ref, trow_ref, v_ref, vcol_ref, o_ref, *, lt, lc, groups, slope,
   rows = tt * lt
   n_k = t_ref.shape[1] // p.block_k
   valid = trow_ref[0, :] > 0                                          # (rows,)
-  owner = lax.broadcasted_iota(jnp.int32, (rows, 1), 0) // lt         # text of a row
+  # Text of each row; lax.div, not //, whose sign fix-ups Triton need not lower.
+  owner = lax.div(lax.broadcasted_iota(jnp.int32, (rows, 1), 0), lt)
   lane = lax.broadcasted_iota(jnp.int32, (tt,), 0)
 
   def one_image(i, carry):

@@ -68,19 +68,27 @@ def resolve_backend(backend: str, model_config,
   return backend
 
 
+def _even(n: int, cap: int) -> int:
+  """The block size <= cap that splits n into the fewest, most equal blocks (so the
+  host never pads a 5,000-image gallery up to 5,120)."""
+  cap = max(1, min(n, cap))
+  return -(-n // -(-n // cap))
+
+
 def auto_blocks(backend: str, n_local: int, m: int, lt: int, lc: int) -> tuple[int, int]:
-  """(block_images, block_texts) sized to a quarter of one device's memory.
+  """(block_images, block_texts) sized to a quarter of one device's memory (GPU, TPU).
 
   xla holds about three float32 (bi, bt, L_t, L_c) temporaries; pallas only the
   (bi, bt) output and the text block, so its blocks are limited by launch size.
   """
-  stats = jax.local_devices()[0].memory_stats() or {}
-  budget = stats.get("bytes_limit", 2 ** 32) // 4  # CPUs report none: 1 GiB
   if backend == "pallas":
-    return min(n_local, 1024), min(m, 4096)
-  bt = min(m, 256)
-  pairs = max(1, budget // (12 * lt * lc))
-  return max(1, min(n_local, pairs // bt)), bt
+    return _even(n_local, 1024), _even(m, 4096)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  # CPUs report no limit; there blocks near the cache size ran as fast as any larger
+  # (benchmarks/README.md), so 64 MiB.
+  budget = stats["bytes_limit"] // 4 if "bytes_limit" in stats else 2 ** 26
+  bt = _even(m, 256 if "bytes_limit" in stats else 128)
+  return _even(n_local, max(1, budget // (12 * lt * lc * bt))), bt
 
 
 # ---------------------------------------------------------------------------
@@ -146,16 +154,21 @@ class Scorer:
     samples = np.shape(images["regions"])[1] if "unc" in self.mix else 1
     img = engine.prepare_images(images, self.mix, self.dtype, self.layout)
     txt = engine.prepare_texts(texts, self.mix, samples, self.dtype, self.layout)
-    if self.backend == "pallas":
-      d = img["tokens"].shape[-1]
-      block_k = self.params.block_k
-      while d % block_k:
-        block_k //= 2
-      self.score_fn = functools.partial(
-          engine.pallas_scores, slope=float(self.config.leaky_slope),
-          params=dataclasses.replace(self.params, block_k=block_k),
-          interpret=self.interpret)
+    self.bind(img)
     return img, txt
+
+  def bind(self, img: dict) -> None:
+    """Pallas: the kernel for prepared images (their padded d sets the K step), so
+    prepared arrays can be reused by another Scorer of the same layout."""
+    if self.backend != "pallas":
+      return
+    d = img["tokens"].shape[-1]
+    block_k = self.params.block_k
+    while d % block_k:
+      block_k //= 2
+    self.score_fn = functools.partial(
+        engine.pallas_scores, slope=float(self.config.leaky_slope),
+        params=dataclasses.replace(self.params, block_k=block_k), interpret=self.interpret)
 
   def _blocks(self, img, txt) -> dict:
     n, m = len(jax.tree.leaves(img)[0]), len(jax.tree.leaves(txt)[0])
