@@ -1,0 +1,84 @@
+"""experiments.inspect_data and gralign_jax/data/inspect.py: numbers against references,
+the sample grid, unreadable images listed, unknown config keys refused."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from gralign_jax.data import inspect
+from gralign_jax.data import pipeline
+from gralign_jax.data import readers
+from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  r = str(tmp_path_factory.mktemp("insp") / "syn")
+  synthetic_scenes.generate(r, num_train=6, num_dev=2, num_test=3, image_size=32)
+  return r
+
+
+def test_stats_against_references(root):
+  split = readers.read_split(root, "train")
+  tok = text.load_tokenizer(os.path.join(root, "tokenizer"))
+  s = inspect.split_stats(split, tok, max_len=12)
+  words = [len(c.split()) for c in split.captions]
+  assert (s["images"], s["captions"], s["kind"]) == (6, 30, "pixels")
+  assert s["words"]["min"] == min(words) and s["words"]["max"] == max(words)
+  assert s["words"]["mean"] == pytest.approx(np.mean(words))
+  # the truncation count is the one training reports
+  assert s["truncated"] == pipeline.encode_captions(split, tok, 12).num_truncated > 0
+  assert s["tokens"]["max"] > 12
+  table = inspect.format_report({"train": s}, 12)
+  assert f"{s['truncated']:>6}" in table and "truncated@12" in table
+
+
+def test_grid_size(root):
+  split = readers.read_split(root, "train")
+  grid = inspect.sample_grid(split, num=5, size=64, cols=4)
+  assert grid.size[0] == 4 * 72 and grid.size[1] > 2 * 72
+
+
+def _main(*flags):
+  return subprocess.run([sys.executable, "-m", "experiments.inspect_data",
+                         "--config=experiments/configs/demo.py:smoke", *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_command_reports_splits_writes_the_grid_and_lists_bad_images(root, tmp_path):
+  broken = str(tmp_path / "broken")
+  shutil.copytree(root, broken)
+  path = os.path.join(broken, "images", "000007.jpg")  # dev image 1
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+  out_png = str(tmp_path / "grid.png")
+  proc = _main(f"--config.data.root={broken}", f"--out={out_png}", "--samples=4",
+               "--check_images")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  row = lambda name: next(l.split() for l in lines if l.startswith(name + " "))
+  assert row("train")[1:3] == ["6", "30"] and row("dev")[1:3] == ["2", "10"]
+  assert row("test")[1:3] == ["3", "15"]
+  assert "dev: 1 of 2 images unreadable" in proc.stdout
+  assert "000007.jpg" in proc.stdout and "train: 0 of 6 images unreadable" in proc.stdout
+  with Image.open(out_png) as im:
+    assert im.size[0] == 4 * (192 + 8)
+
+
+def test_unknown_data_key_is_refused(root, tmp_path):
+  proc = _main(f"--config.data.root={root}", "--config.data.skip_bad_image=true",
+               f"--out={tmp_path / 'x.png'}")
+  assert proc.returncode != 0
+  assert ("Unknown config key 'skip_bad_image' in ['--config.data.skip_bad_image']: "
+          "the config has no such field (gralign_jax/configs.py lists them all); did you "
+          "mean 'skip_bad_images'?") in proc.stderr
+  assert "Traceback" not in proc.stderr
