@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from gralign_jax import weights
 from gralign_jax.models import grm, swin
@@ -74,9 +75,17 @@ def test_parity_with_transformers(case, tmp_path):
 
 
 def test_parity_image_classification_checkpoint(tmp_path):
-  """SwinForImageClassification: "swin." prefix stripped, classifier ignored."""
+  """SwinForImageClassification: "swin." prefix stripped, classifier ignored, and the
+  relative_position_index buffers that Microsoft's hub checkpoints still hold too."""
   hf_model = _hf_checkpoint(tmp_path, seed=1, cls="SwinForImageClassification",
                             num_labels=5, **CASES["window7"][0])
+  path = tmp_path / "model.safetensors"
+  state = safetensors.numpy.load_file(path)
+  assert "classifier.weight" in state and "swin.layernorm.weight" in state
+  for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+    name = f"swin.encoder.layers.{i}.blocks.{j}.attention.self.relative_position_index"
+    state[name] = swin.relative_position_index(7, 7).reshape(-1).astype(np.int64)
+  safetensors.numpy.save_file(state, path, metadata={"format": "pt"})
   module, params = weights.from_pretrained(tmp_path)
   assert _compare(hf_model, module, params, (1, 56, 56, 3), seed=1) < 1e-4
 
@@ -119,6 +128,9 @@ def test_remat_same_params_output_and_gradients(small_params):
 
   def loss(module, p):
     return jnp.sum(module.apply({"params": p}, pixels) ** 2)
+  # The blocks really are rematerialised (one remat per block), not silently plain.
+  jaxpr = lambda m: str(jax.make_jaxpr(functools.partial(loss, m))(params))
+  assert jaxpr(remat).count("remat2[") == 3 and "remat2[" not in jaxpr(plain)
   (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(functools.partial(loss, m)))(params)
                         for m in (plain, remat))
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
@@ -131,7 +143,8 @@ def test_bfloat16_compute_close_to_float32(small_params):
   got = jax.jit(_small(dtype=jnp.bfloat16).apply)({"params": params}, pixels)
   assert got.dtype == jnp.bfloat16 and want.dtype == jnp.float32
   err = np.abs(np.asarray(got, np.float32) - np.asarray(want))
-  assert np.all(np.isfinite(err)) and err.max() < 0.1 and err.mean() < 0.02, err.max()
+  # Measured: max 0.005, mean 0.0007 on outputs of std 0.27.
+  assert np.all(np.isfinite(err)) and err.max() < 0.02 and err.mean() < 0.003, err.max()
 
 
 def test_dropout_and_drop_path_only_in_training(small_params):
@@ -140,7 +153,9 @@ def test_dropout_and_drop_path_only_in_training(small_params):
   apply = jax.jit(module.apply, static_argnames="train")
   a = apply({"params": params}, pixels)
   np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-6)
-  b = apply({"params": params}, pixels, train=True, rngs={"dropout": jax.random.key(2, impl="rbg")})
+  # An "rbg" key: threefry dropout masks cost seconds of compile time on CPU.
+  rngs = {"dropout": jax.random.key(2, impl="rbg")}
+  b = apply({"params": params}, pixels, train=True, rngs=rngs)
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
 
 
@@ -157,8 +172,8 @@ def test_swin_b_224_shape():
   module = swin.Swin.from_config(ml_collections.ConfigDict(swin.swin_b(224)),
                                  jnp.float32)
   pixels = jax.random.normal(jax.random.key(1), (1, 224, 224, 3))
-  params = jax.jit(module.init)(jax.random.key(0), pixels)["params"]
-  n = sum(x.size for x in jax.tree.leaves(params))
-  assert 86e6 < n < 89e6, n  # Swin-B is 87.8M parameters without the head
+  params = jax.jit(module.init)(jax.random.key(0, impl="rbg"), pixels)["params"]
+  # transformers' SwinModel with this config counts 86,743,224 parameters too.
+  assert sum(x.size for x in jax.tree.leaves(params)) == 86_743_224
   out = jax.jit(module.apply)({"params": params}, pixels)
   assert out.shape == (1, 49, 1024) and bool(jnp.all(jnp.isfinite(out)))

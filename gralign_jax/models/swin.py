@@ -102,7 +102,8 @@ class WindowAttention(nn.Module):
     """x (B, nW, N, C) with N = window^2, mask (nW, N, N) or None -> (B, nW, N, C)."""
     b, nw, n, c = x.shape
     h, e = self.num_heads, c // self.num_heads
-    dense = functools.partial(nn.Dense, c, dtype=self.dtype, kernel_init=layers.default_init)
+    dense = functools.partial(nn.Dense, c, dtype=self.dtype,
+                              kernel_init=layers.default_init)
     q = dense(use_bias=self.qkv_bias, name="query")(x).reshape(b, nw, n, h, e)
     k = dense(use_bias=self.qkv_bias, name="key")(x).reshape(b, nw, n, h, e)
     v = dense(use_bias=self.qkv_bias, name="value")(x).reshape(b, nw, n, h, e)
@@ -173,8 +174,9 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-  """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C): each 2x2 patch concatenated in HF's
-  order [0::2,0::2], [1::2,0::2], [0::2,1::2], [1::2,1::2], LayerNorm, Linear (no bias)."""
+  """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C): each 2x2 patch concatenated in
+  HF's order [0::2,0::2], [1::2,0::2], [0::2,1::2], [1::2,1::2], then LayerNorm and
+  Linear (no bias). Odd sizes are zero-padded first."""
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -209,9 +211,10 @@ class SwinStage(nn.Module):
     # static_argnums counts self: (x, train) -> train is 2.
     block = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
     for j in range(self.depth):
-      x = block(self.num_heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2,
-                self.mlp_ratio, self.qkv_bias, self.dropout, self.attention_dropout,
-                self.drop_paths[j], self.ln_eps, self.dtype, name=f"block_{j}")(x, train)
+      shift = 0 if j % 2 == 0 else self.window_size // 2
+      x = block(self.num_heads, self.window_size, shift, self.mlp_ratio, self.qkv_bias,
+                self.dropout, self.attention_dropout, self.drop_paths[j], self.ln_eps,
+                self.dtype, name=f"block_{j}")(x, train)
     if self.downsample:
       x = PatchMerging(self.dtype, name="downsample")(x)
     return x
@@ -287,20 +290,20 @@ class Swin(nn.Module):
       return ("embeddings.patch_embeddings.projection."
               + ("weight" if path[1] == "kernel" else "bias"),
               weights.conv if path[1] == "kernel" else weights.identity)
-    if path[-1] == "relative_position_bias_table":
-      i, j = (re.fullmatch(r"\w+_(\d+)", p).group(1) for p in path[:2])
-      return (f"encoder.layers.{i}.blocks.{j}.attention.self.relative_position_bias_table",
-              weights.identity)
-    suffix, transform = _LEAF[path[-1]]
-    if path[0] in ("embed_norm", "ln_final"):
-      return f"{'embeddings.norm' if path[0] == 'embed_norm' else 'layernorm'}.{suffix}", \
-          transform
+    if path[0] == "embed_norm":
+      return f"embeddings.norm.{_LEAF[path[-1]][0]}", weights.identity
+    if path[0] == "ln_final":
+      return f"layernorm.{_LEAF[path[-1]][0]}", weights.identity
     i = re.fullmatch(r"stage_(\d+)", path[0]).group(1)
     if path[1] == "downsample":
+      suffix, transform = _LEAF[path[-1]]
       return f"encoder.layers.{i}.downsample.{path[2]}.{suffix}", transform
     j = re.fullmatch(r"block_(\d+)", path[1]).group(1)
-    return (f"encoder.layers.{i}.blocks.{j}.{_HF_BLOCK['/'.join(path[2:-1])]}.{suffix}",
-            transform)
+    block = f"encoder.layers.{i}.blocks.{j}"
+    if path[-1] == "relative_position_bias_table":
+      return f"{block}.attention.self.relative_position_bias_table", weights.identity
+    suffix, transform = _LEAF[path[-1]]
+    return f"{block}.{_HF_BLOCK['/'.join(path[2:-1])]}.{suffix}", transform
 
   @nn.compact
   def __call__(self, pixels: jax.Array, train: bool = False) -> jax.Array:
