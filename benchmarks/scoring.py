@@ -15,7 +15,6 @@ tilings in one run, e.g. --kernel tile_texts=4,num_warps=8 --kernel max_chunk=64
 Figures go to stdout and, as JSON, to $OUT/scoring_<shape>.json when $OUT is set.
 """
 import argparse
-import dataclasses
 import json
 import os
 import sys

@@ -12,16 +12,14 @@ gives the weighted sum of all three scores (or any one of them, with one weight 
   images: {"tokens": (N, L_c, d) unit vectors, "col": (N, 2, L_c) [group, weight]}
   texts:  {"tokens": (M, L_t, d) unit vectors, "row": (M, 1 + G, L_t) [valid, w_g..]}
 
-Backends: "xla" (the reference and the fallback: blocks of (bi, bt, L_t, L_c) in
-memory), "pallas" (pallas_scoring.py: tiles never leave the chip; interpreted on a
-CPU), "auto" (pallas where it compiles and agrees with xla on a probe, else xla), and
-"reference" (similarity.pair_scores itself, the definition; also what gate_mode
-"scale" runs on). model.score "global" is a plain cosine of the pooled vectors.
-Blocks and devices are scoring.py's: images split over the mesh, texts streamed.
+Block score functions (scorer.py picks one): xla_scores (the reference and the
+fallback: blocks of (bi, bt, L_t, L_c) in memory), pallas_scores (pallas_scoring.py:
+tiles never leave the chip; interpreted on a CPU), reference_scores
+(similarity.pair_scores itself, the definition; what gate_mode "scale" runs on) and
+global_scores (model.score "global": cosine of the pooled vectors). Blocks and devices
+are scoring.py's: images split over the mesh, texts streamed.
 """
 import dataclasses
-import functools
-import logging
 from typing import Mapping
 
 import jax
@@ -29,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gralign_jax.evaluation import pallas_scoring
-from gralign_jax.evaluation import scoring
 from gralign_jax.models import similarity
 
 BACKENDS = ("auto", "xla", "pallas", "reference")

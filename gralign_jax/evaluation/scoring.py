@@ -21,6 +21,10 @@ whose leaves carry the items on their leading axis. Compiled programs are cached
 function, or `functools.partial` with hashable arguments) to reuse them across calls.
 Arrays closed over by score_fn are baked into the program as constants; pass
 everything that varies as leaves of `images` / `texts` instead.
+
+GRM's score functions (one cosine pass for S_ori, S_key and S_unc; XLA blocks or the
+fused Pallas kernel) are in engine.py and pallas_scoring.py; scorer.py picks one for
+the device and sizes the blocks.
 """
 import functools
 from typing import Any, Callable, Mapping
