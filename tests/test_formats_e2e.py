@@ -58,6 +58,7 @@ def test_train_and_evaluate_through_each_format(roots, fmt, tmp_path):
   data = [r for r in records if r["split"] == "data"]
   assert data and data[0]["train_images"] == 24 and data[0]["train_captions"] == 120
   assert data[0]["dev_images"] == 5 and data[0]["test_captions"] == 25
+  assert data[0]["train_truncated_captions"] == 0  # max_len 28 fits every caption
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
   assert all("bad_images" not in r for r in records)  # only counted when skipping
 

@@ -150,6 +150,18 @@ def test_every_format_pairs_each_caption_with_its_image(roots, fmt):
                                 else images_lib.resize(want, 32))
 
 
+@pytest.mark.parametrize("fmt", format_fixtures.FORMATS)
+def test_every_format_resumes_at_the_exact_position(roots, fmt):
+  config, split, captions = format_data(roots, fmt)
+  it = pipeline.train_iterator(split, captions, config, seed=5)
+  take(it, 16)  # into the second epoch
+  state = it.get_state()
+  expected = take(it, 3)
+  fresh = pipeline.train_iterator(split, captions, config, seed=5)
+  fresh.set_state(state)
+  assert_batches_equal(expected, take(fresh, 3))
+
+
 @pytest.mark.parametrize("fmt", ["precomp", "tfds"])
 def test_sources_cross_to_worker_processes(roots, fmt):
   config, split, captions = format_data(roots, fmt)

@@ -212,6 +212,20 @@ def test_karpathy_invalid_json(root):
     readers.read_split(root, "train", format="karpathy")
 
 
+def test_karpathy_non_utf8(root):
+  path = os.path.join(root, "dataset_synthetic.json")
+  with open(path, "rb") as f:
+    data = f.read()
+  at = data.index(b'"raw"', data.index(b"\n", 1) if b"\n" in data[1:] else 0)
+  data = data[:at + 8] + b"caf\xe9 " + data[at + 8:]  # Latin-1 inside a caption
+  with open(path, "wb") as f:
+    f.write(data)
+  line = data[:at].count(b"\n") + 1
+  with pytest.raises(DataFormatError, match=rf"dataset_synthetic\.json, line {line}: not "
+                     r"valid UTF-8 \(invalid continuation byte at byte \d+\)"):
+    readers.read_split(root, "train", format="karpathy")
+
+
 def test_karpathy_file_choice(root):
   before = readers.read_split(root, "train")
   shutil.copy(os.path.join(root, "dataset_synthetic.json"),

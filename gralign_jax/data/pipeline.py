@@ -42,6 +42,7 @@ def encode_captions(split: readers.Split, tokenizer, max_len: int) -> EncodedCap
 
 
 _WARNED: set = set()  # images already reported bad by this process
+_MAX_BAD_IN_A_ROW = 100
 
 
 def _load_or_skip(split: readers.Split, i: int, skip: bool) -> np.ndarray | None:
@@ -51,8 +52,8 @@ def _load_or_skip(split: readers.Split, i: int, skip: bool) -> np.ndarray | None
   except images_lib.ImageDecodeError as e:
     if not skip:
       raise
-    if i not in _WARNED:
-      _WARNED.add(i)
+    if split.image_paths[i] not in _WARNED:
+      _WARNED.add(split.image_paths[i])
       logging.warning("Skipping a bad image (data.skip_bad_images=True): %s", e)
     return None
 
@@ -63,7 +64,8 @@ class _TrainExample:
 
   With skip_bad_images, a caption whose image cannot be read is replaced by the same
   caption slot of the next readable image, so batches keep their size and every host
-  its step count; "bad_images" counts the images passed over for this record.
+  its step count; "bad_images" counts the failed reads behind this record (a bad
+  image is met once per caption per epoch).
   """
   split: readers.Split
   captions: EncodedCaptions
@@ -95,9 +97,6 @@ class _TrainExample:
     return {"image": image, "ids": self.captions.ids[c], "mask": self.captions.mask[c],
             "image_id": np.int32(i), "caption_id": np.int32(c),
             "bad_images": np.int32(bad)}
-
-
-_MAX_BAD_IN_A_ROW = 100
 
 
 @dataclasses.dataclass(frozen=True)
