@@ -29,7 +29,9 @@ setup(
         "test": ["pytest>=8", "pytest-timeout", "tensorflow-datasets>=4.9.8", "array-record"],
         # config.data.format="tfds" (reads array_record; TensorFlow is not needed)
         "tfds": ["tensorflow-datasets>=4.9.8", "array-record"],
-        "parity": ["torch"],
+        # The reference for parity tests only; pinned, because an unpinned torch makes
+        # pip fetch a several-GB CUDA build where the CPU wheel of 2.13.0 is at hand.
+        "parity": ["torch==2.13.0"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

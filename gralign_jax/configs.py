@@ -181,42 +181,116 @@ def apply_variants(config: ml_collections.ConfigDict, words: list[str]):
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a seconds-long run: tiny encoders, a few steps, small evals."""
-  config.model.vision.update(width=32, depth=1, num_heads=2, mlp_dim=64)
-  config.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  vision, text = config.model.vision, config.model.text
+  if vision.name == "vit":
+    vision.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  elif vision.name == "swin":
+    vision.update(embed_dim=16, depths=(1, 1), num_heads=(2, 2), window_size=4)
+  elif vision.name == "butd":
+    vision.update(num_regions=6, feature_dim=64, width=32)
+  if text.name == "bert":
+    text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  elif text.name == "bigru":
+    text.update(word_dim=16, width=32)
   config.model.update(embed_dim=32, adapter_hidden=16, logvar_hidden=32)
+  config.model.num_regions = min(config.model.num_regions, 4)
   config.train.update(batch_size=16, num_steps=4, log_every=2, ckpt_every=2)
   config.eval.update(every_steps=4, block_images=8, block_texts=32, batch_size=16)
   return config
 
 
+# ---------------------------------------------------------------------------
+# The paper's backbones (method.md section 1). `weights` is a Hugging Face checkpoint:
+# a folder (config.json + model.safetensors), a HF cache folder, or a model id already
+# in the local HF cache; "" starts from random init. Nothing is downloaded.
+# ---------------------------------------------------------------------------
 def vit_b16(image_size: int = 224) -> dict:
-  """ViT-B/16 shape (pretrained weights: a later issue; random init until then)."""
+  """ViT-B/16; at 384 the in21k checkpoint's 14x14 position grid is resized to 24x24."""
   return dict(name="vit", image_size=image_size, patch_size=16, width=768, depth=12,
-              num_heads=12, mlp_dim=3072, dropout=0.0)
+              num_heads=12, mlp_dim=3072, dropout=0.0, remat=False,
+              weights="google/vit-base-patch16-224-in21k" if image_size == 224
+              else "google/vit-base-patch16-384")
+
+
+def swin_b(image_size: int = 224) -> dict:
+  """Swin-B: window 7 at 224, 12 at 384 (ImageNet-22k checkpoints)."""
+  window = 12 if image_size == 384 else 7
+  return dict(name="swin", image_size=image_size, patch_size=4, embed_dim=128,
+              depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=window,
+              mlp_ratio=4.0, dropout=0.0, attention_dropout=0.0, drop_path=0.1,
+              remat=False,
+              weights=f"microsoft/swin-base-patch4-window{window}-{image_size}-in22k")
+
+
+def butd(num_regions: int = 36) -> dict:
+  """Precomputed bottom-up-attention region features (data.format "precomp")."""
+  return dict(name="butd", num_regions=num_regions, feature_dim=2048, width=1024,
+              mlp=True, dropout=0.0, weights="")
+
+
+BERT_WEIGHTS = "google-bert/bert-base-uncased"
 
 
 def bert_base(max_len: int = 90) -> dict:
   return dict(name="bert", vocab_size=0, max_len=max_len, width=768, depth=12,
-              num_heads=12, mlp_dim=3072, dropout=0.0)
+              num_heads=12, mlp_dim=3072, dropout=0.0, remat=False, weights=BERT_WEIGHTS)
 
 
-def paper_config(dataset: str, arg: str | None = None,
-                 image_size: int = 224) -> ml_collections.ConfigDict:
-  """method.md defaults for a real data set: ViT-B/16 + BERT-base, K = 5, 30 epochs."""
-  words = parse_arg(arg)
+def bigru(max_len: int = 90) -> dict:
+  """VSE-infinity's text GRU: 300-d word embeddings, 1 bidirectional layer of 1024."""
+  return dict(name="bigru", vocab_size=0, max_len=max_len, word_dim=300, width=1024,
+              depth=1, dropout=0.0, weights="")
+
+
+# config argument word -> (vision preset, text preset, K = number of region prompts).
+BACKBONES = {
+    "vit224": (lambda: vit_b16(224), bert_base, 5),
+    "vit384": (lambda: vit_b16(384), bert_base, 5),
+    "swin224": (lambda: swin_b(224), bert_base, 50),
+    "swin384": (lambda: swin_b(384), bert_base, 50),
+    "butd_bigru": (butd, bigru, 5),
+    "butd_bert": (butd, bert_base, 5),
+}
+
+
+def paper_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """method.md defaults for a real data set (batch 128, 30 epochs, backbone lr x 0.1,
+  dev selection), with the backbones named in `arg`: one of BACKBONES (default
+  vit224), plus "smoke" and ablation variants, e.g. "swin384", "butd_bigru,smoke"."""
+  words = [w.strip() for w in (arg or "").split(",") if w.strip()]
+  chosen = [w for w in words if w in BACKBONES]
+  if len(chosen) > 1:
+    raise ValueError(f"Config argument names two backbones {chosen}; pick one of "
+                     f"{sorted(BACKBONES)}.")
+  words = parse_arg(",".join(w for w in words if w not in BACKBONES))
+  vision, text, num_regions = BACKBONES[chosen[0] if chosen else "vit224"]
   config = base_config()
-  config.data.update(name=dataset, root="", image_size=image_size, max_len=90,
-                     image_dir="flickr30k-images" if dataset == "flickr30k" else "images",
-                     num_workers=8)
-  config.model.vision.update(vit_b16(image_size))
-  config.model.text.update(bert_base(90))
-  config.model.num_regions = 5
+  config.model.vision = ml_collections.ConfigDict(vision())
+  config.model.text = ml_collections.ConfigDict(text())
+  config.model.num_regions = num_regions
+  precomp = config.model.vision.name == "butd"
+  config.data.update(
+      name=dataset, root="", max_len=90, num_workers=8,
+      format="precomp" if precomp else "laps",
+      image_size=config.model.vision.get("image_size", 224),
+      image_dir="flickr30k-images" if dataset == "flickr30k" else "images",
+      # Captions are cut with the BERT WordPiece vocabulary (the BiGRU embeds it too).
+      tokenizer=BERT_WEIGHTS)
   config.eval.protocol = "coco" if dataset == "coco" else "1k"
   if dataset == "coco":
     config.data.test_split = "testall"
   apply_variants(config, words)
   if "smoke" in words:
     smoke(config)
-    config.model.vision.update(image_size=32, patch_size=8)
-    config.data.update(image_size=32, max_len=16, num_workers=0)
+    # Random init, 32 px images, 16 tokens: runs anywhere, downloads nothing.
+    config.model.vision.weights = config.model.text.weights = ""
+    config.data.update(image_size=32, max_len=16, num_workers=0, tokenizer="")
+    config.model.text.max_len = 16
+    if config.model.vision.name in ("vit", "swin"):
+      config.model.vision.image_size = 32
+    if config.model.vision.name == "vit":
+      config.model.vision.patch_size = 8
+  if config.model.vision.name == "butd":
+    config.data.feature_shape = (config.model.vision.num_regions,
+                                 config.model.vision.feature_dim)
   return config

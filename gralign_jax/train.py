@@ -91,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = optim.make_optimizer(config, steps_per_epoch)
 
   # ---------------------------------------------------------------- state and update step
-  state = create_state(model, tx, config, mesh)
+  state = create_state(model, tx, config, mesh, log)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   log(f"Model: {n_params / 1e6:.2f}M parameters, score={config.model.score}")
   train_step = make_train_step(model, tx, config, mesh, hard_from)
@@ -204,19 +204,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def create_state(model, tx, config: ml_collections.ConfigDict, mesh) -> dict:
+def create_state(model, tx, config: ml_collections.ConfigDict, mesh,
+                 log=print) -> dict:
   """The train state, a plain pytree replicated over the mesh:
-  {params, opt_state, step: int32 (), rng: the run's base key (folded with the step)}."""
-  def init(rng):
-    S, L = config.data.image_size, config.data.max_len
-    params = model.init({"params": rng, "gumbel": rng, "sample": rng, "dropout": rng},
-                        jnp.zeros((1, S, S, 3)), jnp.zeros((1, L), jnp.int32),
-                        jnp.ones((1, L), bool), train=False)["params"]
+  {params, opt_state, step: int32 (), rng: the run's base key (folded with the step)}.
+  Backbones whose config names `weights` start from that checkpoint."""
+  rng = jax.random.PRNGKey(config.seed)
+  inputs = grm.example_inputs(config.model, config.data.max_len)
+  params = jax.jit(lambda r: model.init(
+      {"params": r, "gumbel": r, "sample": r, "dropout": r}, *inputs,
+      train=False)["params"])(rng)
+  params = grm.load_pretrained(params, config.model, log)
+
+  def init(params):
     return {"params": params, "opt_state": tx.init(params),
             "step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1)}
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(
-      jax.random.PRNGKey(config.seed))
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(params)
 
 
 def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_from: int):

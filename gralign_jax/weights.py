@@ -25,7 +25,7 @@ import importlib
 import json
 import os
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -72,9 +72,27 @@ def leading_rows(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Finding and reading a checkpoint.
 # ---------------------------------------------------------------------------
+def hub_cache() -> str:
+  """The Hugging Face hub cache folder, as huggingface_hub finds it."""
+  if os.environ.get("HF_HUB_CACHE"):
+    return os.environ["HF_HUB_CACHE"]
+  home = os.environ.get("HF_HOME", os.path.join("~", ".cache", "huggingface"))
+  return os.path.expanduser(os.path.join(home, "hub"))
+
+
 def resolve(path: str) -> str:
-  """A checkpoint folder, or a HF cache repo folder -> the folder with config.json."""
+  """A checkpoint folder, a HF cache repo folder, or a model id already in the HF
+  cache ("google/vit-base-patch16-384") -> the folder with config.json."""
   path = os.path.expanduser(str(path))
+  if not os.path.exists(path) and re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+    cached = os.path.join(hub_cache(), "models--" + path.replace("/", "--"))
+    if not os.path.isdir(cached):
+      raise FileNotFoundError(
+          f"{path!r} is neither a folder nor in the Hugging Face cache ({cached} does not "
+          f"exist). Nothing is downloaded at run time: fetch it once with "
+          f"`huggingface-cli download {path}` (or `hf download {path}`), or give the "
+          f"folder holding config.json and model.safetensors.")
+    path = cached
   if os.path.isfile(os.path.join(path, "config.json")):
     return path
   snapshots = os.path.join(path, "snapshots")

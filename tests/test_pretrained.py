@@ -132,7 +132,8 @@ def test_cubic_matrix_matches_torch_interpolate():
   np.testing.assert_array_equal(got[:, :1], x[:, :1])
 
 
-def test_hugging_face_cache_folder_resolves_to_its_snapshot(tmp_path):
+def test_hugging_face_cache_folder_and_model_id_resolve_to_the_snapshot(tmp_path,
+                                                                      monkeypatch):
   repo = tmp_path / "models--google--tiny-vit"
   snapshot = repo / "snapshots" / "0123abcd"
   torch.manual_seed(0)
@@ -141,6 +142,15 @@ def test_hugging_face_cache_folder_resolves_to_its_snapshot(tmp_path):
   (repo / "refs" / "main").write_text("0123abcd")
   pixels = np.zeros((1, 32, 32, 3), np.float32)
   np.testing.assert_allclose(_ours(repo, pixels), _vit_reference(model, pixels), atol=TOL)
+  # A model id is looked up in the local cache only, through the public entry point.
+  from gralign_jax.models import from_pretrained  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+  module, params = from_pretrained("google/tiny-vit")
+  np.testing.assert_allclose(module.apply({"params": params}, pixels),
+                             _vit_reference(model, pixels), atol=TOL)
+  with pytest.raises(FileNotFoundError, match="neither a folder nor in the Hugging Face cache.*"
+                     "huggingface-cli download google/absent"):
+    from_pretrained("google/absent")
 
 
 def test_wrong_checkpoint_lists_every_offending_tensor_with_both_shapes(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from gralign_jax import configs
 from gralign_jax import weights
 from gralign_jax.models import grm, swin
 
@@ -161,19 +162,7 @@ def test_dropout_and_drop_path_only_in_training(small_params):
 
 def test_registry_and_config():
   assert grm.VISION_BACKBONES["swin"] is swin.Swin
-  cfg = ml_collections.ConfigDict(swin.swin_b(384))
+  cfg = ml_collections.ConfigDict(configs.swin_b(384))
   module = swin.Swin.from_config(cfg, jnp.float32)
   assert (module.window_size, module.depths, module.embed_dim) == (12, (2, 2, 18, 2), 128)
-  assert swin.swin_b(224)["window_size"] == 7
-
-
-@pytest.mark.slow
-def test_swin_b_224_shape():
-  module = swin.Swin.from_config(ml_collections.ConfigDict(swin.swin_b(224)),
-                                 jnp.float32)
-  pixels = jax.random.normal(jax.random.key(1), (1, 224, 224, 3))
-  params = jax.jit(module.init)(jax.random.key(0, impl="rbg"), pixels)["params"]
-  # transformers' SwinModel with this config counts 86,743,224 parameters too.
-  assert sum(x.size for x in jax.tree.leaves(params)) == 86_743_224
-  out = jax.jit(module.apply)({"params": params}, pixels)
-  assert out.shape == (1, 49, 1024) and bool(jnp.all(jnp.isfinite(out)))
+  assert configs.swin_b(224)["window_size"] == 7

@@ -108,6 +108,7 @@ def test_collapse_is_detected_and_reported(smoke_root, tmp_path, capsys, monkeyp
       k: 0.0 * v for k, v in real(i, t, c).items()})
   config = smoke_config(smoke_root, num_steps=4, warmup_steps=0, log_every=2)
   config.loss.update(kind="triplet", warmup_epochs=0.0)
+  config.eval.backend = "reference"  # evaluation through pair_scores too (patched above)
   workdir = str(tmp_path / "collapsed")
   train.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out

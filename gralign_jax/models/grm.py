@@ -8,7 +8,9 @@ d = embed_dim), "visual_adapter", "text_adapter" (saliency.py), "regions"
 "dropout". Evaluation (train=False) needs no rng at all.
 
 Backbones are found by config name in the registries below; a new one is one line
-there plus a module with `from_config(config, dtype)`.
+there plus a module with `from_config(config, dtype)` and `example_inputs()`. A backbone
+whose config has `weights` (a Hugging Face checkpoint folder, cache folder or cached
+model id) starts from those weights (`load_pretrained`); otherwise from random init.
 """
 from typing import Any
 
@@ -17,15 +19,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gralign_jax import weights
 from gralign_jax.models import bert
+from gralign_jax.models import bigru
+from gralign_jax.models import region_features
 from gralign_jax.models import regions as regions_lib
 from gralign_jax.models import saliency
 from gralign_jax.models import swin
 from gralign_jax.models import vit
 
 # config.model.vision.name / text.name -> a class with from_config(config, dtype).
-VISION_BACKBONES = {"vit": vit.ViT, "swin": swin.Swin}
-TEXT_BACKBONES = {"bert": bert.Bert}
+VISION_BACKBONES = {"vit": vit.ViT, "swin": swin.Swin,
+                    "butd": region_features.RegionFeatures}
+TEXT_BACKBONES = {"bert": bert.Bert, "bigru": bigru.BiGRU}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -42,23 +48,57 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(x.astype(jnp.float32) * m, axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
 
 
+def compute_dtype(model_config: ml_collections.ConfigDict) -> Any:
+  if model_config.compute_dtype not in _DTYPES:
+    raise ValueError(f"config.model.compute_dtype must be one of {sorted(_DTYPES)}, "
+                     f"got {model_config.compute_dtype!r}")
+  return _DTYPES[model_config.compute_dtype]
+
+
+def backbone(model_config: ml_collections.ConfigDict, part: str) -> nn.Module:
+  """The backbone module of config.model.<part> ("vision" or "text"), unbound."""
+  registry = VISION_BACKBONES if part == "vision" else TEXT_BACKBONES
+  cfg = model_config[part]
+  return _lookup(registry, cfg.name, f"config.model.{part}.name").from_config(
+      cfg, compute_dtype(model_config))
+
+
+def example_inputs(model_config: ml_collections.ConfigDict,
+                   max_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Arrays of the shapes GRM.__call__ takes (for init): image or region features
+  (1, ...), ids (1, max_len), mask (1, max_len)."""
+  (image,) = backbone(model_config, "vision").example_inputs()
+  return image, jnp.zeros((1, max_len), jnp.int32), jnp.ones((1, max_len), bool)
+
+
+def load_pretrained(params: dict, model_config: ml_collections.ConfigDict,
+                    log=print) -> dict:
+  """Replaces params["vision"] / params["text"] with the checkpoints the config names
+  (model.<part>.weights); a backbone without one keeps its random init."""
+  params = dict(params)
+  for part in ("vision", "text"):
+    path = model_config[part].get("weights", "")
+    if not path:
+      continue
+    module = backbone(model_config, part)
+    folder = weights.resolve(path)
+    log(f"  {part} backbone: weights from {folder}")
+    params[part] = jax.tree.map(jnp.asarray, weights.load_backbone(folder, module))
+  return params
+
+
 class GRM(nn.Module):
   """GRM over a frozen model config (config.model of configs.py)."""
   config: ml_collections.FrozenConfigDict
 
   def setup(self):
     cfg = self.config
-    if cfg.compute_dtype not in _DTYPES:
-      raise ValueError(f"config.model.compute_dtype must be one of {sorted(_DTYPES)}, "
-                       f"got {cfg.compute_dtype!r}")
     if cfg.score not in ("grm", "global"):
       raise ValueError(f"config.model.score must be 'grm' or 'global', got "
                        f"{cfg.score!r}")
-    dtype = _DTYPES[cfg.compute_dtype]
-    self.vision = _lookup(VISION_BACKBONES, cfg.vision.name,
-                          "config.model.vision.name").from_config(cfg.vision, dtype)
-    self.text = _lookup(TEXT_BACKBONES, cfg.text.name,
-                        "config.model.text.name").from_config(cfg.text, dtype)
+    dtype = compute_dtype(cfg)
+    self.vision = backbone(cfg, "vision")
+    self.text = backbone(cfg, "text")
     self.img_proj = nn.Dense(cfg.embed_dim, dtype=dtype)
     self.txt_proj = nn.Dense(cfg.embed_dim, dtype=dtype)
     # The global (VSE) baseline is the mean-pooled cosine: no adapters, no regions.
@@ -77,7 +117,7 @@ class GRM(nn.Module):
     return self.config.score == "grm"
 
   def encode_image(self, pixels: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    """pixels (B, H, W, 3) float32, normalised -> dict.
+    """pixels (B, H, W, 3) float32, normalised (or BUTD features (B, R, F)) -> dict.
 
     "tokens" V (B, Lv, d) projected, not normalised, compute dtype; "mask" (B, Lv)
     bool; "gates" a_v (B, Lv) float32 (ones when the visual adapter is off); "global"

@@ -42,15 +42,6 @@ _HF_BLOCK = {"ln_1": "layernorm_before", "ln_2": "layernorm_after",
              "mlp/intermediate": "intermediate.dense", "mlp/output": "output.dense"}
 
 
-def swin_b(image_size: int = 224, window_size: Optional[int] = None) -> dict:
-  """Swin-B (microsoft/swin-base-patch4-window7-224, -window12-384, and -in22k)."""
-  if window_size is None:
-    window_size = 12 if image_size == 384 else 7
-  return dict(name="swin", image_size=image_size, patch_size=4, embed_dim=128,
-              depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=window_size,
-              mlp_ratio=4.0, dropout=0.0, attention_dropout=0.0, drop_path=0.1)
-
-
 def _pair(x: Any) -> tuple[int, int]:
   return (x, x) if isinstance(x, int) else tuple(x)
 
