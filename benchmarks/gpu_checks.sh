@@ -4,7 +4,10 @@
 #   2. COCO 5K scoring (5,000 x 25,000, 197 x 32 tokens + 5 regions, d = 512): the
 #      engine (pallas, bf16) and the xla path against the FLOP floor, and the PyTorch
 #      f32 reference on the same card;
-#   3. a sweep of kernel tilings at the same shape (one rep each).
+#   3. a sweep of kernel tilings at the same shape (one rep each);
+#   4. the training step of ViT-B/16-224 + BERT-base, batch 128, bf16, with and without
+#      remat: parameters, step time, peak memory, MFU (issue 3 and issue 5).
+# The device image lacks ml_collections and grain: carry their wheels (device README).
 # Usage: bash benchmarks/gpu_checks.sh   (JSON figures land in $OUT when it is set).
 # Each step has its own timeout, so a hung compile costs one step, not the call.
 set -u
@@ -37,4 +40,7 @@ timeout 240 "$PY" benchmarks/scoring.py --shape coco5k --dtype bfloat16 --backen
   --kernel tile_texts=2,tile_images=4,num_warps=4 \
   --kernel tile_texts=4,max_chunk=64,num_warps=4 2>&1 | tee "$OUT/3_tilings.log"
 mv -f "$OUT/scoring_coco5k.json" "$OUT/3_tilings.json" 2>/dev/null
+echo "== 4. training step, ViT-B/16-224 + BERT-base, batch 128, bf16 =="
+timeout 200 "$PY" benchmarks/train_step.py --batch 128 --dtype bfloat16 --repeats 10 \
+  2>&1 | tee "$OUT/4_train_step.log"
 echo "== done =="; date -u
