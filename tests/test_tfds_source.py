@@ -1,5 +1,6 @@
 """The TFDS coco_captions reader (array_record, no TensorFlow) on fixtures written here."""
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -146,3 +147,19 @@ def test_without_tensorflow_datasets_the_error_says_what_to_install(monkeypatch)
   with pytest.raises(ImportError, match="pip install tensorflow-datasets array-record"):
     tfds_source.import_tfds()
   assert "tensorflow" not in sys.modules  # reading never imported TensorFlow
+
+
+def test_caption_index_is_reused_and_renewed_when_a_shard_changes(prepared, tmp_path,
+                                                                  monkeypatch):
+  data_dir, folder = prepared
+  copy = str(tmp_path / "copy")
+  shutil.copytree(folder, copy)
+  first = readers.read_split(copy, "dev", format="tfds")
+  scans = []
+  real_scan = tfds_source._scan
+  monkeypatch.setattr(tfds_source, "_scan", lambda *a: scans.append(a) or real_scan(*a))
+  again = readers.read_split(copy, "dev", format="tfds")
+  assert scans == [] and again == first   # from the index, identical
+  (shard,) = glob.glob(os.path.join(copy, "coco_captions-val.array_record-*"))
+  os.utime(shard, (0, 12345))              # the shard changed: scanned again
+  assert readers.read_split(copy, "dev", format="tfds") == first and len(scans) == 1

@@ -11,13 +11,22 @@ array_record data source behind tfds.data_source. (tfds.data_source("coco_captio
 itself needs TensorFlow, because the registered coco_captions builder names tf.int64
 in its feature spec; the prepared folder's features.json does not.)
 
+Reading a split's captions means reading every record, JPEG bytes included (about
+19 GB for COCO's train + restval), so the captions, ids and names found are kept in a
+small index under $GRALIGN_CACHE (default ~/.cache/gralign_jax/tfds), keyed by the
+folder, the split and each shard file's size and modification time: later runs read the
+index instead, and a rewritten shard makes a new one.
+
 Splits: "train" is train + restval (Karpathy's COCO training set), "dev" is val,
 "test" and "testall" are Karpathy's 5K test set. Images stay JPEG bytes in the records
 (SkipDecoding) and are decoded by images.decode_image_bytes, as strictly as files.
 """
 import dataclasses
 import glob
+import hashlib
+import json
 import os
+import tempfile
 
 import numpy as np
 
@@ -130,8 +139,47 @@ def read(root: str, split: str, cpi: int = 5, name: str = "coco_captions"
           f"{folder}: split {part!r} lists {len(missing)} shard file(s) that do not "
           f"exist, the first {missing[0]}; {split_lib.listing(folder)}.")
   expr = "+".join(parts)
-  ds = _data_source(folder, expr)
   source = TfdsSource(folder, expr)
+  index_path = _index_path(folder, f"{expr}/{cpi}", [p for part in parts
+                                          for p in builder.info.splits[part].filepaths])
+  try:
+    with open(index_path) as f:
+      paths, ids, captions = json.load(f)
+  except (OSError, ValueError):
+    paths, ids, captions = _scan(folder, expr, source, cpi)
+    _write_index(index_path, [paths, ids, captions])
+  return split_lib.Split(split, tuple(paths), tuple(ids), tuple(captions), cpi,
+                         source=source)
+
+
+def cache_dir() -> str:
+  default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                         "gralign_jax")
+  return os.path.join(os.environ.get("GRALIGN_CACHE", default), "tfds")
+
+
+def _index_path(folder: str, expr: str, shards) -> str:
+  key = [os.path.abspath(folder), expr] + [
+      (str(p), os.path.getsize(p), os.path.getmtime(p)) for p in shards]
+  digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+  return os.path.join(cache_dir(), f"{digest}.json")
+
+
+def _write_index(path: str, value) -> None:
+  """Atomically (a crash leaves no half index); a read-only cache is only a cost."""
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+      json.dump(value, f)
+    os.replace(tmp, path)
+  except OSError:
+    pass
+
+
+def _scan(folder: str, expr: str, source: TfdsSource, cpi: int):
+  """Every record's name, id and captions, checked: (paths, ids, captions)."""
+  ds = _data_source(folder, expr)
   paths, ids, captions = [], [], []
   for start in range(0, len(ds), 256):
     for i, record in enumerate(ds.__getitems__(list(range(start, min(start + 256, len(ds))))),
@@ -156,5 +204,4 @@ def read(root: str, split: str, cpi: int = 5, name: str = "coco_captions"
       ids.append(int(record["image/id"]))
   if not paths:
     raise DataFormatError(f"{folder}: split {expr!r} holds no records.")
-  return split_lib.Split(split, tuple(paths), tuple(ids), tuple(captions), cpi,
-                         source=source)
+  return paths, ids, captions

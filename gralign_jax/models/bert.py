@@ -47,10 +47,7 @@ class Bert(nn.Module):
   def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
                   **kwargs) -> "Bert":
     """Builds from config.model.text (the registry in grm.py calls this)."""
-    if config.vocab_size <= 0:
-      raise ValueError("config.model.text.vocab_size is %r: set it from the tokenizer "
-                       "(len(tokenizer)) before building the model" % config.vocab_size)
-    return cls(vocab_size=config.vocab_size, max_len=config.max_len,
+    return cls(vocab_size=layers.vocab_size(config), max_len=config.max_len,
                width=config.width, depth=config.depth, num_heads=config.num_heads,
                mlp_dim=config.mlp_dim, dropout=config.dropout,
                remat=config.get("remat", False), dtype=dtype, **kwargs)

@@ -35,10 +35,7 @@ class BiGRU(nn.Module):
   def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
                   **kwargs) -> "BiGRU":
     """Builds from config.model.text (name "bigru")."""
-    if config.vocab_size <= 0:
-      raise ValueError("config.model.text.vocab_size is %r: set it from the tokenizer "
-                       "(len(tokenizer)) before building the model" % config.vocab_size)
-    return cls(vocab_size=config.vocab_size, max_len=config.max_len,
+    return cls(vocab_size=layers.vocab_size(config), max_len=config.max_len,
                word_dim=config.get("word_dim", 300), width=config.width,
                depth=config.depth, dropout=config.dropout, dtype=dtype, **kwargs)
 

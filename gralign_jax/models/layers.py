@@ -71,6 +71,14 @@ class Mlp(nn.Module):
                     name="output")(gelu(y))
 
 
+def vocab_size(text_config) -> int:
+  """config.model.text.vocab_size, which train.py sets from the tokenizer when 0."""
+  if text_config.vocab_size <= 0:
+    raise ValueError("config.model.text.vocab_size is %r: set it from the tokenizer "
+                     "(len(tokenizer)) before building the model" % text_config.vocab_size)
+  return text_config.vocab_size
+
+
 def hf_leaf(leaf: str) -> tuple[str, Any]:
   """Flax leaf name -> (HF tensor suffix, transform) for Dense, LayerNorm and Embed."""
   return {"kernel": ("weight", weights.linear), "bias": ("bias", weights.identity),
