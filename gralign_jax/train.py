@@ -204,23 +204,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
+def _init_params(model, config: ml_collections.ConfigDict):
+  """rng -> freshly initialised params (random backbones)."""
+  inputs = grm.example_inputs(config.model, config.data.max_len)
+  return lambda rng: model.init({"params": rng, "gumbel": rng, "sample": rng,
+                                 "dropout": rng}, *inputs, train=False)["params"]
+
+
+def _state(params, tx, rng) -> dict:
+  return {"params": params, "opt_state": tx.init(params),
+          "step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1)}
+
+
 def create_state(model, tx, config: ml_collections.ConfigDict, mesh,
                  log=print) -> dict:
   """The train state, a plain pytree replicated over the mesh:
   {params, opt_state, step: int32 (), rng: the run's base key (folded with the step)}.
   Backbones whose config names `weights` start from that checkpoint."""
   rng = jax.random.PRNGKey(config.seed)
-  inputs = grm.example_inputs(config.model, config.data.max_len)
-  params = jax.jit(lambda r: model.init(
-      {"params": r, "gumbel": r, "sample": r, "dropout": r}, *inputs,
-      train=False)["params"])(rng)
+  params = jax.jit(_init_params(model, config))(rng)
   params = grm.load_pretrained(params, config.model, log)
+  return jax.jit(lambda p: _state(p, tx, rng),
+                 out_shardings=sharding.replicated(mesh))(params)
 
-  def init(params):
-    return {"params": params, "opt_state": tx.init(params),
-            "step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1)}
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(params)
+def abstract_state(model, tx, config: ml_collections.ConfigDict, mesh) -> dict:
+  """create_state's shapes, dtypes and shardings, computed without any arrays: what a
+  checkpoint is restored onto when only the trained state is wanted (retrieval)."""
+  init = lambda rng: _state(_init_params(model, config)(rng), tx, rng)
+  rep = sharding.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                      jax.eval_shape(init, jax.random.PRNGKey(config.seed)))
 
 
 def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_from: int):

@@ -64,23 +64,30 @@ class Evaluator:
 
   def encode(self, params, split: readers.Split, captions: pipeline.EncodedCaptions):
     """-> (image token sets, caption token sets): dicts of host arrays, leading N / M."""
-    img_parts, self.bad_images = [], 0
+    return self.encode_images(params, split), self.encode_texts(params, captions)
+
+  def encode_images(self, params, split: readers.Split) -> dict:
+    """Every image of `split`, in order -> dict of host arrays with leading axis N."""
+    parts, self.bad_images = [], 0
     for batch in pipeline.eval_image_batches(split, self.config, self.batch):
       self.bad_images += int(batch["bad_images"].sum())  # data.skip_bad_images
       n = len(batch["image"])
       out = self._encode_images(params, sharding.global_batch(
           scoring.pad_rows(batch["image"], self.batch), self.mesh))
-      img_parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
-    txt_parts = []
+      parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+    return _concat(parts)
+
+  def encode_texts(self, params, captions: pipeline.EncodedCaptions) -> dict:
+    """Every caption, in order -> dict of host arrays with leading axis M."""
+    parts = []
     for start in range(0, len(captions.ids), self.batch):
       rows = slice(start, start + self.batch)
       n = len(captions.ids[rows])
       ids, mask = (scoring.pad_rows(x[rows], self.batch) for x in (captions.ids,
                                                                    captions.mask))
       out = self._encode_texts(params, *sharding.global_batch((ids, mask), self.mesh))
-      txt_parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
-    concat = lambda parts: jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)
-    return concat(img_parts), concat(txt_parts)
+      parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+    return _concat(parts)
 
   def encode_cached(self, params, split, captions, folder: str, meta: dict):
     """encode() through a gallery cache (gallery.py): read from folder when it holds
@@ -114,3 +121,7 @@ class Evaluator:
     metrics = recall.recall_metrics(sims, captions_per_image=cpi)
     metrics["score_std"] = float(sims.std())  # ~0 means a collapsed model
     return dict(metrics, **bad)
+
+
+def _concat(parts: list[dict]) -> dict:
+  return jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)
