@@ -7,7 +7,13 @@
 #   3. a sweep of kernel tilings at the same shape (one rep each);
 #   4. the training step of ViT-B/16-224 + BERT-base, batch 128, bf16, with and without
 #      remat: parameters, step time, peak memory, MFU (issue 3 and issue 5).
-# The device image lacks ml_collections and grain: carry their wheels (device README).
+# The lent device's image lacks ml_collections and grain (and has Python 3.12, jax 0.11):
+# download their wheels here into .whl/ (ignored via .git/info/exclude) with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl ml-collections grain array-record <and what `unzip -p` of their METADATA
+#     lists as missing there>
+# and name .whl in the run's carry: they are installed below into /tmp/site.
 # Usage: bash benchmarks/gpu_checks.sh   (JSON figures land in $OUT when it is set).
 # Each step has its own timeout, so a hung compile costs one step, not the call.
 set -u
@@ -15,6 +21,10 @@ cd "$(dirname "$0")/.."
 export OUT="${OUT:-/tmp/gralign_gpu_checks}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python}"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PWD:${PYTHONPATH:-}"
+fi
 if ! "$PY" -c "import gralign_jax" 2>/dev/null; then
   "$PY" -m pip install -q -e . >/dev/null 2>&1 || export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 fi
