@@ -62,8 +62,15 @@ def main(argv):
     for rank, hit in enumerate(item["top"], 1):
       print(f"  {rank}. {hit['score']:7.4f}  {os.path.relpath(hit['image'])}")
     print("  word piece -> best visual token in image 1 (gate, cosine):")
-    print("   " + "  ".join(f"{a['token']}->{a['visual_token']} ({a['gate']:.2f}, "
-                            f"{a['cos']:.2f})" for a in item["alignment"]))
+    words = [f"{a['token']} -> {a['visual_token']} ({a['gate']:.2f}, {a['cos']:.2f})"
+             for a in item["alignment"]]
+    line = "    "
+    for word in words:  # wrap between entries, never inside one
+      if len(line) + len(word) > 100 and line.strip():
+        print(line.rstrip())
+        line = "    "
+      line += f" {word};"
+    print(line.rstrip(";"))
   print()
   for item in result["images_to_captions"]:
     print(os.path.relpath(item["image"]))
