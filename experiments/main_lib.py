@@ -10,6 +10,14 @@ from ml_collections import config_flags
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+  """Errors about data, weights and files that name what to fix."""
+  from gralign_jax import weights  # pylint: disable=g-import-not-at-top
+  from gralign_jax.data import images, split  # pylint: disable=g-import-not-at-top
+  return (FileNotFoundError, split.DataFormatError, weights.CheckpointMismatchError,
+          images.ImageDecodeError)
+
+
 def run(default_config: str | None, default_workdir: str | None) -> None:
   """Defines the flags and runs train_and_evaluate(config, workdir)."""
   started = []
@@ -41,7 +49,12 @@ def _run(default_config, default_workdir, started: list) -> None:
     if not workdir_flag.value:
       sys.exit("--workdir is required: where checkpoints and results go.")
     from gralign_jax import train  # after flag parsing: jax reads XLA_FLAGS at import
-    train.train_and_evaluate(config_flag.value, workdir_flag.value)
+    try:
+      train.train_and_evaluate(config_flag.value, workdir_flag.value)
+    except user_errors() as e:
+      # Something about the user's files or settings, said in full by the message
+      # itself; a traceback would only bury it. Bugs still raise with one.
+      sys.exit(f"Error: {e}")
 
   def guarded_main(argv):
     started.append(True)

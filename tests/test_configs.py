@@ -51,3 +51,18 @@ def test_unknown_override_on_the_command_line_is_a_clear_error(tmp_path):
        "--config.train.not_a_field=3"], cwd=repo, capture_output=True, text=True)
   assert proc.returncode != 0
   assert "Unknown config key 'not_a_field' in ['--config.train.not_a_field']" in proc.stderr
+
+
+def test_a_missing_file_is_one_line_on_the_command_line_not_a_traceback(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(CONFIG_DIR.rsplit(os.sep, 1)[0])
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.flickr30k",
+       "--config=experiments/configs/flickr30k.py:smoke", f"--workdir={tmp_path / 'w'}",
+       f"--config.data.root={tmp_path / 'no_such_folder'}"],
+      cwd=repo, capture_output=True, text=True)
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  assert f"Error: config.data.root={str(tmp_path / 'no_such_folder')!r} does not exist" in (
+      proc.stderr)
