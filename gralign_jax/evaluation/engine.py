@@ -136,16 +136,20 @@ def prepare_texts(enc: Mapping[str, np.ndarray], mix: Mapping[str, float],
 # Block score functions (pure; scoring.py calls them per image x text block).
 # ---------------------------------------------------------------------------
 def xla_scores(img, txt, *, slope: float) -> jax.Array:
-  """Prepared blocks (bi, L_c, d) x (bt, L_t, d) -> (bi, bt); the XLA reference."""
+  """Prepared blocks (bi, L_c, d) x (bt, L_t, d) -> (bi, bt); the XLA reference.
+
+  leaky_relu is monotone, so it is applied to the maxima, not to every cosine: the
+  (bi, bt, L_t, L_c) tile is read once per maximum and never rewritten.
+  """
   c = jnp.einsum("tld,icd->itlc", txt["tokens"], img["tokens"],
                  preferred_element_type=jnp.float32)
-  c = jnp.maximum(c, slope * c)                                  # leaky_relu, slope <= 1
+  leaky = lambda x: jnp.maximum(x, slope * x)                     # slope <= 1
   gid, w_col = img["col"][:, 0], img["col"][:, 1]                 # (bi, L_c)
   valid = txt["row"][:, 0] > 0                                    # (bt, L_t)
-  col_max = jnp.max(jnp.where(valid[None, :, :, None], c, NEG), axis=2)   # (bi, bt, L_c)
+  col_max = leaky(jnp.max(jnp.where(valid[None, :, :, None], c, NEG), axis=2))
   s = jnp.sum(col_max * w_col[:, None, :], axis=-1)
   for g in range(txt["row"].shape[1] - 1):
-    row_max = jnp.max(jnp.where((gid == g)[:, None, None, :], c, NEG), axis=3)
+    row_max = leaky(jnp.max(jnp.where((gid == g)[:, None, None, :], c, NEG), axis=3))
     s = s + jnp.sum(row_max * txt["row"][None, :, 1 + g], axis=-1)
   return s
 
