@@ -12,3 +12,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Caches the code keeps between runs (the TFDS caption index) go to a fresh folder.
 os.environ["GRALIGN_CACHE"] = tempfile.mkdtemp(prefix="gralign_cache_")
+
+
+import pytest  # noqa: E402  (after the environment above is set)
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory):
+  """The smoke-size synthetic set (demo.py:smoke), generated once per test session."""
+  from experiments.configs import demo  # pylint: disable=g-import-not-at-top
+  from gralign_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp("data") / "synthetic_smoke")
+  config = demo.get_config("smoke")
+  config.data.root = root
+  datasets.prepare(config, log=lambda *a: None)
+  return root

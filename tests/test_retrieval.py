@@ -17,10 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("data") / "synthetic_smoke")
+def trained(smoke_root, tmp_path_factory):
   config = demo.get_config("smoke")
-  config.data.root = root
+  config.data.root = smoke_root
   workdir = str(tmp_path_factory.mktemp("run"))
   results = train.train_and_evaluate(config, workdir)
   return workdir, datasets.read_split(config, "test"), results

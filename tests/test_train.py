@@ -23,16 +23,6 @@ from gralign_jax.models import grm
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def smoke_root(tmp_path_factory):
-  """The smoke-size synthetic set, generated once for this module."""
-  root = str(tmp_path_factory.mktemp("data") / "synthetic_smoke")
-  config = demo.get_config("smoke")
-  config.data.root = root
-  datasets.prepare(config, log=lambda *a: None)
-  return root
-
-
 def smoke_config(root, **train):
   config = demo.get_config("smoke")
   config.data.root = root
