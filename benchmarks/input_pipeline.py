@@ -23,7 +23,6 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.configs import demo  # pylint: disable=wrong-import-position
-from gralign_jax.data import images  # pylint: disable=wrong-import-position
 from gralign_jax.data import pipeline  # pylint: disable=wrong-import-position
 from gralign_jax.data import readers  # pylint: disable=wrong-import-position
 from gralign_jax.data import writers  # pylint: disable=wrong-import-position

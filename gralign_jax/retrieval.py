@@ -31,6 +31,7 @@ from gralign_jax.data import readers
 from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import gallery
 from gralign_jax.models import grm
+from gralign_jax.models import similarity
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -114,16 +115,16 @@ def _visual_token_names(config: ml_collections.ConfigDict, n: int) -> list[str]:
 
 
 def alignment(run: Run, image: dict, text: dict, ids: np.ndarray) -> list[dict]:
-  """Per word piece of one caption: its gate, best visual token and that cosine.
+  """Per word piece of one caption: its gate, best visual token and that token
+  similarity c_lj = leaky_relu(cos) (similarity.token_cosine, what S_ori max-pools).
 
   image / text: one item's encoder outputs (tokens (L, d), mask (L,), gates (L,)).
   """
-  t = jnp.asarray(text["tokens"], jnp.float32)
-  v = jnp.asarray(image["tokens"], jnp.float32)
-  cos = np.asarray((t / jnp.linalg.norm(t, axis=-1, keepdims=True))
-                   @ (v / jnp.linalg.norm(v, axis=-1, keepdims=True)).T)
+  cos = np.asarray(similarity.token_cosine(
+      jnp.asarray(text["tokens"])[None], jnp.asarray(image["tokens"])[None],
+      run.config.model.leaky_slope)[0, 0])                      # (L_t, L_v)
   cos = np.where(np.asarray(image["mask"])[None], cos, -np.inf)
-  names = _visual_token_names(run.config, v.shape[0])
+  names = _visual_token_names(run.config, cos.shape[1])
   words = run.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
   out = []
   for l in np.flatnonzero(np.asarray(text["mask"])):
@@ -143,8 +144,9 @@ def retrieve(run: Run, split: readers.Split, captions: list[str], k: int = 5) ->
   texts = run.evaluator.encode_texts(run.params, encoded)
   scorer = run.evaluator.scorer
   k_img, k_txt = min(k, split.num_images), min(k, len(captions))
-  img_vals, img_idx = scorer.topk_images(images, texts, k_img)
-  txt_vals, txt_idx = scorer.topk_texts(images, texts, k_txt)
+  prepared = scorer.prepare(images, texts)  # once for both directions
+  img_vals, img_idx = scorer.topk_images(*prepared, k_img, prepared=True)
+  txt_vals, txt_idx = scorer.topk_texts(*prepared, k_txt, prepared=True)
   pick = lambda d, i: jax.tree.map(lambda x: x[i], d)
   by_caption = []
   for m, caption in enumerate(captions):
@@ -168,6 +170,4 @@ def _encode(run: Run, captions: list[str]) -> pipeline.EncodedCaptions:
   blank = [i for i, c in enumerate(captions) if not c.strip()]
   if blank:
     raise ValueError(f"Caption(s) {blank} are empty.")
-  queries = readers.Split("queries", ("",), (0,), tuple(captions),
-                          captions_per_image=len(captions))
-  return pipeline.encode_captions(queries, run.tokenizer, run.config.data.max_len)
+  return pipeline.encode_captions(captions, run.tokenizer, run.config.data.max_len)

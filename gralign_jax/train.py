@@ -68,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   splits = {s: datasets.read_split(config, getattr(config.data, f"{s}_split"))
             for s in ("train", "dev", "test")}
   splits["dev"] = evaluator_lib.subset(splits["dev"], config.eval.dev_max_images)
-  captions = {s: pipeline.encode_captions(sp, tokenizer, config.data.max_len)
+  captions = {s: pipeline.encode_captions(sp.captions, tokenizer, config.data.max_len)
               for s, sp in splits.items()}
   steps_per_epoch = splits["train"].num_captions // config.train.batch_size
   total_steps = (config.train.num_steps if config.train.num_steps > 0

@@ -249,8 +249,7 @@ def from_pretrained(path: str, *, dtype: Any = jnp.float32,
   hf_config = read_config(folder)
   cls = architecture(hf_config.get("model_type", ""), f"{folder}/config.json")
   module = cls.from_hf_config(hf_config, dtype=dtype, **overrides)
-  params = convert(module, read_state_dict(folder), where=f"checkpoint {folder}")
-  return module, jax.tree.map(jnp.asarray, params)
+  return module, jax.tree.map(jnp.asarray, load_backbone(folder, module))
 
 
 def load_backbone(path: str, module: Any) -> dict:

@@ -34,7 +34,7 @@ def test_stats_against_references(root):
   assert s["words"]["min"] == min(words) and s["words"]["max"] == max(words)
   assert s["words"]["mean"] == pytest.approx(np.mean(words))
   # the truncation count is the one training reports
-  assert s["truncated"] == pipeline.encode_captions(split, tok, 12).num_truncated > 0
+  assert s["truncated"] == pipeline.encode_captions(split.captions, tok, 12).num_truncated > 0
   assert s["tokens"]["max"] > 12
   table = inspect.format_report({"train": s}, 12)
   assert f"{s['truncated']:>6}" in table and "truncated@12" in table

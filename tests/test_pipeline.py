@@ -30,7 +30,7 @@ def data(tmp_path_factory):
   config.data.root = root
   config.train.batch_size = 8
   split = datasets.read_split(config, "train")
-  captions = pipeline.encode_captions(split, datasets.load_tokenizer(config),
+  captions = pipeline.encode_captions(split.captions, datasets.load_tokenizer(config),
                                       config.data.max_len)
   return config, split, captions
 
@@ -120,7 +120,7 @@ def format_data(roots, fmt, workers=0):
   config.train.batch_size = 8
   config.data.num_workers = workers
   split = datasets.read_split(config, "train")
-  captions = pipeline.encode_captions(split, datasets.load_tokenizer(config),
+  captions = pipeline.encode_captions(split.captions, datasets.load_tokenizer(config),
                                       config.data.max_len)
   return config, split, captions
 
@@ -185,7 +185,8 @@ def broken(data, tmp_path):
   config = config.copy_and_resolve_references()
   config.data.root = root
   split = datasets.read_split(config, "train")
-  return config, split, pipeline.encode_captions(split, datasets.load_tokenizer(config),
+  return config, split, pipeline.encode_captions(split.captions,
+                                                 datasets.load_tokenizer(config),
                                                  config.data.max_len)
 
 
@@ -243,7 +244,7 @@ def test_two_processes_read_disjoint_shards_that_cover_the_epoch(roots, tmp_path
         config = format_fixtures.configure(demo.get_config("smoke"), fmt, roots)
         config.train.batch_size = 8
         split = datasets.read_split(config, "train")
-        caps = pipeline.encode_captions(split, datasets.load_tokenizer(config), 28)
+        caps = pipeline.encode_captions(split.captions, datasets.load_tokenizer(config), 28)
         it = pipeline.train_iterator(split, caps, config, seed=0)
         ids = []
         for _ in range(split.num_captions // 8):

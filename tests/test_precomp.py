@@ -1,7 +1,6 @@
 """The SCAN precomp reader: round trip, every malformed feature file, memory budget."""
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,6 @@ import pytest
 from gralign_jax.data import images
 from gralign_jax.data import precomp
 from gralign_jax.data import readers
-from gralign_jax.data import writers
 
 DataFormatError = readers.DataFormatError
 SHAPE = (6, 16)

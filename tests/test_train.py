@@ -63,7 +63,7 @@ def test_sharded_update_equals_single_device(smoke_root):
   tokenizer = datasets.load_tokenizer(config)
   config.model.text.vocab_size = len(tokenizer)
   split = datasets.read_split(config, "train")
-  caps = pipeline.encode_captions(split, tokenizer, config.data.max_len)
+  caps = pipeline.encode_captions(split.captions, tokenizer, config.data.max_len)
   batch = next(pipeline.train_iterator(split, caps, config, seed=0))
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=10)

@@ -30,7 +30,7 @@ def decode_image(path: str) -> np.ndarray:
   """
   try:
     with open(path, "rb") as f:
-      return _decode(f, f"Image file {path}")
+      return _decode(f, f"image file {path}")
   except FileNotFoundError as e:
     raise ImageDecodeError(f"Image file {path} does not exist.") from e
 
@@ -51,11 +51,10 @@ def _decode(f, where: str) -> np.ndarray:
       img.load()
       rgb = img.convert("RGB")
   except Image.DecompressionBombError as e:
-    raise ImageDecodeError(f"{where} is implausibly large: {e}") from e
+    raise ImageDecodeError(f"Could not decode {where}: implausibly large: {e}") from e
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     # OSError covers UnidentifiedImageError ("cannot identify image file") and
     # "image file is truncated"; some PIL decoders raise SyntaxError or ValueError.
-    where = where[0].lower() + where[1:] if where.startswith("Image file") else where
     raise ImageDecodeError(f"Could not decode {where}: {type(e).__name__}: {e}") from e
   return np.asarray(rgb, dtype=np.uint8)
 

@@ -14,7 +14,7 @@ serves all four formats (readers.py): a "precomp" split yields its float32 (R, D
 region features in the "image" slot, unaugmented.
 """
 import dataclasses
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from absl import flags
 from absl import logging
@@ -36,8 +36,10 @@ class EncodedCaptions:
   num_truncated: int
 
 
-def encode_captions(split: readers.Split, tokenizer, max_len: int) -> EncodedCaptions:
-  ids, mask, truncated = text.tokenize(tokenizer, list(split.captions), max_len)
+def encode_captions(captions: Sequence[str], tokenizer,
+                    max_len: int) -> EncodedCaptions:
+  """Captions (a split's, or any list) -> EncodedCaptions, tokenised once."""
+  ids, mask, truncated = text.tokenize(tokenizer, list(captions), max_len)
   return EncodedCaptions(ids.astype(np.int32), mask.astype(bool), int(truncated.sum()))
 
 

@@ -55,9 +55,7 @@ class Bert(nn.Module):
   @classmethod
   def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "Bert":
     """From a HF BertConfig dict; overrides (e.g. max_len=32) win."""
-    if hf.get("hidden_act", "gelu") != "gelu":
-      raise ValueError(f"BERT checkpoint uses hidden_act {hf['hidden_act']!r}; only "
-                       f"exact 'gelu' is implemented.")
+    layers.check_hf_activation(hf, "BERT")
     if hf.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError(f"BERT checkpoint uses position_embedding_type "
                        f"{hf['position_embedding_type']!r}; only 'absolute' is implemented.")

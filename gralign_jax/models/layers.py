@@ -30,6 +30,14 @@ def gelu(x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=False)
 
 
+def check_hf_activation(hf_config: dict, model: str) -> None:
+  """A HF checkpoint config must use exact "gelu", the only activation written here."""
+  act = hf_config.get("hidden_act", "gelu")
+  if act != "gelu":
+    raise ValueError(f"{model} checkpoint uses hidden_act {act!r}; only exact 'gelu' "
+                     "is implemented.")
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention over (B, L, C) with an optional key mask (B, L)."""
   num_heads: int

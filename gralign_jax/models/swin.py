@@ -252,9 +252,7 @@ class Swin(nn.Module):
   @classmethod
   def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "Swin":
     """From a HF SwinConfig dict; overrides (e.g. image_size=384) win."""
-    if hf.get("hidden_act", "gelu") != "gelu":
-      raise ValueError(f"Swin checkpoint uses hidden_act {hf['hidden_act']!r}; only "
-                       f"exact 'gelu' is implemented.")
+    layers.check_hf_activation(hf, "Swin")
     image_size = hf.get("image_size", 224)
     kw = dict(image_size=image_size if isinstance(image_size, int) else tuple(image_size),
               patch_size=hf.get("patch_size", 4), embed_dim=hf["embed_dim"],

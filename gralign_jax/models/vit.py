@@ -88,9 +88,7 @@ class ViT(nn.Module):
   @classmethod
   def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "ViT":
     """From a HF ViTConfig dict; overrides (e.g. image_size=384) win."""
-    if hf.get("hidden_act", "gelu") != "gelu":
-      raise ValueError(f"ViT checkpoint uses hidden_act {hf['hidden_act']!r}; only "
-                       f"exact 'gelu' is implemented.")
+    layers.check_hf_activation(hf, "ViT")
     kw = dict(image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16),
               width=hf["hidden_size"], depth=hf["num_hidden_layers"],
               num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
