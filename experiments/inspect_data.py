@@ -5,7 +5,12 @@ and tokens, with how many max_len cuts), and a PNG grid of sample images with ca
   python -m experiments.inspect_data --config=experiments/configs/flickr30k.py \
       --config.data.root=/data/f30k --out=f30k_samples.png --check_images
 Any experiment config works, with the same --config.x=y overrides as training; the
-grid shows the train split (region-feature heat maps for format "precomp").
+grid shows the first split read, train by default (region-feature heat maps for
+format "precomp").
+
+A data fault (a missing or unreadable file, bad content, an empty split) is one line on
+stderr naming the split, and the other splits are still read. The last line is a
+summary; the exit code is 1 when any fault or unreadable image was found, else 0.
 """
 import os
 import re
@@ -23,7 +28,16 @@ _SAMPLES = flags.DEFINE_integer("samples", 12, "Images in the grid.")
 _SPLITS = flags.DEFINE_list("splits", None, "Splits to report (default: the config's "
                             "train, dev and test splits).")
 _CHECK = flags.DEFINE_bool("check_images", False, "Decode every image of every split "
-                           "and list the unreadable ones (slow on a full data set).")
+                           "and list every unreadable one (slow on a full data set).")
+
+
+def _one_line(e: Exception) -> str:
+  """An error as one line; types other than the data errors keep their name."""
+  from gralign_jax.data import images, split  # pylint: disable=g-import-not-at-top
+  text = re.sub(r"\s*\n\s*", " ", str(e)).strip()
+  if isinstance(e, (OSError, split.DataFormatError, images.ImageDecodeError)):
+    return text
+  return f"{type(e).__name__}: {text}"
 
 
 def main(argv):
@@ -33,31 +47,68 @@ def main(argv):
     sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
   from gralign_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from gralign_jax.data import inspect  # pylint: disable=g-import-not-at-top
-  datasets.prepare(config)
-  names = _SPLITS.value or [config.data[f"{s}_split"] for s in ("train", "dev", "test")]
+  # What a data set can get wrong (missing or unreadable files, bad content, a reader
+  # that is not installed): each is one line, and the other splits are still looked at.
+  data_errors = (OSError, ValueError, ImportError)
+  faults = []
+
+  def fault(where: str, e: Exception) -> None:
+    faults.append(where)
+    sys.stdout.flush()  # keep the report's order where both streams go to one terminal
+    print(f"Error in {where}: {_one_line(e)}", file=sys.stderr, flush=True)
+
   print(f"Data set {config.data.name!r}, format {config.data.format!r}, "
         f"root {os.path.abspath(config.data.root)}")
+  names = _SPLITS.value or [config.data[f"{s}_split"] for s in ("train", "dev", "test")]
   try:
-    tokenizer = datasets.load_tokenizer(config)
-  except (OSError, ValueError) as e:
-    tokenizer = None
-    print(f"(No token statistics: the tokenizer did not load: {e})")
+    datasets.prepare(config)
+  except data_errors as e:
+    fault("the data root", e)
+    names = []  # every split would fail the same way
+  tokenizer = None
+  if names:
+    try:
+      tokenizer = datasets.load_tokenizer(config)
+    except (OSError, ValueError) as e:
+      print(f"(No token statistics: the tokenizer did not load: {_one_line(e)})")
   splits, stats = {}, {}
   for name in names:
-    splits[name] = datasets.read_split(config, name)
+    try:
+      splits[name] = datasets.read_split(config, name)
+    except data_errors as e:
+      fault(f"split {name!r}", e)
+      continue
     stats[name] = inspect.split_stats(splits[name], tokenizer, config.data.max_len)
-  print(inspect.format_report(stats, config.data.max_len))
+  if stats:
+    print(inspect.format_report(stats, config.data.max_len))
+  unreadable = {}
   if _CHECK.value:
     for name, split in splits.items():
-      bad, messages = inspect.check_images(split)
-      print(f"{name}: {bad} of {split.num_images} images unreadable")
-      for m in messages:
+      messages = inspect.check_images(split)
+      print(f"{name}: {len(messages)} of {split.num_images} images unreadable")
+      for m in messages:  # all of them: a user fixes or removes each one
         print("  " + m)
-  grid = inspect.sample_grid(splits[names[0]], _SAMPLES.value)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  grid.save(_OUT.value)
-  print(f"Wrote {_OUT.value}: {min(_SAMPLES.value, splits[names[0]].num_images)} "
-        f"{names[0]} images with their first captions.")
+      if messages:
+        unreadable[name] = len(messages)
+  if splits:
+    first = next(iter(splits))
+    grid = inspect.sample_grid(splits[first], _SAMPLES.value)
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    grid.save(_OUT.value)
+    print(f"Wrote {_OUT.value}: {min(_SAMPLES.value, splits[first].num_images)} "
+          f"{first} images with their first captions.")
+  sys.stdout.flush()
+  if faults or unreadable:
+    parts = []
+    if faults:
+      parts.append(f"{len(faults)} data fault(s) ({', '.join(faults)})")
+    if unreadable:
+      parts.append(f"{sum(unreadable.values())} unreadable image(s) (" + ", ".join(
+          f"{n} in {k}" for k, n in unreadable.items()) + ")")
+    sys.exit(f"inspect_data FAILED: {' and '.join(parts)}; each is listed above.")
+  checked = ("every image decoded" if _CHECK.value
+             else "images not decoded (--check_images decodes them all)")
+  print(f"inspect_data OK: {len(splits)} split(s) read without a fault; {checked}.")
 
 
 def run() -> None:

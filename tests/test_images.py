@@ -1,4 +1,6 @@
 """Tests of image decoding, crops, resizing, flips and normalisation."""
+import os
+
 import numpy as np
 from PIL import Image, ImageFile
 import pytest
@@ -58,6 +60,42 @@ def test_garbage_and_missing_raise(tmp_path):
     images.decode_image(str(path))
   with pytest.raises(images.ImageDecodeError, match="nope.jpg does not exist"):
     images.decode_image(str(tmp_path / "nope.jpg"))
+
+
+def test_a_folder_named_like_an_image_raises(tmp_path):
+  path = tmp_path / "x.jpg"
+  path.mkdir()
+  with pytest.raises(images.ImageDecodeError) as e:
+    images.decode_image(str(path))
+  assert str(e.value) == f"Image file {path} is a folder, expected a file."
+
+
+@pytest.mark.parametrize("error, reason", [
+    (PermissionError(13, "Permission denied"), "cannot be read (permission denied)"),
+    (OSError(5, "Input/output error"), "cannot be read: OSError: Input/output error"),
+])
+def test_unreadable_files_raise(tmp_path, monkeypatch, error, reason):
+  """What a user without read permission (or a failing disk) meets; simulated, because
+  tests may run as root, who reads any file."""
+  path = tmp_path / "a.png"
+  Image.fromarray(_picture()).save(path)
+
+  def fake_open(p, *args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(images, "open", fake_open, raising=False)
+  with pytest.raises(images.ImageDecodeError) as e:
+    images.decode_image(str(path))
+  assert str(e.value) == f"Image file {path} {reason}."
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_for_real(tmp_path):
+  path = tmp_path / "a.png"
+  Image.fromarray(_picture()).save(path)
+  path.chmod(0)
+  with pytest.raises(images.ImageDecodeError, match="permission denied"):
+    images.decode_image(str(path))
 
 
 def test_load_truncated_images_guard(tmp_path, monkeypatch):

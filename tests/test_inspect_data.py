@@ -46,32 +46,81 @@ def test_grid_size(root):
   assert grid.size[0] == 4 * 72 and grid.size[1] > 2 * 72
 
 
+def _truncate(path):
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+
+
+def test_check_images_lists_every_unreadable_image(root, tmp_path):
+  split = readers.read_split(root, "train")
+  paths = []
+  for i in range(12):  # more than any "first N" a listing might stop at
+    path = str(tmp_path / f"{i}.jpg")
+    shutil.copy(split.image_paths[i % 6], path)
+    if i != 5:
+      _truncate(path)
+    paths.append(path)
+  many = readers.Split("many", tuple(paths), tuple(range(12)), split.captions * 2)
+  messages = inspect.check_images(many, workers=3)
+  assert len(messages) == 11
+  assert [next(p for p in paths if p + ":" in m) for m in messages] == (
+      paths[:5] + paths[6:])
+
+
 def _main(*flags):
   return subprocess.run([sys.executable, "-m", "experiments.inspect_data",
                          "--config=experiments/configs/demo.py:smoke", *flags],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_command_reports_splits_writes_the_grid_and_lists_bad_images(root, tmp_path):
-  broken = str(tmp_path / "broken")
-  shutil.copytree(root, broken)
-  path = os.path.join(broken, "images", "000007.jpg")  # dev image 1
-  with open(path, "rb") as f:
-    data = f.read()
-  with open(path, "wb") as f:
-    f.write(data[:len(data) // 2])
+def test_command_reports_splits_writes_the_grid_and_exits_0(root, tmp_path):
   out_png = str(tmp_path / "grid.png")
-  proc = _main(f"--config.data.root={broken}", f"--out={out_png}", "--samples=4",
+  proc = _main(f"--config.data.root={root}", f"--out={out_png}", "--samples=4",
                "--check_images")
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
   row = lambda name: next(l.split() for l in lines if l.startswith(name + " "))
   assert row("train")[1:3] == ["6", "30"] and row("dev")[1:3] == ["2", "10"]
   assert row("test")[1:3] == ["3", "15"]
-  assert "dev: 1 of 2 images unreadable" in proc.stdout
-  assert "000007.jpg" in proc.stdout and "train: 0 of 6 images unreadable" in proc.stdout
+  assert "train: 0 of 6 images unreadable" in lines
+  assert lines[-1] == ("inspect_data OK: 3 split(s) read without a fault; every image "
+                       "decoded.")
   with Image.open(out_png) as im:
     assert im.size[0] == 4 * (192 + 8)
+
+
+def test_faults_are_one_line_each_and_every_bad_image_is_listed(root, tmp_path):
+  """An empty dev split and two truncated images in train and test: the fault is one
+  line and the other splits are still read, both images are listed, the exit code is
+  1 and the summary comes last."""
+  broken = str(tmp_path / "broken")
+  shutil.copytree(root, broken)
+  train_image = os.path.join(broken, "images", "000002.jpg")
+  test_image = os.path.join(broken, "images", "000009.jpg")
+  _truncate(train_image)
+  _truncate(test_image)
+  for name in ("dev_ids.txt", "dev_caps.txt"):
+    open(os.path.join(broken, "precomp", name), "w").close()
+  proc = _main(f"--config.data.root={broken}", f"--out={tmp_path / 'grid.png'}",
+               "--samples=4", "--check_images")
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  errors = proc.stderr.strip().splitlines()
+  caps = os.path.join(broken, "precomp", "dev_caps.txt")
+  assert errors[0].startswith(f"Error in split 'dev': Split 'dev' is empty: {broken}/"
+                              f"precomp/dev_ids.txt and {caps} hold no images.")
+  assert errors[-1] == ("inspect_data FAILED: 1 data fault(s) (split 'dev') and 2 "
+                        "unreadable image(s) (1 in train, 1 in test); each is listed "
+                        "above.")
+  assert len(errors) == 2
+  out = proc.stdout.splitlines()
+  assert "train: 1 of 6 images unreadable" in out
+  assert "test: 1 of 3 images unreadable" in out
+  assert any(train_image in l and "truncated" in l for l in out)
+  assert any(test_image in l and "truncated" in l for l in out)
+  assert os.path.exists(tmp_path / "grid.png")
 
 
 def test_unknown_data_key_is_refused(root, tmp_path):

@@ -17,6 +17,7 @@ from experiments.configs import demo
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
+from gralign_jax.data import readers
 from gralign_jax.data import synthetic_scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,6 +218,37 @@ def test_skip_bad_images_passes_over_and_counts(broken, caplog):
   evals = list(pipeline.eval_image_batches(split, config, batch_size=8))
   assert sum(int(b["bad_images"].sum()) for b in evals) == 1
   assert evals[0]["bad_images"][3] == 1 and not evals[0]["image"][3].any()
+
+
+def test_skip_bad_images_passes_over_a_folder_named_like_an_image(data, tmp_path,
+                                                                  caplog):
+  """An unreadable image (here a folder named 000003.jpg) is a bad image like a corrupt
+  one: skipped in training, zeroed in evaluation, counted."""
+  config, _, _ = data
+  root = str(tmp_path / "folder")
+  shutil.copytree(config.data.root, root)
+  path = os.path.join(root, "images", "000003.jpg")
+  os.remove(path)
+  os.mkdir(path)
+  config = config.copy_and_resolve_references()
+  config.data.update(root=root, skip_bad_images=True)
+  # read_split's "warn" is what data.skip_bad_images asks of it: logged, not refused
+  split = readers.read_split(root, "train", check_images="warn")
+  assert "000003.jpg is a folder, expected a file" in caplog.text
+  captions = pipeline.encode_captions(split.captions, datasets.load_tokenizer(config),
+                                      config.data.max_len)
+  batches = take(pipeline.train_iterator(split, captions, config, seed=0), 15)  # 1 epoch
+  seen = np.concatenate([b["caption_id"] for b in batches])
+  bad = np.concatenate([b["bad_images"] for b in batches])
+  assert bad.sum() == 5 and not np.isin(seen, np.arange(15, 20)).any()
+  assert "Skipping a bad image" in caplog.text
+  assert f"Image file {path} is a folder, expected a file" in caplog.text
+  evals = list(pipeline.eval_image_batches(split, config, batch_size=8))
+  assert evals[0]["bad_images"].tolist()[:5] == [0, 0, 0, 1, 0]
+  assert not evals[0]["image"][3].any()
+  config.data.skip_bad_images = False  # without it, the run stops naming the folder
+  with pytest.raises(images_lib.ImageDecodeError, match=f"{path} is a folder"):
+    list(pipeline.eval_image_batches(split, config, batch_size=8))
 
 
 def test_two_processes_read_disjoint_shards_that_cover_the_epoch(roots, tmp_path):

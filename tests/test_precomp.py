@@ -193,3 +193,27 @@ def test_feature_file_larger_than_the_memory_budget(tmp_path):
   assert out.returncode == 0, out.stderr
   assert f"sum {float(len(range(0, n, 97)))}" in out.stdout
   assert "whole file refused" in out.stdout
+
+
+def test_empty_split_is_refused(tmp_path):
+  _write(tmp_path, "dev", 0)
+  with pytest.raises(DataFormatError) as e:
+    read(tmp_path, "dev")
+  assert str(e.value) == (
+      f"Split 'dev' is empty: {tmp_path}/dev_ims.npy holds 0 feature rows and "
+      f"{tmp_path}/dev_caps.txt no captions. Check that the files are complete, or name "
+      "another split (config.data.train_split, dev_split, test_split).")
+
+
+def test_folders_where_files_should_be(tmp_path):
+  _write(tmp_path, "train", 2, ids=[4, 5])
+  os.remove(tmp_path / "train_ids.txt")
+  os.mkdir(tmp_path / "train_ids.txt")  # optional, but not to be silently skipped
+  with pytest.raises(readers.DataPathError, match=r"image id list of split 'train': "
+                     r".*train_ids\.txt is a folder, expected a file\.$"):
+    read(tmp_path)
+  os.remove(tmp_path / "train_ims.npy")
+  os.mkdir(tmp_path / "train_ims.npy")
+  with pytest.raises(readers.DataPathError, match=r"feature file of split 'train': "
+                     r".*train_ims\.npy is a folder, expected a file\.$"):
+    read(tmp_path)

@@ -1,11 +1,13 @@
 """Tests of the LAPS and Karpathy readers on small fixtures in the public layouts."""
 import json
 import os
+import re
 import shutil
 
 import pytest
 
 from gralign_jax.data import readers
+from gralign_jax.data import split as split_lib
 from gralign_jax.data import synthetic_scenes
 
 DataFormatError = readers.DataFormatError
@@ -148,12 +150,176 @@ def test_missing_images(root):
   os.remove(os.path.join(root, "images", "000003.jpg"))
   for fmt in ("laps", "karpathy"):
     with pytest.raises(FileNotFoundError,
-                       match=r"2 of 6 image files are missing; the first is .*000001\.jpg"):
+                       match=r"2 of 6 image files cannot be read \(2 missing\): "
+                       r".*000001\.jpg does not exist \(it holds: 000000\.jpg"):
       readers.read_split(root, "train", format=fmt)
   split = readers.read_split(root, "train", check_images=False)
   assert split.num_images == 6
   with pytest.raises(FileNotFoundError, match=r"6 of 6 .*missing.*pix"):
     readers.read_split(root, "train", image_dir="pix")
+
+
+def _deny(monkeypatch, path):
+  """What a user without read permission on `path` meets (tests may run as root, who
+  reads everything): os.access says no, and for a folder, listing it or reaching
+  anything inside fails with EACCES."""
+  path = os.path.abspath(path)
+  access, stat, listdir = os.access, os.stat, os.listdir
+
+  def inside(p):
+    return os.path.abspath(os.fsdecode(p)).startswith(path + os.sep)
+
+  def fake_access(p, mode, **kw):
+    return False if os.path.abspath(os.fsdecode(p)) == path else access(p, mode, **kw)
+
+  def fake_stat(p, *a, **kw):
+    if isinstance(p, (str, bytes, os.PathLike)) and inside(p):
+      raise PermissionError(13, "Permission denied", p)
+    return stat(p, *a, **kw)
+
+  def fake_listdir(p="."):
+    if os.path.abspath(os.fsdecode(p)) == path:
+      raise PermissionError(13, "Permission denied", p)
+    return listdir(p)
+
+  monkeypatch.setattr(os, "access", fake_access)
+  monkeypatch.setattr(os, "stat", fake_stat)
+  monkeypatch.setattr(os, "listdir", fake_listdir)
+
+
+def test_image_paths_reported_as_what_they_are(root, monkeypatch, caplog):
+  """Missing, a folder, unreadable: each named as such, with advice a user can follow."""
+  images = os.path.join(root, "images")
+  os.remove(os.path.join(images, "000001.jpg"))
+  os.remove(os.path.join(images, "000002.jpg"))
+  os.mkdir(os.path.join(images, "000002.jpg"))
+  _deny(monkeypatch, os.path.join(images, "000004.jpg"))
+  with pytest.raises(readers.DataPathError) as e:
+    readers.read_split(root, "train")
+  message = str(e.value)
+  assert ("3 of 6 image files cannot be read (1 missing, 1 not a file, 1 without read "
+          "permission)") in message
+  assert (f"{images}/000001.jpg does not exist (it holds: 000000.jpg, 000002.jpg"
+          in message)
+  assert f"{images}/000002.jpg is a folder, expected a file" in message
+  assert f"{images}/000004.jpg cannot be read (permission denied)" in message
+  assert ("check config.data.root and config.data.image_dir, or set "
+          "config.data.skip_bad_images=true to train without them.") in message
+  assert "check_images" not in message
+  assert isinstance(e.value, FileNotFoundError)  # handled wherever missing files are
+  # "warn" (for data.skip_bad_images): the same message logged, the split read.
+  split = readers.read_split(root, "train", check_images="warn")
+  assert split.num_images == 6 and "000002.jpg is a folder" in caplog.text
+  # ... unless no image is usable: then skipping cannot help, and is not advised.
+  with pytest.raises(FileNotFoundError, match=r"6 of 6 .*image_dir\.$") as e:
+    readers.read_split(root, "train", image_dir="pix", check_images="warn")
+  assert "skip_bad_images" not in str(e.value)
+
+
+def test_folder_where_a_split_file_should_be(root):
+  caps = os.path.join(root, "precomp", "dev_caps.txt")
+  os.remove(caps)
+  os.mkdir(caps)
+  with pytest.raises(readers.DataPathError) as e:
+    readers.read_split(root, "dev")
+  assert str(e.value) == (f"Cannot read the caption file of split 'dev': {caps} is a "
+                          "folder, expected a file.")
+
+
+def test_unreadable_split_folder(root, monkeypatch):
+  precomp = os.path.join(root, "precomp")
+  _deny(monkeypatch, precomp)
+  with pytest.raises(readers.DataPathError) as e:
+    readers.read_split(root, "dev")
+  assert str(e.value) == (f"Cannot read the image id list of split 'dev': {precomp}/"
+                          "dev_ids.txt cannot be reached (permission denied on a folder "
+                          "above it).")
+  # A listing of an unreadable folder says so, not "does not exist".
+  assert split_lib.listing(precomp) == "(the folder cannot be read: permission denied)"
+
+
+def test_unreadable_split_file(root, monkeypatch):
+  ids = os.path.join(root, "precomp", "dev_ids.txt")
+  _deny(monkeypatch, ids)
+  with pytest.raises(readers.DataPathError, match=r"image id list of split 'dev': "
+                     rf"{re.escape(ids)} cannot be read \(permission denied\)\.$"):
+    readers.read_split(root, "dev")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_folder_for_real(root):
+  precomp = os.path.join(root, "precomp")
+  os.chmod(precomp, 0)
+  try:
+    with pytest.raises(readers.DataPathError, match="permission denied"):
+      readers.read_split(root, "dev")
+  finally:
+    os.chmod(precomp, 0o755)
+
+
+def test_unreadable_and_file_roots(root, monkeypatch, tmp_path):
+  a_file = tmp_path / "root.txt"
+  a_file.write_text("not a folder")
+  with pytest.raises(readers.DataPathError) as e:
+    readers.read_split(str(a_file), "train")
+  assert str(e.value) == (f"Data root {str(a_file)!r} (config.data.root) is a file, "
+                          "expected a folder.")
+  _deny(monkeypatch, root)
+  with pytest.raises(readers.DataPathError) as e:
+    readers.read_split(root, "train")
+  assert str(e.value) == (f"Data root {root!r} (config.data.root) cannot be read "
+                          "(permission denied).")
+
+
+EMPTY_ADVICE = ("Check that the files are complete, or name another split "
+                "(config.data.train_split, dev_split, test_split).")
+
+
+def test_empty_laps_split(root):
+  ids = os.path.join(root, "precomp", "dev_ids.txt")
+  caps = os.path.join(root, "precomp", "dev_caps.txt")
+  _write(ids, "")
+  _write(caps, "")
+  with pytest.raises(DataFormatError) as e:
+    readers.read_split(root, "dev")
+  assert str(e.value) == (f"Split 'dev' is empty: {ids} and {caps} hold no images. "
+                          + EMPTY_ADVICE)
+
+
+def test_empty_karpathy_split(root):
+  path, data = _karpathy(root)
+  for entry in data["images"]:
+    entry["split"] = "train" if entry["split"] == "val" else entry["split"]
+  _write(path, json.dumps(data))
+  with pytest.raises(DataFormatError) as e:
+    readers.read_split(root, "dev", format="karpathy")
+  assert str(e.value) == (f'Split \'dev\' is empty: {path} has no image whose "split" is '
+                          "val (its 11 images have splits ['test', 'train']). "
+                          + EMPTY_ADVICE)
+
+
+def test_empty_tfds_split(synthetic_root, tmp_path):
+  """A prepared folder whose val split lists no shard (tfds writes none for 0
+  examples): refused at read time, not left to array_record's "Paths sequence can not
+  be of 0 length"."""
+  pytest.importorskip("tensorflow_datasets")
+  from gralign_jax.data import writers  # pylint: disable=g-import-not-at-top
+  dev = readers.read_split(synthetic_root, "dev")
+  folder = writers.write_tfds(str(tmp_path / "tfds"), {"dev": dev})
+  info_path = os.path.join(folder, "dataset_info.json")
+  with open(info_path) as f:
+    info = json.load(f)
+  for s in info["splits"]:
+    s.update(shardLengths=[], numBytes="0")
+  _write(info_path, json.dumps(info))
+  for shard in os.listdir(folder):
+    if ".array_record-" in shard:
+      os.remove(os.path.join(folder, shard))
+  with pytest.raises(DataFormatError) as e:
+    readers.read_split(folder, "dev", format="tfds")
+  assert str(e.value) == (f"Split 'dev' is empty: TFDS split 'val' in {folder} has no "
+                          "records (its dataset_info.json lists no shard with examples). "
+                          + EMPTY_ADVICE)
 
 
 def _karpathy(root):
@@ -267,7 +433,8 @@ def test_karpathy_coco_style(tmp_path):
   assert dev.image_ids == (1002,)
   testall = readers.read_split(str(root), "testall", format="karpathy")
   assert testall.image_ids == (1003,)  # COCO's 5K test set is Karpathy's "test"
-  with pytest.raises(DataFormatError, match=r"no image in split 'test1k'.*"
+  with pytest.raises(DataFormatError, match=r"Split 'test1k' is empty: .* has no "
+                     r"image whose \"split\" is test1k .*"
                      r"\['restval', 'test', 'train', 'val'\]"):
     readers.read_split(str(root), "test1k", format="karpathy")
 

@@ -26,13 +26,26 @@ def decode_image(path: str) -> np.ndarray:
   stay False: with it, a truncated JPEG decodes to grey silently.
 
   Raises:
-    ImageDecodeError: the file is missing, not an image, corrupt or truncated.
+    ImageDecodeError: the file is missing, unreadable (no permission, a folder, an I/O
+      error), not an image, corrupt or truncated: every reason that data.skip_bad_images
+      passes over.
   """
   try:
     with open(path, "rb") as f:
       return _decode(f, f"image file {path}")
-  except FileNotFoundError as e:
-    raise ImageDecodeError(f"Image file {path} does not exist.") from e
+  except OSError as e:  # open's; read errors inside PIL leave _decode as ImageDecodeError
+    raise ImageDecodeError(f"Image file {path} {unreadable_reason(e)}.") from e
+
+
+def unreadable_reason(e: OSError) -> str:
+  """Why open/read failed, completing "Image file <path> ..."."""
+  if isinstance(e, FileNotFoundError):
+    return "does not exist"
+  if isinstance(e, IsADirectoryError):
+    return "is a folder, expected a file"
+  if isinstance(e, PermissionError):
+    return "cannot be read (permission denied)"
+  return f"cannot be read: {type(e).__name__}: {e.strerror or e}"
 
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:

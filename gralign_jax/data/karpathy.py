@@ -29,7 +29,8 @@ def find_json(root: str, karpathy_json: str = "") -> str:
     raise (FileNotFoundError if not found else DataFormatError)(
         f"Expected exactly one Karpathy split file dataset_*.json in {root}, found "
         f"{len(found)} ({', '.join(os.path.basename(f) for f in found) or 'none'}); "
-        f"{split_lib.listing(root)}. Name the file with karpathy_json.")
+        f"{split_lib.listing(root)}. Name the file with config.data.karpathy_json.")
+  split_lib.require_file(found[0], "Karpathy split file")  # a folder named *.json
   return found[0]
 
 
@@ -86,6 +87,7 @@ def read(root: str, split: str, image_dir: str, karpathy_json: str,
     ids.append(int(image_id))
   if not paths:
     found = sorted({e["split"] for e in entries})
-    raise DataFormatError(f"{path}: no image in split {split!r} (Karpathy split names "
-                          f"{sorted(wanted)}); the file has splits {found}.")
+    raise split_lib.empty_split_error(
+        split, f"{path} has no image whose \"split\" is {' or '.join(sorted(wanted))} "
+        f"(its {len(entries)} images have splits {found})")
   return split_lib.Split(split, tuple(paths), tuple(ids), tuple(captions), cpi)

@@ -95,7 +95,9 @@ def check_features(path: str, feature_shape=(36, 2048)) -> int:
 def find_folder(root: str, split: str) -> str:
   """root or root/precomp, whichever holds {split}_ims.npy."""
   for folder in (root, os.path.join(root, "precomp")):
-    if os.path.isfile(os.path.join(folder, f"{split}_ims.npy")):
+    path = os.path.join(folder, f"{split}_ims.npy")
+    if os.path.lexists(path):
+      split_lib.require_file(path, f"feature file of split {split!r}")
       return folder
   raise FileNotFoundError(
       f"Missing feature file of split {split!r}: {split}_ims.npy is neither in {root} "
@@ -111,6 +113,9 @@ def read(root: str, split: str, cpi: int = 5, feature_shape=(36, 2048)) -> split
   split_lib.require_file(caps, f"caption file of split {split!r}")
   rows = check_features(ims, feature_shape)
   captions = split_lib.read_captions(caps)
+  if rows == 0 and not captions:
+    raise split_lib.empty_split_error(split, f"{ims} holds 0 feature rows and {caps} no "
+                                      "captions")
   if len(captions) == cpi * rows:
     stride, num_images = 1, rows
   elif len(captions) == rows and rows % cpi == 0:
@@ -121,7 +126,8 @@ def read(root: str, split: str, cpi: int = 5, feature_shape=(36, 2048)) -> split
         f"{len(captions)} captions; expected {cpi} captions per image ({cpi * rows}), "
         "or one row per caption.")
   ids_path = os.path.join(folder, f"{split}_ids.txt")
-  if os.path.isfile(ids_path):
+  if os.path.lexists(ids_path):  # optional, but if there, it must be readable
+    split_lib.require_file(ids_path, f"image id list of split {split!r}")
     ids = split_lib.collapse_repeated_ids(split_lib.read_ids(ids_path), len(captions), cpi)
     if len(ids) != num_images:
       raise DataFormatError(f"Split {split!r}: {ids_path} lists {len(ids)} ids for "

@@ -14,26 +14,60 @@ belongs to image c // 5):
   (tfds_source.py).
 
 Every problem a user can fix is reported with the file (and line, entry or record) it
-is in. `Split` and `DataFormatError` live in split.py and are re-exported here.
+is in; a split without images is refused here, in every format, rather than left to
+fail in the evaluation. `Split`, `DataFormatError` and `DataPathError` live in
+split.py and are re-exported here.
 """
 import os
+
+from absl import logging
 
 from gralign_jax.data import karpathy
 from gralign_jax.data import precomp
 from gralign_jax.data import split as split_lib
-from gralign_jax.data.split import DataFormatError, Split  # pylint: disable=unused-import
+# pylint: disable-next=unused-import
+from gralign_jax.data.split import DataFormatError, DataPathError, Split
 
 FORMATS = ("laps", "karpathy", "precomp", "tfds")
 
 
-def _check_images(paths, split, where):
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise FileNotFoundError(
-        f"Split {split!r} ({where}): {len(missing)} of {len(paths)} image files are "
-        f"missing; the first is {missing[0]} "
-        f"({split_lib.listing(os.path.dirname(missing[0]))}). "
-        "Check the data root and image_dir, or pass check_images=False.")
+# Short names of split.path_problem's answers, for a count per kind.
+_KINDS = {split_lib.MISSING: "missing", "is a folder, expected a file": "not a file",
+          "cannot be read (permission denied)": "without read permission"}
+
+
+def _check_images(paths, split, where, image_folder, warn=False):
+  """Every image path is a readable file (one stat each; the content is not read).
+
+  Raises FileNotFoundError (all missing) or DataPathError naming the first path of each
+  kind of problem; with warn, only logs it, unless no image at all is usable.
+  """
+  problems = {}  # problem -> paths, in split order
+  for p in paths:
+    problem = split_lib.path_problem(p, "file")
+    if problem:
+      problems.setdefault(problem, []).append(p)
+  if not problems:
+    return
+  num_bad = sum(len(v) for v in problems.values())
+  counts = ", ".join(f"{len(v)} {_KINDS.get(k, k)}" for k, v in problems.items())
+  firsts = []
+  for problem, bad in problems.items():
+    first = f"{bad[0]} {problem}"
+    if problem == split_lib.MISSING:
+      first += f" ({split_lib.listing(os.path.dirname(bad[0]))})"
+    firsts.append(first)
+  message = (f"Split {split!r} ({where}): {num_bad} of {len(paths)} image files "
+             f"cannot be read ({counts}): {'; '.join(firsts)}. Images are read from "
+             f"{image_folder}: check config.data.root and config.data.image_dir")
+  # skip_bad_images passes over a few bad files; with none usable it cannot help.
+  if num_bad < len(paths):
+    message += ", or set config.data.skip_bad_images=true to train without them"
+  if warn and num_bad < len(paths):
+    logging.warning("%s.", message)
+    return
+  error = FileNotFoundError if list(problems) == [split_lib.MISSING] else DataPathError
+  raise error(message + ".")
 
 
 def _read_laps(root, split, image_dir, cpi):
@@ -49,6 +83,8 @@ def _read_laps(root, split, image_dir, cpi):
                           f'{{"<image id>": "<file name>"}}, found {type(mapping).__name__}.')
   captions = split_lib.read_captions(caps_path)
   ids = split_lib.collapse_repeated_ids(split_lib.read_ids(ids_path), len(captions), cpi)
+  if not ids and not captions:
+    raise split_lib.empty_split_error(split, f"{ids_path} and {caps_path} hold no images")
   if len(captions) != cpi * len(ids):
     raise DataFormatError(
         f"Split {split!r}: {caps_path} has {len(captions)} captions but {ids_path} lists "
@@ -64,7 +100,7 @@ def _read_laps(root, split, image_dir, cpi):
 
 
 def read_split(root: str, split: str, *, format: str = "laps", image_dir: str = "images",
-               karpathy_json: str = "", check_images: bool = True,
+               karpathy_json: str = "", check_images: bool | str = True,
                captions_per_image: int = 5, feature_shape=(36, 2048),
                tfds_name: str = "coco_captions") -> Split:
   """Reads one split of a data set on disk.
@@ -75,20 +111,28 @@ def read_split(root: str, split: str, *, format: str = "laps", image_dir: str = 
     format: one of FORMATS (see the module docstring).
     image_dir: image folder under root (laps, karpathy).
     karpathy_json: file name under root for "karpathy"; "" = the one dataset_*.json.
-    check_images: fail now, naming the first missing image file, rather than mid-epoch
-      (image files only: features and TFDS records are checked as they are read).
+    check_images: True: fail now, naming the first missing, unreadable or folder-typed
+      image path, rather than mid-epoch; "warn": log that and go on (for
+      data.skip_bad_images), failing only when no image is usable; False: no check.
+      Image files only (features and TFDS records are checked as they are read), and
+      existence and permissions only: image_check.check_split reads the files.
     captions_per_image: captions kept per image.
     feature_shape: (regions, dims) of a "precomp" feature file.
     tfds_name: the TFDS data set under root for "tfds".
 
   Raises:
-    FileNotFoundError: root, a split file or (with check_images) an image is missing.
-    DataFormatError: a file's content does not follow the layout.
+    FileNotFoundError: root, a split file or (with check_images) an image is missing;
+      DataPathError (a FileNotFoundError) when it is there but is a folder where a file
+      should be, or the reverse, or cannot be read.
+    DataFormatError: a file's content does not follow the layout, or the split is empty.
   """
-  if not os.path.isdir(root):
+  problem = split_lib.path_problem(root, "folder")
+  if problem == split_lib.MISSING:
     raise FileNotFoundError(
         f"Data root {root!r} does not exist (config.data.root). For the synthetic set, "
         "generate one with: python -m gralign_jax.data.synthetic_scenes --root DIR")
+  if problem:
+    raise DataPathError(f"Data root {root!r} (config.data.root) {problem}.")
   root = os.path.abspath(root)
   if format == "laps":
     result = _read_laps(root, split, image_dir, captions_per_image)
@@ -97,13 +141,17 @@ def read_split(root: str, split: str, *, format: str = "laps", image_dir: str = 
     result = karpathy.read(root, split, image_dir, karpathy_json, captions_per_image)
     where = f"Karpathy layout under {root}"
   elif format == "precomp":
-    return precomp.read(root, split, captions_per_image, tuple(feature_shape))
+    result = precomp.read(root, split, captions_per_image, tuple(feature_shape))
   elif format == "tfds":
     from gralign_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-    return tfds_source.read(root, split, captions_per_image, tfds_name)
+    result = tfds_source.read(root, split, captions_per_image, tfds_name)
   else:
     raise ValueError(f"Unknown data format {format!r} (config.data.format); expected one "
                      f"of {list(FORMATS)}.")
-  if check_images:
-    _check_images(result.image_paths, split, where)
+  if result.num_images == 0:  # each reader names its files; this catches any other way
+    raise split_lib.empty_split_error(split, f"no images in the {format!r} data under "
+                                      f"{root}")
+  if check_images and result.source is None:
+    _check_images(result.image_paths, split, where, os.path.join(root, image_dir),
+                  warn=check_images == "warn")
   return result

@@ -13,6 +13,7 @@ their files lazily, once per process.
 import dataclasses
 import json
 import os
+import stat
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,6 +23,15 @@ from gralign_jax.data import images as images_lib
 
 class DataFormatError(ValueError):
   """A data set file exists but its content does not follow the expected layout."""
+
+
+class DataPathError(FileNotFoundError):
+  """A data set path cannot be used: a folder where a file should be (or the reverse),
+  or no permission to read it.
+
+  A FileNotFoundError, so that whoever handles missing data files (the experiment
+  mains print them in one line) handles these the same way.
+  """
 
 
 class ImageSource(Protocol):
@@ -98,18 +108,74 @@ def listing(folder: str) -> str:
   """What a folder holds (the first 20 names), for "missing file" messages."""
   try:
     names = sorted(os.listdir(folder))
-  except OSError:
+  except FileNotFoundError:
     return "(the folder does not exist)"
+  except NotADirectoryError:
+    return f"({folder} is a file, not a folder)"
+  except PermissionError:
+    return "(the folder cannot be read: permission denied)"
+  except OSError as e:
+    return f"(the folder cannot be read: {e.strerror or e})"
   if not names:
     return "(the folder is empty)"
   more = f" and {len(names) - 20} more" if len(names) > 20 else ""
   return "it holds: " + ", ".join(names[:20]) + more
 
 
+MISSING = "does not exist"
+
+
+def path_problem(path: str, expect: str = "file") -> str | None:
+  """Why `path` cannot be read as a `expect` ("file" or "folder"), or None if it can.
+
+  One stat and one access check, no read: cheap enough for every image of a split.
+  The answer completes "<path> ...": MISSING, "is a folder, expected a file", "is a
+  file, expected a folder", "cannot be read (permission denied)", ...
+  """
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    return MISSING
+  except NotADirectoryError:
+    return f"{MISSING} (a folder on its path is a file)"
+  except PermissionError:  # a folder above it may not be entered
+    return "cannot be reached (permission denied on a folder above it)"
+  except OSError as e:
+    return f"cannot be read ({e.strerror or e})"
+  if expect == "folder":
+    if not stat.S_ISDIR(st.st_mode):
+      return "is a file, expected a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+      return "cannot be read (permission denied)"
+    return None
+  if stat.S_ISDIR(st.st_mode):
+    return "is a folder, expected a file"
+  if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever
+    return "is not a regular file"
+  if not os.access(path, os.R_OK):
+    return "cannot be read (permission denied)"
+  return None
+
+
 def require_file(path: str, what: str) -> None:
-  if not os.path.isfile(path):
+  """Raises FileNotFoundError (missing) or DataPathError naming `what` and `path`."""
+  problem = path_problem(path, "file")
+  if problem == MISSING:
     raise FileNotFoundError(
         f"Missing {what}: {path} does not exist; {listing(os.path.dirname(path))}.")
+  if problem:
+    raise DataPathError(f"Cannot read the {what}: {path} {problem}.")
+
+
+def empty_split_error(split: str, where: str) -> DataFormatError:
+  """The error for a split without images: `where` says which files hold none.
+
+  Refused at read time: an empty split would train (or be skipped) and then fail
+  inside the evaluation, far from the file that caused it.
+  """
+  return DataFormatError(
+      f"Split {split!r} is empty: {where}. Check that the files are complete, or name "
+      "another split (config.data.train_split, dev_split, test_split).")
 
 
 def read_lines(path: str) -> list[str]:

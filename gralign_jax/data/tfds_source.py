@@ -131,23 +131,39 @@ def read(root: str, split: str, cpi: int = 5, name: str = "coco_captions"
   if wanted[0] not in available:
     raise FileNotFoundError(f"{folder}: no TFDS split {wanted[0]!r} for split {split!r}; "
                             f"it has {available}.")
-  parts = [wanted[0]] + [s for s in wanted[1:] if s in available]  # restval if present
+  splits = builder.info.splits
+  if not splits[wanted[0]].num_examples:
+    # array_record would fail later with "Paths sequence can not be of 0 length".
+    raise split_lib.empty_split_error(
+        split, f"TFDS split {wanted[0]!r} in {folder} has no records (its "
+        "dataset_info.json lists no shard with examples)")
+  parts = [wanted[0]] + [s for s in wanted[1:]  # restval, if present and not empty
+                         if s in available and splits[s].num_examples]
   for part in parts:
-    missing = [str(p) for p in builder.info.splits[part].filepaths if not os.path.isfile(p)]
+    problems = [(str(p), split_lib.path_problem(str(p), "file"))
+                for p in splits[part].filepaths]
+    missing = [p for p, problem in problems if problem == split_lib.MISSING]
     if missing:
       raise FileNotFoundError(
           f"{folder}: split {part!r} lists {len(missing)} shard file(s) that do not "
           f"exist, the first {missing[0]}; {split_lib.listing(folder)}.")
+    for p, problem in problems:
+      if problem:
+        raise split_lib.DataPathError(f"{folder}: shard file {p} of split {part!r} "
+                                      f"{problem}.")
   expr = "+".join(parts)
   source = TfdsSource(folder, expr)
   index_path = _index_path(folder, f"{expr}/{cpi}", [p for part in parts
-                                          for p in builder.info.splits[part].filepaths])
+                                          for p in splits[part].filepaths])
   try:
     with open(index_path) as f:
       paths, ids, captions = json.load(f)
   except (OSError, ValueError):
     paths, ids, captions = _scan(folder, expr, source, cpi)
     _write_index(index_path, [paths, ids, captions])
+  if not paths:
+    raise split_lib.empty_split_error(split, f"TFDS split {expr!r} in {folder} holds no "
+                                      "records")
   return split_lib.Split(split, tuple(paths), tuple(ids), tuple(captions), cpi,
                          source=source)
 
@@ -202,6 +218,4 @@ def _scan(folder: str, expr: str, source: TfdsSource, cpi: int):
         captions.append(t.strip())
       paths.append(f"{folder}:{expr}[{i}] ({filename})")
       ids.append(int(record["image/id"]))
-  if not paths:
-    raise DataFormatError(f"{folder}: split {expr!r} holds no records.")
   return paths, ids, captions
