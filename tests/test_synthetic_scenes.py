@@ -1,7 +1,11 @@
-"""Tests of the synthetic scenes generator: determinism, layout, caption truth."""
+"""Tests of the synthetic scenes generator: determinism, layout, caption truth, and
+that it deletes only what it wrote and leaves no half-written folder."""
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -10,6 +14,8 @@ import pytest
 from gralign_jax.data import synthetic_scenes as ss
 
 N_TRAIN, N_DEV, N_TEST, SIZE = 20, 5, 10, 32
+TINY = dict(num_train=4, num_dev=1, num_test=1, image_size=SIZE)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _SIZE_WORD = {w: size for size, words in ss.SIZE_WORDS.items() for w in words}
 _PHRASE = (r"(?:(?P<{p}size>" + "|".join(_SIZE_WORD) + r")\s+)?(?P<{p}colour>"
@@ -224,3 +230,110 @@ def test_draws_at_other_sizes(tmp_path):
   r = str(tmp_path / "big")
   ss.generate(r, num_train=2, num_dev=1, num_test=1, image_size=96)
   assert Image.open(os.path.join(r, "images", "000000.jpg")).size == (96, 96)
+
+
+# ------------------------------------------------------------------------------------
+# Nothing lost, nothing half-written
+# ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A tiny set generated in one go: the bytes every other run must reproduce."""
+  r = tmp_path_factory.mktemp("tiny") / "ref"
+  ss.generate(str(r), **TINY)
+  return r
+
+
+def test_user_photo_in_a_copied_set_survives(tiny, tmp_path):
+  # `cp -r data/synthetic/* mine/` copies everything but the hidden marker.
+  mine = tmp_path / "mine"
+  shutil.copytree(tiny, mine)
+  (mine / ss.MARKER).unlink()
+  (mine / "images" / "holiday.jpg").write_bytes(b"\xff\xd8 a user's photo")
+  before = _files(mine)
+  with pytest.raises(FileExistsError,
+                     match=r"'[^']*mine'.*images/holiday\.jpg.*generate=false"):
+    ss.generate(str(mine), **TINY)
+  assert _files(mine) == before
+
+
+def test_regenerates_over_its_own_set_only(tiny, tmp_path):
+  root = tmp_path / "set"
+  ss.generate(str(root), **{**TINY, "num_train": 7})  # larger: its extra images must go
+  with open(root / ss.MARKER) as f:
+    assert json.load(f)["files"] == sorted(n for n in _files(root) if n != ss.MARKER)
+  ss.generate(str(root), **TINY)
+  assert _files(root) == _files(tiny)
+  assert os.listdir(tmp_path) == ["set"]  # no partial or set-aside folder left behind
+  for extra in ("notes.txt", "images/holiday.jpg", "precomp/mine/"):
+    path = root / extra
+    if extra.endswith("/"):
+      path.mkdir()
+    else:
+      path.write_text("the user's")
+    before = _files(root)
+    with pytest.raises(FileExistsError, match=re.escape(extra)):
+      ss.generate(str(root), **{**TINY, "seed": 1})
+    assert _files(root) == before and path.exists()
+    if extra.endswith("/"):
+      path.rmdir()
+    else:
+      path.unlink()
+
+
+@pytest.mark.parametrize("before", ["absent", "empty", "earlier_set"])
+def test_interrupted_run_leaves_no_half_written_root(tiny, tmp_path, monkeypatch, before):
+  root = tmp_path / "set"
+  if before == "empty":
+    root.mkdir()
+  elif before == "earlier_set":
+    ss.generate(str(root), **{**TINY, "seed": 1})
+  earlier = _files(root) if root.exists() else None
+  real_render, calls = ss.render, []
+
+  def render_then_ctrl_c(*args):
+    calls.append(args)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return real_render(*args)
+
+  monkeypatch.setattr(ss, "render", render_then_ctrl_c)
+  with pytest.raises(KeyboardInterrupt):
+    ss.generate(str(root), **TINY)
+  # root as it was (absent, empty, the earlier set) and no partial folder beside it.
+  assert os.listdir(tmp_path) == ([] if earlier is None else ["set"])
+  assert earlier is None or _files(root) == earlier
+  monkeypatch.undo()
+  ss.generate(str(root), **TINY)
+  assert _files(root) == _files(tiny) and os.listdir(tmp_path) == ["set"]
+
+
+def test_partial_folder_of_a_live_process_refuses_a_dead_ones_is_cleared(tiny, tmp_path):
+  root = tmp_path / "set"
+  # Another process that stops mid-way through the images, until it is killed.
+  code = ("import time\n"
+          "from gralign_jax.data import synthetic_scenes as ss\n"
+          "def hang(*args):\n"
+          "  print('rendering', flush=True)\n"
+          "  time.sleep(300)\n"
+          "ss.render = hang\n"
+          f"ss.generate({str(root)!r}, **{TINY!r})\n")
+  proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline() == "rendering\n"
+    with pytest.raises(FileExistsError, match=rf"another process \(pid {proc.pid} on "):
+      ss.generate(str(root), **TINY)
+  finally:
+    proc.kill()  # like a power cut: it gets no chance to clean up
+    proc.wait()
+  assert not root.exists()
+  ss.generate(str(root), **TINY)  # its partial folder: this host, a dead pid
+  assert _files(root) == _files(tiny) and os.listdir(tmp_path) == ["set"]
+
+
+def test_root_that_is_a_file(tmp_path):
+  path = tmp_path / "set"
+  path.write_text("the user's")
+  with pytest.raises(NotADirectoryError, match=r"'[^']*set': it is a file; expected a"):
+    ss.generate(str(path), **TINY)
+  assert path.read_text() == "the user's"

@@ -23,7 +23,17 @@ that the public releases use, so the readers of real data read this set unchange
   root/tokenizer/                      WordPiece trained on the train captions (HF format)
   root/scenes.json                     machine-readable scene record: objects, boxes,
                                        clutter, which captions mention which objects
-  root/.complete                       written last; `is_complete(root)` checks for it
+  root/.complete                       written last: the parameters and "files", every
+                                       path above (relative); `is_complete(root)`
+                                       checks for it
+
+The set is written into a hidden sibling folder, <parent>/.<name>.partial, stamped with
+the pid and host of the writing process, and renamed to root only once complete: an
+interrupted run leaves no half-written root, and the next run on that host removes the
+leftover once its process is gone. Only a root that is absent, empty or an earlier set
+whose files are all in its own "files" list is written to; that earlier set is moved
+aside (<parent>/.<name>.old) and only its listed files are deleted. Any other file in
+root makes `generate` refuse, naming it: it never deletes what it did not write.
 
 Usage: python -m gralign_jax.data.synthetic_scenes --root DIR [--image_size 64] ...
 """
@@ -32,6 +42,10 @@ import io
 import json
 import math
 import os
+import posixpath
+import re
+import shutil
+import socket
 import time
 
 import numpy as np
@@ -58,6 +72,7 @@ BACKGROUND_WORDS = {"gradient": ("shaded", "smooth"), "stripes": ("striped",),
                     "noise": ("textured", "mottled")}
 SPLITS = (("train", "train"), ("dev", "val"), ("test", "test"))  # (ours, Karpathy's)
 MARKER = ".complete"
+OWNER_STAMP = ".owner.json"  # pid and host of the process writing a partial folder
 IMAGE_DIR = "images"
 KARPATHY_JSON = "dataset_synthetic.json"
 
@@ -398,35 +413,10 @@ def is_complete(root: str) -> bool:
   return os.path.isfile(os.path.join(root, MARKER))
 
 
-def _prepare_root(root):
-  if os.path.isdir(root) and os.listdir(root):
-    ours = {MARKER, "scenes.json", KARPATHY_JSON}
-    if not ours & set(os.listdir(root)):
-      raise FileExistsError(
-          f"Refusing to generate the synthetic set into {root!r}: it is not empty and "
-          f"holds no earlier synthetic set ({sorted(os.listdir(root))[:10]}). Pick an "
-          "empty or new folder.")
-    if is_complete(root):
-      os.remove(os.path.join(root, MARKER))  # incomplete until rewritten
-    img_dir = os.path.join(root, IMAGE_DIR)
-    if os.path.isdir(img_dir):  # stale images of an earlier, larger set
-      for f in os.listdir(img_dir):
-        if f.endswith(".jpg"):
-          os.remove(os.path.join(img_dir, f))
-  os.makedirs(os.path.join(root, IMAGE_DIR), exist_ok=True)
-  os.makedirs(os.path.join(root, "precomp"), exist_ok=True)
-
-
-def generate(root: str, *, num_train: int = 8000, num_dev: int = 500,
-             num_test: int = 1000, image_size: int = 64, seed: int = 0,
-             vocab_size: int = 1000) -> None:
-  """Writes the synthetic scenes set to `root` (layout in the module docstring)."""
-  if min(num_train, num_dev, num_test) < 1:
-    raise ValueError(f"Every split needs at least one image, got train={num_train}, "
-                     f"dev={num_dev}, test={num_test}.")
-  if image_size < 16:
-    raise ValueError(f"image_size must be >= 16 to draw shapes, got {image_size}.")
-  _prepare_root(root)
+def _write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_size):
+  """Writes the whole set into `folder` (an empty folder), the marker last."""
+  os.makedirs(os.path.join(folder, IMAGE_DIR))
+  os.makedirs(os.path.join(folder, "precomp"))
   rng = np.random.default_rng(seed)
   counts = dict(train=num_train, dev=num_dev, test=num_test)
   scenes = []
@@ -452,8 +442,10 @@ def generate(root: str, *, num_train: int = 8000, num_dev: int = 500,
 
   for scene in scenes:
     buf = io.BytesIO()
-    Image.fromarray(render(scene, image_size)).save(buf, "JPEG", quality=90, subsampling=0)
-    _write_atomic(os.path.join(root, IMAGE_DIR, f"{scene['imgid']:06d}.jpg"), buf.getvalue())
+    Image.fromarray(render(scene, image_size)).save(buf, "JPEG", quality=90,
+                                                    subsampling=0)
+    _write_atomic(os.path.join(folder, IMAGE_DIR, f"{scene['imgid']:06d}.jpg"),
+                  buf.getvalue())
 
   def fname(s):
     return f"{s['imgid']:06d}.jpg"
@@ -466,26 +458,267 @@ def generate(root: str, *, num_train: int = 8000, num_dev: int = 500,
         sentences=[dict(raw=t, tokens=t.replace(":", " ").replace(",", " ").split(),
                         imgid=s["imgid"], sentid=sid)
                    for (t, _), sid in zip(s["captions"], sentids)]))
-  _write_atomic(os.path.join(root, KARPATHY_JSON),
+  _write_atomic(os.path.join(folder, KARPATHY_JSON),
                 _dump_json(dict(dataset="synthetic", images=images)))
-  _write_atomic(os.path.join(root, "id_mapping.json"),
+  _write_atomic(os.path.join(folder, "id_mapping.json"),
                 _dump_json({str(s["imgid"]): fname(s) for s in scenes}))
   for split, _ in SPLITS:
     mine = [s for s in scenes if s["split"] == split]
-    _write_atomic(os.path.join(root, "precomp", f"{split}_ids.txt"),
+    _write_atomic(os.path.join(folder, "precomp", f"{split}_ids.txt"),
                   "".join(f"{s['imgid']}\n" for s in mine).encode("utf-8"))
-    _write_atomic(os.path.join(root, "precomp", f"{split}_caps.txt"),
-                  "".join(t + "\n" for s in mine for t, _ in s["captions"]).encode("utf-8"))
+    caps = "".join(t + "\n" for s in mine for t, _ in s["captions"])
+    _write_atomic(os.path.join(folder, "precomp", f"{split}_caps.txt"),
+                  caps.encode("utf-8"))
   record = dict(image_size=image_size, seed=seed, scenes=[dict(
       imgid=s["imgid"], split=s["split"], filename=fname(s), objects=s["objects"],
       clutter=s["clutter"], background=s["_background"]["kind"], swap_of=s["swap_of"],
       captions=[dict(raw=t, **rec) for t, rec in s["captions"]]) for s in scenes])
-  _write_atomic(os.path.join(root, "scenes.json"), _dump_json(record))
+  _write_atomic(os.path.join(folder, "scenes.json"), _dump_json(record))
   train_caps = [t for s in scenes if s["split"] == "train" for t, _ in s["captions"]]
-  text_lib.train_wordpiece(train_caps, os.path.join(root, "tokenizer"), vocab_size)
-  _write_atomic(os.path.join(root, MARKER), _dump_json(dict(
+  text_lib.train_wordpiece(train_caps, os.path.join(folder, "tokenizer"), vocab_size)
+  # The folder started empty, so everything in it now is ours: the manifest that lets a
+  # later run delete exactly these files and nothing else.
+  files = [f for f in _walk_files(folder) if f not in (MARKER, OWNER_STAMP)]
+  _write_atomic(os.path.join(folder, MARKER), _dump_json(dict(
       num_train=num_train, num_dev=num_dev, num_test=num_test, image_size=image_size,
-      seed=seed, vocab_size=vocab_size)))
+      seed=seed, vocab_size=vocab_size, files=files)))
+
+
+# ------------------------------------------------------------------------------------
+# Where to write: nothing lost, nothing half-written
+# ------------------------------------------------------------------------------------
+_ACTIVE = set()  # partial folders this process is writing right now
+
+
+def _walk_files(folder):
+  """Sorted relative paths ("/"-separated) of every file under folder."""
+  out = []
+  for d, _, names in os.walk(folder):
+    rel = os.path.relpath(d, folder).replace(os.sep, "/")
+    out += [n if rel == "." else f"{rel}/{n}" for n in names]
+  return sorted(out)
+
+
+def _manifest(folder):
+  """The set of files an earlier `generate` wrote into folder, or None if unknown."""
+  try:
+    with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+      files = json.load(f)["files"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return set(files) if isinstance(files, list) else None
+
+
+def _raise(error):
+  raise error
+
+
+def _foreign(folder, listed):
+  """Sorted files of folder that `listed` does not hold, plus (ending in "/") links to
+  folders and empty folders that no listed file lies in. The marker is always ours."""
+  allowed = set()  # every folder above a listed file
+  for p in listed:
+    d = posixpath.dirname(p)
+    while d and d not in allowed:
+      allowed.add(d)
+      d = posixpath.dirname(d)
+  out = []
+  for d, dirs, names in os.walk(folder, onerror=_raise):
+    rel = os.path.relpath(d, folder).replace(os.sep, "/")
+    rel = "" if rel == "." else rel + "/"
+    # os.walk does not enter links to folders; we never write one.
+    out += [rel + n + "/" for n in dirs if os.path.islink(os.path.join(d, n))]
+    if rel and rel[:-1] not in allowed and not dirs and not names:
+      out.append(rel)
+    out += [rel + n for n in names if rel + n not in listed and rel + n != MARKER]
+  return sorted(out)
+
+
+# Names the generator gives its files: listed after the others in an error message,
+# which are more likely the user's.
+_LAYOUT = re.compile(r"(images/\d{6}\.jpg|dataset_synthetic\.json|id_mapping\.json|"
+                     r"scenes\.json|precomp/(train|dev|test)_(ids|caps)\.txt|"
+                     r"tokenizer/[^/]+)(\.tmp)?")
+
+
+def _describe(paths, n=5):
+  """A few of `paths`, those not named like the generator's files first."""
+  odd = [p for p in paths if not _LAYOUT.fullmatch(p)]
+  like = len(paths) - len(odd)
+  text = ", ".join(odd[:n]) + (f" and {len(odd) - n} more" if len(odd) > n else "")
+  if like:
+    text += f"{'; also ' if odd else ''}{like} file(s) named like the synthetic set's"
+  return text
+
+
+def _remove_own(folder) -> bool:
+  """Deletes what folder's manifest lists (marker last) and the folders left empty.
+
+  Anything else stays, with the folders that hold it. True when folder is gone.
+  """
+  listed = _manifest(folder) or set()
+  for d, dirs, names in os.walk(folder, topdown=False):
+    rel = os.path.relpath(d, folder).replace(os.sep, "/")
+    rel = "" if rel == "." else rel + "/"
+    for n in names:
+      if rel + n in listed:
+        os.remove(os.path.join(d, n))
+    for n in dirs:
+      try:
+        os.rmdir(os.path.join(d, n))
+      except OSError:
+        pass  # not empty (something not ours) or a link: it stays
+  # The marker goes last, so that an interrupted removal can be resumed from its list.
+  if os.path.isfile(os.path.join(folder, MARKER)):
+    os.remove(os.path.join(folder, MARKER))
+  try:
+    os.rmdir(folder)
+  except OSError:
+    pass
+  return not os.path.lexists(folder)
+
+
+def _check_target(root, shown) -> str:
+  """"absent", "empty" or "ours" (an earlier set whose files are all in its manifest).
+
+  Raises when generating into root could delete something generate did not write.
+  """
+  if not os.path.exists(root):
+    return "absent"
+  if not os.path.isdir(root):
+    raise NotADirectoryError(
+        f"Cannot generate the synthetic set into {shown!r}: it is a file; expected a "
+        "folder that is new, empty or holds an earlier synthetic set.")
+  try:
+    if not os.listdir(root):
+      return "empty"
+    listed = _manifest(root)
+    foreign = _foreign(root, listed or set())
+  except PermissionError as e:
+    raise PermissionError(
+        f"Cannot generate the synthetic set into {shown!r}: {e.filename} cannot be read "
+        "(permission denied). Pick a folder you can read and write.") from e
+  if foreign:
+    why = (f"has no list of generated files ({MARKER} is missing or from an older "
+           "version)" if listed is None else "holds files the generator did not write")
+    raise FileExistsError(
+        f"Refusing to generate the synthetic set into {shown!r}: the folder is not empty "
+        f"and {why}: {_describe(foreign)}. The generator deletes only files it wrote "
+        "itself. Pick an empty or new folder or, to train on the folder as it is, set "
+        "--config.data.synthetic.generate=false.")
+  return "ours"
+
+
+def _owner_alive(owner, partial) -> bool:
+  """False only when the stamp surely names a process that is gone."""
+  pid = owner.get("pid")
+  if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+    return True  # another host's (or a stamp we cannot read): we cannot tell
+  if pid == os.getpid():
+    return partial in _ACTIVE
+  if os.name == "nt":
+    return True  # os.kill(pid, 0) would terminate the process on Windows
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # alive, another user's
+  return True
+
+
+def _clear_leftover(path, shown):
+  """Removes a partial or set-aside folder of an earlier run if it is surely ours."""
+  if not os.path.lexists(path):
+    return
+  if not os.path.isdir(path):
+    raise FileExistsError(f"Cannot generate the synthetic set into {shown!r}: {path} is "
+                          "in the way (a file where generate keeps its work); delete it.")
+  try:
+    with open(os.path.join(path, OWNER_STAMP), encoding="utf-8") as f:
+      owner = json.load(f)
+  except FileNotFoundError:
+    owner = None
+  except (OSError, ValueError):
+    owner = "unreadable"
+  if owner is not None:
+    who = (f"(pid {owner.get('pid')} on host {owner.get('host')})"
+           if isinstance(owner, dict) else f"(its {OWNER_STAMP} cannot be read)")
+    if not isinstance(owner, dict) or _owner_alive(owner, path):
+      raise FileExistsError(
+          f"Refusing to generate the synthetic set into {shown!r}: another process "
+          f"{who} is generating into {path}. Wait for it to finish or, if no such "
+          "process runs, delete that folder.")
+    shutil.rmtree(path)  # a dead process of this host wrote it, and only it
+    return
+  # No stamp: empty (its owner stopped right after creating it), or a finished set that
+  # was not yet renamed, or a set moved aside: ours when its manifest lists everything.
+  foreign = _foreign(path, _manifest(path) or set())
+  if foreign or not _remove_own(path):
+    raise FileExistsError(
+        f"Refusing to generate the synthetic set into {shown!r}: {path}, left by an "
+        f"earlier run, holds files the generator did not write: {_describe(foreign)}. "
+        "Move them elsewhere or delete that folder.")
+
+
+def generate(root: str, *, num_train: int = 8000, num_dev: int = 500,
+             num_test: int = 1000, image_size: int = 64, seed: int = 0,
+             vocab_size: int = 1000) -> None:
+  """Writes the synthetic scenes set to `root` (layout in the module docstring).
+
+  Raises:
+    ValueError: a split size or image_size is too small.
+    NotADirectoryError: root is a file.
+    PermissionError: root cannot be read.
+    FileExistsError: root holds files generate did not write, or another process is
+      generating the set there.
+  """
+  if min(num_train, num_dev, num_test) < 1:
+    raise ValueError(f"Every split needs at least one image, got train={num_train}, "
+                     f"dev={num_dev}, test={num_test}.")
+  if image_size < 16:
+    raise ValueError(f"image_size must be >= 16 to draw shapes, got {image_size}.")
+  # Through links, so that the sibling folders lie on the target's file system.
+  real = os.path.realpath(root)
+  parent, name = os.path.split(real)
+  partial = os.path.join(parent, f".{name}.partial")
+  old = os.path.join(parent, f".{name}.old")
+  _check_target(real, root)  # fail before the work, not after it
+  _clear_leftover(partial, root)
+  _clear_leftover(old, root)
+  os.makedirs(parent, exist_ok=True)
+  try:
+    os.mkdir(partial)
+  except FileExistsError:
+    raise FileExistsError(
+        f"Refusing to generate the synthetic set into {root!r}: another process has just "
+        f"started generating into {partial}.") from None
+  _ACTIVE.add(partial)
+  try:
+    _write_atomic(os.path.join(partial, OWNER_STAMP),
+                  _dump_json(dict(pid=os.getpid(), host=socket.gethostname())))
+    _write_set(partial, num_train=num_train, num_dev=num_dev, num_test=num_test,
+               image_size=image_size, seed=seed, vocab_size=vocab_size)
+    state = _check_target(real, root)  # again: something may have arrived meanwhile
+    os.remove(os.path.join(partial, OWNER_STAMP))
+    if state == "empty":
+      os.rmdir(real)
+    elif state == "ours":
+      os.rename(real, old)  # the earlier set, whole, out of the way in one step
+    try:
+      os.rename(partial, real)
+    except BaseException:
+      if state == "ours":
+        os.rename(old, real)
+      raise
+  except BaseException:
+    # Interrupted or failed: no half-written root, and no leftover to trip the next run.
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  finally:
+    _ACTIVE.discard(partial)
+  if state == "ours":
+    _remove_own(old)
 
 
 def main(argv=None):
