@@ -1,4 +1,5 @@
 """The absl main every experiment entry point shares: --config, --workdir, run."""
+import logging as logging_std
 import os
 import sys
 
@@ -11,11 +12,37 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-  """Errors about data, weights and files that name what to fix."""
-  from gralign_jax import weights  # pylint: disable=g-import-not-at-top
-  from gralign_jax.data import images, split  # pylint: disable=g-import-not-at-top
-  return (FileNotFoundError, split.DataFormatError, weights.CheckpointMismatchError,
-          images.ImageDecodeError)
+  """Errors about data, weights, configs, files and the workdir that name what to fix."""
+  # pylint: disable=g-import-not-at-top
+  from gralign_jax import checkpoint, configs, run_dir, weights
+  from gralign_jax.data import images, split
+  return (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+          split.DataFormatError, weights.CheckpointMismatchError, images.ImageDecodeError,
+          configs.ConfigError, run_dir.RunDirError, checkpoint.CheckpointError)
+
+
+class _OneLineErrors(logging_std.Filter):
+  """Orbax logs each failure of a background save with its traceback (hundreds of lines
+  at shutdown); the run reports that failure itself in one line, so keep the line."""
+
+  def filter(self, record):
+    if record.exc_info and "orbax" in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def unknown_key_message(e: Exception) -> str:
+  """ml_collections' KeyError/AttributeError for an unknown --config.<key> -> one line."""
+  while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(...))
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  name, _, hint = text.partition("\n")
+  name = name.strip().strip("\"'")
+  bad = [a.split("=")[0] for a in sys.argv[1:]
+         if a.startswith("--config.") and name in a.split("=")[0].split(".")]
+  hint = f" {hint.strip()}" if hint.strip() else ""
+  return (f"Unknown config key {name!r} in {', '.join(bad) or 'the overrides'}: the "
+          f"config has no such field.{hint}")
 
 
 def run(default_config: str | None, default_workdir: str | None) -> None:
@@ -26,11 +53,7 @@ def run(default_config: str | None, default_workdir: str | None) -> None:
   except (AttributeError, KeyError) as e:
     if started:  # raised by the run itself, not by flag parsing: not ours to reword
       raise
-    name = str(e).strip("\"'")
-    bad = [a.split("=")[0] for a in sys.argv[1:]
-           if a.startswith("--config.") and name in a.split("=")[0].split(".")]
-    sys.exit(f"Unknown config key {name!r} in {bad or 'the overrides'}: the config has "
-             "no such field (gralign_jax/configs.py lists them all).")
+    sys.exit(unknown_key_message(e))
 
 
 def _run(default_config, default_workdir, started: list) -> None:
@@ -40,17 +63,23 @@ def _run(default_config, default_workdir, started: list) -> None:
   workdir_flag = flags.DEFINE_string(
       "workdir", default_workdir, "Run directory: config.json, metrics.jsonl, "
       "checkpoints/, results.json. Running again with the same workdir resumes.")
+  allow_flag = flags.DEFINE_bool(
+      "allow_config_changes", False, "Resume even though the config differs from the "
+      "saved one in keys that leave the checkpoints meaningful (eval.*, logging, "
+      "workers, training length, data.root); they are logged in config_changes.jsonl.")
 
   def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
+    logging.get_absl_handler().addFilter(_OneLineErrors())
     if config_flag.value is None:
       sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
     if not workdir_flag.value:
       sys.exit("--workdir is required: where checkpoints and results go.")
     from gralign_jax import train  # after flag parsing: jax reads XLA_FLAGS at import
     try:
-      train.train_and_evaluate(config_flag.value, workdir_flag.value)
+      train.train_and_evaluate(config_flag.value, workdir_flag.value,
+                               allow_config_changes=allow_flag.value)
     except user_errors() as e:
       # Something about the user's files or settings, said in full by the message
       # itself; a traceback would only bury it. Bugs still raise with one.

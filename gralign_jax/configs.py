@@ -11,14 +11,15 @@ def vit_tiny(image_size: int = 64) -> ml_collections.ConfigDict:
   """A ViT small enough for the CPU demo, shaped like ViT-B (CLS + patches, pre-LN)."""
   return ml_collections.ConfigDict(dict(
       name="vit", image_size=image_size, patch_size=8, width=128, depth=3, num_heads=4,
-      mlp_dim=256, dropout=0.0))
+      mlp_dim=256, dropout=0.0, remat=False, weights=""))
 
 
 def bert_tiny(max_len: int = 32) -> ml_collections.ConfigDict:
   """A BERT-style text transformer small enough for the CPU demo (post-LN like BERT)."""
   return ml_collections.ConfigDict(dict(
       name="bert", vocab_size=0,  # 0: taken from the tokenizer at build time
-      max_len=max_len, width=128, depth=2, num_heads=4, mlp_dim=256, dropout=0.0))
+      max_len=max_len, width=128, depth=2, num_heads=4, mlp_dim=256, dropout=0.0,
+      remat=False, weights=""))
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -87,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
       skip_bad_images=False,      # True: an unreadable image is warned about, passed over
                                   # (train) or zeroed (eval), and counted in metrics
                                   # ("bad_images"); False: it stops the run, named
+      check_images=True,          # before training, read every image file's header and
+                                  # end (data/image_check.py): a truncated or unreadable
+                                  # file is found in seconds, not when first sampled
       tokenizer="",               # HF tokenizer folder; "" = <root>/tokenizer
       image_size=64,
       crop_scale=(0.6, 1.0),      # RandomResizedCrop scale range for training
@@ -110,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       batch_size=128,             # global, split over all devices
       num_epochs=30.0,
-      num_steps=-1,               # > 0 overrides num_epochs
+      num_steps=-1,               # > 0 overrides num_epochs; -1: train num_epochs
       max_train_seconds=-1.0,     # > 0: also stop once training (evals excluded) has
                                   # run this long, e.g. to compare models at equal time
       lr=2e-4,
@@ -294,3 +298,81 @@ def paper_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
     config.data.feature_shape = (config.model.vision.num_regions,
                                  config.model.vision.feature_dim)
   return config
+
+
+# ---------------------------------------------------------------------------
+# Validation: every value checked before anything is built or written.
+# ---------------------------------------------------------------------------
+class ConfigError(ValueError):
+  """A config value that cannot work: the message names the key, value and what is
+  allowed."""
+
+
+CHOICES = {
+    "data.format": ("laps", "karpathy", "precomp", "tfds"),
+    "model.score": ("grm", "global"),
+    "model.gate_mode": ("weight", "scale"),
+    "model.compute_dtype": ("float32", "bfloat16"),
+    "model.vision.name": ("vit", "swin", "butd"),
+    "model.text.name": ("bert", "bigru"),
+    "loss.kind": ("triplet", "infonce"),
+    "loss.recon": ("mse", "cos"),
+    "eval.protocol": ("1k", "coco"),
+    "eval.backend": ("auto", "xla", "pallas", "reference"),
+    "eval.score_dtype": ("float32", "bfloat16"),
+}
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError, in one line, for the first value that cannot work."""
+  def fail(key, allowed):
+    raise ConfigError(f"config.{key}={_get(config, key)!r}: expected {allowed}.")
+
+  for key, allowed in CHOICES.items():
+    if _get(config, key) not in allowed:
+      fail(key, "one of " + ", ".join(repr(a) for a in allowed))
+  t, m, v = config.train, config.model, config.model.vision
+  for key in ("train.lr", "train.batch_size", "train.log_every", "train.ckpt_every",
+              "train.keep_checkpoints", "model.embed_dim", "data.max_len",
+              "eval.batch_size"):
+    if not _get(config, key) > 0:
+      fail(key, "a value > 0")
+  if t.num_steps == 0 or t.num_steps < -1:
+    fail("train.num_steps", "a number of steps > 0, or -1 to train for "
+         f"train.num_epochs={t.num_epochs}")
+  if t.num_steps == -1 and not t.num_epochs > 0:
+    fail("train.num_epochs", "a value > 0 (train.num_steps is -1: training length is "
+         "given in epochs)")
+  if t.backbone_lr_mult < 0:
+    fail("train.backbone_lr_mult", "a value >= 0")
+  if m.score == "grm" and m.regions and m.num_regions < 1:
+    fail("model.num_regions", "K >= 1 region prompts (or model.regions=False)")
+  if m.gumbel_tau <= 0:
+    fail("model.gumbel_tau", "a temperature > 0")
+  if len(m.score_weights) != 3 or min(m.score_weights) < 0:
+    fail("model.score_weights", "three weights >= 0 (ori, key, unc)")
+  if config.loss.kind == "infonce" and config.loss.temperature <= 0:
+    fail("loss.temperature", "a temperature > 0")
+  if config.loss.margin < 0:
+    fail("loss.margin", "a margin >= 0")
+  if v.name in ("vit", "swin"):
+    if v.image_size % v.patch_size:
+      fail("model.vision.image_size", f"a multiple of model.vision.patch_size="
+           f"{v.patch_size}")
+    if config.data.image_size != v.image_size:
+      fail("data.image_size", f"model.vision.image_size={v.image_size} (the images fed "
+           "to the vision encoder)")
+  if v.name == "butd" and tuple(config.data.feature_shape) != (v.num_regions,
+                                                               v.feature_dim):
+    fail("data.feature_shape", f"(model.vision.num_regions, model.vision.feature_dim) = "
+         f"({v.num_regions}, {v.feature_dim})")
+  if config.data.max_len > m.text.max_len:
+    fail("data.max_len", f"at most the text encoder's position table, "
+         f"model.text.max_len={m.text.max_len}")

@@ -5,6 +5,7 @@ update step / checkpoint and resume / evaluation / loop / final test. Running ag
 with the same workdir resumes from the latest checkpoint, with the input pipeline at
 the same position, and ends with exactly the parameters of an uninterrupted run.
 """
+import contextlib
 import json
 import os
 import sys
@@ -16,9 +17,11 @@ import ml_collections
 import numpy as np
 
 from gralign_jax import checkpoint as ckpt_lib
+from gralign_jax import configs
 from gralign_jax import losses
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import optim
+from gralign_jax import run_dir
 from gralign_jax import sharding
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
@@ -45,12 +48,28 @@ def is_collapsed(aux: dict) -> bool:
   return bool(aux["score_spread"] < 1e-3)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, evaluates on dev periodically, tests the best-on-dev state. -> results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_changes: bool = False) -> dict:
+  """Trains, evaluates on dev periodically, tests the best-on-dev state. -> results.
+
+  The config is checked before anything is built; the workdir is locked for the run;
+  a resumed run must have the config its checkpoints were trained with
+  (`allow_config_changes`: evaluation, logging and length may differ, run_dir.py).
+  On every exit path pending checkpoint saves finish and the lock is released.
+  """
   config = ml_collections.ConfigDict(config.to_dict())  # a private, mutable copy
+  configs.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with contextlib.ExitStack() as cleanup:
+    if jax.process_index() == 0:
+      lock = cleanup.enter_context(run_dir.WorkdirLock(workdir))
+      if lock.message:
+        log(lock.message)
+    return _train_and_evaluate(config, workdir, allow_config_changes, cleanup)
 
+
+def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh()
   sharding.check_divisible(config.train.batch_size, mesh)
@@ -58,9 +77,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"({jax.process_count()} host(s)); workdir {workdir}")
 
   # ---------------------------------------------------------------- input
-  if config.data.max_len > config.model.text.max_len:
-    raise ValueError(f"data.max_len={config.data.max_len} exceeds the text encoder's "
-                     f"position table (model.text.max_len={config.model.text.max_len}).")
   datasets.prepare(config, log)
   tokenizer = datasets.load_tokenizer(config)
   if config.model.text.vocab_size <= 0:
@@ -68,6 +84,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   splits = {s: datasets.read_split(config, getattr(config.data, f"{s}_split"))
             for s in ("train", "dev", "test")}
   splits["dev"] = evaluator_lib.subset(splits["dev"], config.eval.dev_max_images)
+  datasets.check_images(config, splits, log)
+  if config.train.batch_size > splits["train"].num_captions:
+    raise configs.ConfigError(
+        f"config.train.batch_size={config.train.batch_size}: expected at most the "
+        f"{splits['train'].num_captions} captions of the training split "
+        f"({config.data.train_split!r} under {config.data.root}).")
   captions = {s: pipeline.encode_captions(sp.captions, tokenizer, config.data.max_len)
               for s, sp in splits.items()}
   steps_per_epoch = splits["train"].num_captions // config.train.batch_size
@@ -82,9 +104,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                if config.loss.kind == "triplet" and hard_from < total_steps else "")
   log(f"  {steps_per_epoch} steps per epoch, {total_steps} steps, loss {config.loss.kind}"
       f"{negatives}")
+
+  # ---------------------------------------------------------------- run record
+  # Pending saves finish (or their failure is said) before any error leaves the run.
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=config.train.keep_checkpoints)
+  cleanup.push(_finish_saves(checkpointer))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    changes = run_dir.check_resume(workdir, config.to_json_best_effort(indent=2),
+                                   checkpointer.has_checkpoints(), allow_config_changes,
+                                   checkpointer.latest_step())
+    for key, (old, new) in changes.items():
+      log(f"  config change on resume (allowed): {key}: {old!r} -> {new!r}")
 
   # ---------------------------------------------------------------- model and optimiser
   model = grm.build_model(config.model)
@@ -97,16 +128,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(model, tx, config, mesh, hard_from)
 
   # ---------------------------------------------------------------- checkpoint and resume
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       keep=config.train.keep_checkpoints)
   batches = pipeline.train_iterator(splits["train"], captions["train"], config,
                                     seed=config.seed)
   meta = {"best_rsum": -1.0, "best_step": -1}
-  restored = checkpointer.restore_latest(state)
+  restored = checkpointer.restore_latest(state, log)
   if restored is not None:
     state, meta = restored.state, restored.meta
     batches.set_state(restored.data)
-    best_meta = checkpointer.best_meta()
+    best_meta = checkpointer.best_meta(log)
     if best_meta is not None:  # the best checkpoint's own record is the authoritative one
       meta.update({k: best_meta[k] for k in ("best_rsum", "best_step")})
     log(f"Resumed from step {restored.step} (best dev rSum so far {meta['best_rsum']:.1f})")
@@ -115,6 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- evaluation
   evaluator = evaluator_lib.Evaluator(model, config, mesh)
   writer = metrics_lib.MetricWriter(workdir)
+  cleanup.callback(writer.close)
   writer.write(start_step, "data", {f"{s}_{k}": v for s, sp in splits.items() for k, v in (
       ("images", sp.num_images), ("captions", sp.num_captions),
       ("truncated_captions", captions[s].num_truncated))})
@@ -155,15 +185,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       aux = jax.device_get(aux)
       if config.data.skip_bad_images:
         aux["bad_images"] = _sum_over_hosts(meta["bad_images"])
-      writer.write(step, "train", aux)
-      progress.update(step, aux)
       if step > watch_from and is_collapsed(aux) and not collapse_reported:
         collapse_reported = True
+        aux["collapsed"] = 1
         log(f"[train @ {step}] COLLAPSE: every score in the batch is equal (spread "
             f"{aux['score_spread']:.1e}, loss {aux['loss']:.2f}; a collapsed triplet sits "
             f"at 2 x batch x margin = {2 * config.train.batch_size * config.loss.margin:.1f})."
             " See README, 'Collapse'.")
-        writer.write(step, "train", {"collapsed": 1})
+      writer.write(step, "train", aux)
+      progress.update(step, aux)
     else:
       progress.tick(step)
     if (config.eval.every_steps > 0 and step % config.eval.every_steps == 0) or last:
@@ -181,9 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer.wait()
 
   # ---------------------------------------------------------------- final test
-  total_steps = step
-  best = checkpointer.restore_best(state)
-  params, best_step = (best.state["params"], best.step) if best else (state["params"], -1)
+  best = checkpointer.restore_best(state, log)
+  params, best_step = (best.state["params"], best.step) if best else (state["params"], step)
   log(f"Testing the best-on-dev state (step {best_step}, dev rSum {meta['best_rsum']:.1f})")
   results = {"dev": evaluator.evaluate(params, splits["dev"], captions["dev"])}
   test_split = splits["test"]
@@ -192,16 +221,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     results["test"] = evaluator.evaluate(params, test_split, captions["test"])
   results["best_step"] = best_step
-  for split, m in results.items():
+  for split, m in results.items():  # under the step of the state they evaluate
     if isinstance(m, dict):
-      writer.write(total_steps, split, m)
+      writer.write(best_step, split, m)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
   log(recall.format_table({k: v for k, v in results.items() if isinstance(v, dict)}))
-  writer.close()
-  checkpointer.close()
   return results
+
+
+def _finish_saves(checkpointer: ckpt_lib.Checkpointer):
+  """An ExitStack exit callback: waits for pending saves and closes the checkpointer.
+  On an error path a failed save is said in one line and the error itself goes on."""
+  def finish(exc_type, exc, tb):
+    del exc, tb
+    if exc_type is None:
+      checkpointer.close()  # raises CheckpointError when a save failed
+      return False
+    try:
+      checkpointer.close()
+    except ckpt_lib.CheckpointError as e:
+      log(str(e))
+    return False
+  return finish
 
 
 def _init_params(model, config: ml_collections.ConfigDict):

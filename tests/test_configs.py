@@ -50,7 +50,22 @@ def test_unknown_override_on_the_command_line_is_a_clear_error(tmp_path):
       [sys.executable, "-m", "experiments.demo", f"--workdir={tmp_path}",
        "--config.train.not_a_field=3"], cwd=repo, capture_output=True, text=True)
   assert proc.returncode != 0
-  assert "Unknown config key 'not_a_field' in ['--config.train.not_a_field']" in proc.stderr
+  assert proc.stderr.strip() == ("Unknown config key 'not_a_field' in "
+                                 "--config.train.not_a_field: the config has no such field.")
+
+
+def test_a_misspelt_override_is_one_plain_line_with_the_suggestion(tmp_path):
+  """ml_collections' own message holds quotes and a newline; none may leak escaped."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(CONFIG_DIR.rsplit(os.sep, 1)[0])
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", f"--workdir={tmp_path}",
+       "--config.train.batchsize=3"], cwd=repo, capture_output=True, text=True)
+  assert proc.returncode != 0
+  assert proc.stderr.strip() == (
+      "Unknown config key 'batchsize' in --config.train.batchsize: the config has no such "
+      'field. Did you mean "batch_size" instead of "batchsize"?')
 
 
 def test_a_missing_file_is_one_line_on_the_command_line_not_a_traceback(tmp_path):

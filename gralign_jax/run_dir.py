@@ -1,0 +1,206 @@
+"""Guards of a run directory: one run at a time, and a record that stays true.
+
+- `WorkdirLock`: `<workdir>/run.lock` names the process that trains there (host, pid,
+  start time). A second run in the same workdir is refused with one line naming the
+  holder; a lock whose process is gone (same host, pid no longer that process) is
+  stale, taken over and said so. Released on every exit path.
+- `check_resume`: a workdir with checkpoints is described by its `config.json`. A
+  resumed run must use the same config; changed keys are refused in one message
+  listing each (saved -> new). `--allow_config_changes` lets the changes that cannot
+  alter what the checkpoints hold (evaluation, logging, workers, training length, a
+  moved data folder) through; they are appended to `config_changes.jsonl`, and
+  `config.json` is never rewritten for a run whose checkpoints it describes.
+"""
+import json
+import os
+import socket
+import time
+
+
+class RunDirError(RuntimeError):
+  """The workdir cannot be used as asked: the message says why and what to do."""
+
+
+# Keys (or prefixes ending in '.') whose change on resume leaves the saved state
+# meaningful: how the run is evaluated and logged, how fast data is read, how long it
+# goes on (the lr schedule is in epochs, not in total steps), where the data now lives.
+SAFE_ON_RESUME = (
+    "eval.", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+    "train.num_steps", "train.num_epochs", "train.max_train_seconds",
+    "data.num_workers", "data.num_threads", "data.prefetch", "data.check_images",
+    "data.skip_bad_images", "data.root", "data.tokenizer",
+)
+
+
+# ------------------------------------------------------------------------------------
+# The lock
+# ------------------------------------------------------------------------------------
+def _process_start(pid: int) -> str:
+  """The kernel's start time of `pid` (distinguishes a reused pid), or "" if unknown."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return ""
+
+
+def _alive(pid: int, start: str) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # exists, owned by someone else
+  return not start or not _process_start(pid) or _process_start(pid) == start
+
+
+class WorkdirLock:
+  """`with WorkdirLock(workdir):` - exclusive use of a run directory by this process."""
+
+  NAME = "run.lock"
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, self.NAME)
+    self.held = False
+    self.message = ""  # what acquire() found, for the log (a stale lock taken over)
+
+  def _record(self) -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+  def _create(self) -> bool:
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      json.dump(self._record(), f)
+    return True
+
+  def acquire(self) -> "WorkdirLock":
+    for _ in range(3):  # a stale lock removed by a racing run: look again
+      if self._create():
+        self.held = True
+        return self
+      try:
+        with open(self.path, encoding="utf-8") as f:
+          holder = json.load(f)
+        host, pid = str(holder["host"]), int(holder["pid"])
+      except FileNotFoundError:
+        continue
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunDirError(
+            f"{self.path} exists but cannot be read as a lock ({type(e).__name__}); if no "
+            "run is using this workdir, delete that file and start again.") from e
+      if host == socket.gethostname() and not _alive(pid, str(holder.get("start", ""))):
+        self.message = (f"Took over a stale lock of {self.path}: pid {pid} on {host} "
+                        f"(since {holder.get('since', '?')}) is gone.")
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      where = "this host" if host == socket.gethostname() else f"host {host}"
+      raise RunDirError(
+          f"Another run is using workdir {os.path.dirname(self.path)}: pid {pid} on "
+          f"{where}, since {holder.get('since', '?')} ({self.path}). Wait for it to end, "
+          "pick another --workdir, or, if that process is gone, delete the lock file.")
+    raise RunDirError(f"Could not take the lock {self.path}: it keeps reappearing.")
+
+  def release(self) -> None:
+    if not self.held:
+      return
+    self.held = False
+    try:
+      with open(self.path, encoding="utf-8") as f:
+        mine = json.load(f).get("pid") == os.getpid()
+    except (OSError, ValueError):
+      mine = False
+    if mine:
+      os.remove(self.path)
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+# ------------------------------------------------------------------------------------
+# The saved config
+# ------------------------------------------------------------------------------------
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+_ABSENT = "(absent)"
+
+
+def config_changes(saved: dict, new: dict) -> dict:
+  """Dotted key -> (saved value, new value) for every key that differs."""
+  a, b = flatten(saved), flatten(new)
+  return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
+          for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def is_safe(key: str) -> bool:
+  return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_ON_RESUME)
+
+
+def _describe(changes: dict) -> str:
+  return "; ".join(f"{k}: {json.dumps(old)} -> {json.dumps(new)}"
+                   for k, (old, new) in changes.items())
+
+
+def check_resume(workdir: str, config_json: str, has_checkpoints: bool,
+                 allow_changes: bool, step: int | None = None) -> dict:
+  """Compares the run's config with the one saved in `workdir`; writes config.json when
+  it describes no checkpoints yet. -> the accepted changes (key -> (saved, new)).
+
+  Raises:
+    RunDirError: checkpoints exist and the config differs from the saved one (in a way
+      that `allow_changes` does not cover), naming every changed key.
+  """
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(config_json)
+  if not has_checkpoints or not os.path.exists(path):
+    _write_atomic(path, config_json)
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise RunDirError(f"{path} describes the checkpoints in this workdir but cannot be "
+                      f"read ({type(e).__name__}: {e}); restore it, or start a new "
+                      "--workdir.") from e
+  changes = config_changes(saved, new)
+  if not changes:
+    return {}
+  unsafe = {k: v for k, v in changes.items() if not is_safe(k)}
+  if unsafe or not allow_changes:
+    shown = unsafe if allow_changes else changes
+    advice = ("start a new --workdir for a different model or training"
+              if unsafe else "pass --allow_config_changes to resume with them")
+    raise RunDirError(
+        f"The config differs from the one this workdir's checkpoints were trained with "
+        f"({path}) in {len(shown)} key(s): {_describe(shown)}. Resume with the saved "
+        f"config, or {advice}.")
+  with open(os.path.join(workdir, "config_changes.jsonl"), "a", encoding="utf-8") as f:
+    f.write(json.dumps({"step": step, "time": time.time(),
+                        "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+  return changes
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
