@@ -10,8 +10,15 @@ its saliency gate and the image patch (or region) it matches best; per image, th
 best captions. Everything printed is also written as JSON (--out, default
 <workdir>/retrieval.json). The gallery's encodings are cached under
 <workdir>/galleries/, so new captions for the same photos only encode the captions.
+
+Files of the folder that are not readable images are skipped and listed, captions
+longer than the run's data.max_len are cut and named, and a k larger than the gallery
+is clamped: each is said in one line before the results and recorded in the JSON. A
+run on read-only storage is only read: the cache and retrieval.json go to
+$GRALIGN_CACHE/galleries/ (default ~/.cache/gralign_jax/galleries/), said in one line.
+Wrong flags or files stop the run with one line, "Error: ...", before any model is
+loaded where possible.
 """
-import json
 import os
 import sys
 
@@ -23,40 +30,59 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a training run
 _IMAGES = flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images.")
 _CAPTIONS = flags.DEFINE_string("captions", None, "UTF-8 text file, one caption a line.")
 _QUERY = flags.DEFINE_multi_string("query", [], "A caption (repeatable).")
-_K = flags.DEFINE_integer("k", 5, "How many results per query.")
+_K = flags.DEFINE_integer("k", 5, "How many results per query (1 or more).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "The best-on-dev checkpoint or the last one.")
 _OUT = flags.DEFINE_string("out", None, "JSON output (default <workdir>/retrieval.json).")
 
 
+class UsageError(ValueError):
+  """A flag or the captions file cannot be used."""
+
+
 def _read_captions() -> list[str]:
+  """--query values, then the --captions file's lines (blank lines are not captions)."""
+  for q in _QUERY.value:
+    if not q.strip():
+      raise UsageError(f"--query={q!r} is empty; expected a caption with at least one "
+                       "word, e.g. --query=\"a red circle\".")
   captions = list(_QUERY.value)
-  if _CAPTIONS.value:
+  path = _CAPTIONS.value
+  if path is not None:
+    expect = "expected a UTF-8 text file, one caption a line"
     try:
-      with open(_CAPTIONS.value, encoding="utf-8") as f:
-        captions += [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-      sys.exit(f"Could not read captions from {_CAPTIONS.value!r}: {e}")
+      with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    except FileNotFoundError as e:
+      raise UsageError(f"--captions={path!r} does not exist; {expect}.") from e
+    except IsADirectoryError as e:
+      raise UsageError(f"--captions={path!r} is a folder; {expect}.") from e
+    except OSError as e:
+      raise UsageError(f"--captions={path!r} cannot be read ({e.strerror or e}); "
+                       f"{expect}.") from e
+    except UnicodeDecodeError as e:
+      raise UsageError(f"--captions={path!r} is not UTF-8 (byte {e.object[e.start]:#x} "
+                       f"at offset {e.start}); {expect}.") from e
+    if not lines:
+      raise UsageError(f"--captions={path!r} holds no caption (the file is empty or "
+                       f"only blank lines); {expect}.")
+    captions += lines
   if not captions:
-    sys.exit("No captions: give --captions=FILE (one per line) and/or --query=TEXT.")
+    raise UsageError("No captions: give --captions=FILE (one per line) and/or "
+                     "--query=TEXT.")
   return captions
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
+def _check_flags() -> list[str]:
   if not _WORKDIR.value or not _IMAGES.value:
-    sys.exit("--workdir (a training run) and --images (a folder) are required.")
-  captions = _read_captions()
-  from gralign_jax import retrieval  # after flag parsing: jax reads XLA_FLAGS at import
-  try:
-    run = retrieval.load_run(_WORKDIR.value, _CHECKPOINT.value)
-    split = retrieval.gallery_split(_IMAGES.value)
-  except FileNotFoundError as e:
-    sys.exit(str(e))
-  result = retrieval.retrieve(run, split, captions, k=_K.value)
-  print(f"Run {run.workdir}, step {run.step}: {split.num_images} images, "
-        f"{len(captions)} captions\n")
+    raise UsageError("--workdir (a training run) and --images (a folder) are required.")
+  if _K.value < 1:
+    raise UsageError(f"--k={_K.value}: expected a positive number of results per query "
+                     "(1 or more).")
+  return _read_captions()
+
+
+def _print_results(result: dict) -> None:
   for item in result["captions_to_images"]:
     print(f"\"{item['caption']}\"")
     for rank, hit in enumerate(item["top"], 1):
@@ -76,10 +102,35 @@ def main(argv):
     print(os.path.relpath(item["image"]))
     for rank, hit in enumerate(item["top"], 1):
       print(f"  {rank}. {hit['score']:7.4f}  {hit['caption']}")
-  out = _OUT.value or os.path.join(run.workdir, "retrieval.json")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"\nWritten to {out}")
+
+
+def main(argv):
+  del argv
+  # orbax warns at WARNING about every read-only restore; what matters here is printed.
+  logging.set_verbosity(logging.ERROR)
+  try:
+    captions = _check_flags()
+  except UsageError as e:
+    sys.exit(f"Error: {e}")
+  from gralign_jax import checkpoint  # after flag parsing: jax reads XLA_FLAGS at import
+  from gralign_jax import retrieval
+  from gralign_jax.data import split as split_lib
+  user_errors = (FileNotFoundError, PermissionError, retrieval.RetrievalError,
+                 split_lib.DataFormatError, checkpoint.CheckpointError)
+  try:
+    split = retrieval.gallery_split(_IMAGES.value)  # before the model: fails fast
+    run = retrieval.load_run(_WORKDIR.value, _CHECKPOINT.value)
+    result = retrieval.retrieve(run, split, captions, k=_K.value)
+    print(f"Run {run.workdir}, step {run.step}: {len(result['images'])} images, "
+          f"{len(captions)} captions\n")
+    _print_results(result)
+    print()
+    out = retrieval.write_result(result, _OUT.value)
+  except user_errors as e:
+    # Something about the user's files or flags, said in full by the message itself;
+    # a traceback would only bury it. Bugs still raise with one.
+    sys.exit(f"Error: {e}")
+  print(f"Written to {out}")
 
 
 if __name__ == "__main__":

@@ -3,18 +3,30 @@
   run = load_run("runs/demo")                      # config.json + best-on-dev params
   images = gallery_split("my_photos/")             # every JPEG/PNG in the folder
   result = retrieve(run, images, ["a red circle left of a blue square"], k=5)
+  write_result(result)                             # <workdir>/retrieval.json
 
 The image gallery is encoded once and kept (gallery.py) under
-<workdir>/galleries/<digest>, keyed by the checkpoint step and the files' names, sizes
-and modification times, so asking new captions of the same photos only encodes the
-captions. For each caption's best image, `alignment` lists every word piece with its
-saliency gate a_t and the visual token it matches best (its patch row and column, or
-region), the cosine that decides S_ori (method.md section 4).
+<workdir>/galleries/<digest>, keyed by the checkpoint step and the files' names, sizes,
+modification times and modes, so asking new captions of the same photos only encodes
+the captions. For each caption's best image, `alignment` lists every word piece with
+its saliency gate a_t and the visual token it matches best (its patch row and column,
+or region), the cosine that decides S_ori (method.md section 4).
+
+Nothing is dropped silently. A file of the folder that cannot be read as an image (a
+folder named x.jpg, an empty file, no read permission, a corrupt or truncated JPEG) is
+skipped and listed in `skipped_images` with its reason; a caption longer than the
+run's data.max_len is cut and listed in `truncated_captions`; k larger than the
+gallery is clamped. Each is also said in one line through `log`. A run directory that
+cannot be written (read-only storage) is only read: the gallery cache and
+retrieval.json then go to fallback_dir(workdir), that is
+gallery.cache_root()/galleries/<run name>-<hash of its path>, and the log says so.
 """
 import dataclasses
 import hashlib
 import json
 import os
+import stat
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +38,7 @@ from gralign_jax import optim
 from gralign_jax import sharding
 from gralign_jax import train
 from gralign_jax.data import datasets
+from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
 from gralign_jax.evaluation import evaluator as evaluator_lib
@@ -34,6 +47,13 @@ from gralign_jax.models import grm
 from gralign_jax.models import similarity
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+Log = Callable[[str], None]
+_CHUNK_IMAGES = 1024   # encoded at a time: a bad file costs a re-encode of its chunk only
+_SHOWN = 20            # skipped files listed in the log (all of them go to the JSON)
+
+
+class RetrievalError(ValueError):
+  """The images, captions or settings of a retrieval cannot be used (said in full)."""
 
 
 @dataclasses.dataclass
@@ -47,8 +67,19 @@ class Run:
   tokenizer: object
 
 
-def load_run(workdir: str, which: str = "best") -> Run:
-  """The run in `workdir`: its best-on-dev checkpoint ("best") or its last ("latest")."""
+@dataclasses.dataclass(frozen=True)
+class GallerySplit(readers.Split):
+  """A Split of gallery images with what was left out: skipped holds (path, reason)
+  for each file that is not a readable image; folder names where they came from."""
+  folder: str = ""
+  skipped: tuple[tuple[str, str], ...] = ()
+
+
+def load_run(workdir: str, which: str = "best", log: Log = print) -> Run:
+  """The run in `workdir`: its best-on-dev checkpoint ("best") or its last ("latest").
+
+  Only reads: a run on read-only storage loads as well.
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: expected the run directory of a "
@@ -58,50 +89,229 @@ def load_run(workdir: str, which: str = "best") -> Run:
   model = grm.build_model(config.model)
   mesh = sharding.make_mesh()
   like = train.abstract_state(model, optim.make_optimizer(config, 1), config, mesh)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-  restore = {"best": checkpointer.restore_best,
-             "latest": checkpointer.restore_latest}[which]
-  restored = restore(like) or checkpointer.restore_latest(like)
-  checkpointer.close()
+  # read_only: orbax creates no folder and moves no damaged step aside.
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       read_only=True)
+  try:
+    restore = {"best": checkpointer.restore_best,
+               "latest": checkpointer.restore_latest}[which]
+    restored = restore(like, log=log) or checkpointer.restore_latest(like, log=log)
+  finally:
+    checkpointer.close()
   if restored is None:
     raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints: the run has "
                             "not saved one yet.")
-  return Run(workdir, config, restored.state["params"], int(restored.step),
-             evaluator_lib.Evaluator(model, config, mesh), datasets.load_tokenizer(config))
+  evaluator = evaluator_lib.Evaluator(model, config, mesh)
+  return Run(workdir, config, restored.state["params"], int(restored.step), evaluator,
+             datasets.load_tokenizer(config))
 
 
-def gallery_split(images) -> readers.Split:
-  """A folder of images (or a list of files) -> a Split with no captions."""
+# ------------------------------------------------------------------ the gallery
+
+
+def _path_problem(path: str) -> str | None:
+  """Why `path` cannot be an image file, from its metadata alone; None if it may be."""
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    return ("is a link to a missing file" if os.path.islink(path)
+            else "does not exist")
+  except OSError as e:
+    return f"cannot be read ({e.strerror or e})"
+  if stat.S_ISDIR(st.st_mode):
+    return "is a folder, not an image file"
+  if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever
+    return "is not a regular file"
+  if st.st_size == 0:
+    return "is empty (0 bytes)"
+  if not os.access(path, os.R_OK):
+    return "cannot be read (permission denied)"
+  return None
+
+
+def _decode_problem(path: str) -> str | None:
+  """Why `path` does not decode as an image (with the pipeline's decoder); None if
+  it does."""
+  try:
+    images_lib.decode_image(path)
+  except images_lib.ImageDecodeError as e:
+    message = str(e)
+    if f"{path}: " not in message:  # "Image file <path> does not exist." and the like
+      return message.split(f"{path} ", 1)[-1].rstrip(".")
+    why = message.split(f"{path}: ", 1)[1]  # "Could not decode image file <path>: why"
+    if why.startswith("UnidentifiedImageError"):  # its message repeats the file object
+      return "is not an image (PIL cannot identify it)"
+    return f"does not decode ({why})"
+  except OSError as e:  # open() failed: permission, a folder, ...
+    return f"cannot be read ({e.strerror or e})"
+  return None
+
+
+def _listed(skipped, n: int = 5) -> str:
+  more = f"; and {len(skipped) - n} more" if len(skipped) > n else ""
+  return "; ".join(f"{os.path.basename(p)} {why}" for p, why in skipped[:n]) + more
+
+
+def _none_readable(where: str, skipped) -> RetrievalError:
+  kind = "/".join(IMAGE_SUFFIXES)
+  what = (f"the only {kind} file is skipped" if len(skipped) == 1 else
+          f"all {len(skipped)} {kind} files are skipped")
+  return RetrievalError(f"No readable image in {where}: {what}: {_listed(skipped)}.")
+
+
+def gallery_split(images) -> GallerySplit:
+  """A folder of images (or a list of files) -> a GallerySplit with no captions.
+
+  Entries that cannot be image files (folders, empty or unreadable files) are left out
+  and listed in `.skipped`; corrupt images are found when the gallery is encoded.
+
+  Raises:
+    FileNotFoundError: the folder does not exist.
+    RetrievalError: the folder cannot be listed, or holds no readable image file.
+  """
   if isinstance(images, str):
-    if not os.path.isdir(images):
-      raise FileNotFoundError(f"Image folder {images!r} does not exist.")
-    paths = sorted(os.path.join(images, f) for f in os.listdir(images)
-                   if f.lower().endswith(IMAGE_SUFFIXES))
-    if not paths:
-      raise FileNotFoundError(f"No {'/'.join(IMAGE_SUFFIXES)} files in {images!r}; it "
-                              f"holds {sorted(os.listdir(images))[:10]}.")
-  else:
-    paths = [str(p) for p in images]
-  return readers.Split("gallery", tuple(os.path.abspath(p) for p in paths),
-                       tuple(range(len(paths))), (), captions_per_image=0)
-
-
-def encode_gallery(run: Run, split: readers.Split) -> dict:
-  """The gallery's image token sets, from its cache when the same files were encoded
-  by the same checkpoint before."""
-  stamp = [(p, os.path.getsize(p), os.path.getmtime(p)) for p in split.image_paths]
-  digest = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
-  folder = os.path.join(run.workdir, "galleries", digest)
-  meta = {"step": run.step, "images": digest}
-  if os.path.isfile(os.path.join(folder, gallery.MANIFEST)):
+    folder = images
+    if not os.path.exists(folder):
+      raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
+    if not os.path.isdir(folder):
+      raise RetrievalError(f"Image folder {folder!r} is a file; expected a folder of "
+                           f"{'/'.join(IMAGE_SUFFIXES)} images.")
     try:
-      sides, _ = gallery.load(folder, expect_meta=meta)
-      return sides["images"][0]
-    except ValueError:
-      pass  # another checkpoint encoded it: encode again, replacing the cache
-  images = run.evaluator.encode_images(run.params, split)
-  gallery.save(folder, {"images": (images, np.asarray(split.image_ids))}, meta)
-  return images
+      names = sorted(os.listdir(folder))
+    except OSError as e:
+      raise RetrievalError(f"Image folder {folder!r} cannot be listed "
+                           f"({e.strerror or e}).") from e
+    paths = [os.path.join(folder, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
+    if not paths:
+      raise RetrievalError(f"No {'/'.join(IMAGE_SUFFIXES)} files in {folder!r}; it "
+                           f"holds {names[:10]}.")
+    where = f"folder {folder!r}"
+  else:
+    folder, paths, where = "", [str(p) for p in images], "the given image files"
+    if not paths:
+      raise RetrievalError("No image files given.")
+  paths = [os.path.abspath(p) for p in paths]
+  skipped = tuple((p, why) for p in paths if (why := _path_problem(p)))
+  bad = {p for p, _ in skipped}
+  kept = tuple(p for p in paths if p not in bad)
+  if not kept:
+    raise _none_readable(where, skipped)
+  return GallerySplit("gallery", kept, tuple(range(len(kept))), (), captions_per_image=0,
+                      folder=folder, skipped=skipped)
+
+
+def fallback_dir(workdir: str) -> str:
+  """Where a run's galleries and retrieval.json go when its workdir is not writable:
+  one folder per run, named by the run's folder and a hash of its full path."""
+  path = os.path.abspath(workdir)
+  name = os.path.basename(path.rstrip(os.sep)) or "run"
+  return os.path.join(gallery.cache_root(), "galleries",
+                      f"{name}-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
+
+
+def _why(e: OSError) -> str:
+  return e.strerror or str(e)
+
+
+@dataclasses.dataclass
+class EncodedGallery:
+  """images: token sets (leading axis N) of split's images, in order; split: the images
+  encoded, with every file left out in split.skipped; cache: the cache folder used."""
+  images: dict
+  split: GallerySplit
+  cache: str | None
+
+
+def encode_gallery(run: Run, split: readers.Split, log: Log = print) -> EncodedGallery:
+  """The gallery's image token sets, from its cache when the same files were encoded
+  by the same checkpoint before. Files that do not decode are left out (and listed)."""
+  if not isinstance(split, GallerySplit):
+    split = GallerySplit(split.name, split.image_paths, split.image_ids, (),
+                         captions_per_image=0)
+  stamp = []
+  for p in split.image_paths:
+    try:
+      st = os.stat(p)
+      stamp.append((p, st.st_size, st.st_mtime_ns, st.st_mode))
+    except OSError:
+      stamp.append((p, None, None, None))  # found unreadable when decoded
+  digest = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+  meta = {"step": run.step, "images": digest}
+  places = [os.path.join(run.workdir, "galleries", digest),
+            os.path.join(fallback_dir(run.workdir), digest)]
+  hit = gallery.load_first(places, expect_meta=meta)  # stale ones are encoded again
+  if hit:
+    folder, sides, got = hit
+    images, keep = sides["images"]
+    return EncodedGallery(images, _keep(split, keep, got.get("skipped", [])), folder)
+  images, keep, bad = _encode_readable(run, split)
+  meta["skipped"] = bad
+  cache, failed = gallery.save_first_writable(
+      places, {"images": (images, np.asarray(keep, np.int64))}, meta)
+  if failed and cache:
+    log(f"Gallery cache: {os.path.dirname(places[0])} is not writable "
+        f"({_why(failed[0][1])}); cached in {cache} instead.")
+  elif failed:
+    log("Gallery cache: neither " + " nor ".join(
+        f"{os.path.dirname(f)} ({_why(e)})" for f, e in failed) + " is writable; the "
+        "gallery is not cached and will be encoded again next time.")
+  return EncodedGallery(images, _keep(split, keep, bad), cache)
+
+
+def _keep(split: GallerySplit, keep, bad) -> GallerySplit:
+  """split reduced to the images at positions `keep`, with `bad` added to skipped."""
+  keep = [int(i) for i in keep]
+  paths = tuple(split.image_paths[i] for i in keep)
+  skipped = tuple(sorted(split.skipped + tuple((p, w) for p, w in bad)))
+  return dataclasses.replace(split, image_paths=paths, image_ids=tuple(range(len(keep))),
+                             skipped=skipped)
+
+
+def _encode_readable(run: Run, split: readers.Split):
+  """-> (token sets of the images that decode, their positions, [(path, reason)] of
+  the others). Encoded a chunk at a time; a chunk that fails (or whose bad images the
+  pipeline zeroed, data.skip_bad_images) is decoded file by file to find the bad ones,
+  so that good folders are decoded once."""
+  parts, keep, bad = [], [], []
+  n, step = split.num_images, _CHUNK_IMAGES
+  for start in range(0, n, step):
+    rows = list(range(start, min(n, start + step)))
+    try:
+      out = _encode_rows(run, split, rows)
+    except Exception:  # pylint: disable=broad-exception-caught
+      out = None       # raised again below unless a file is to blame
+    if out is not None and not getattr(run.evaluator, "bad_images", 0):
+      parts.append(out)
+      keep += rows
+      continue
+    found = [(i, why) for i in rows if (why := _decode_problem(split.image_paths[i]))]
+    if not found:  # not the files: once more, so that a real error speaks for itself
+      out = _encode_rows(run, split, rows)
+      if getattr(run.evaluator, "bad_images", 0):
+        raise RuntimeError(f"The pipeline zeroed {run.evaluator.bad_images} of gallery "
+                           f"images {start}..{rows[-1]} that decode here.")
+      parts.append(out)
+      keep += rows
+      continue
+    bad += [(split.image_paths[i], why) for i, why in found]
+    good = sorted(set(rows) - {i for i, _ in found})
+    if good:
+      parts.append(_encode_rows(run, split, good))
+      keep += good
+  if not keep:
+    folder = getattr(split, "folder", "")
+    where = f"folder {folder!r}" if folder else "the given image files"
+    raise _none_readable(where, sorted(tuple(getattr(split, "skipped", ())) + tuple(bad)))
+  return jax.tree.map(lambda *x: np.concatenate(x), *parts), keep, bad
+
+
+def _encode_rows(run: Run, split: readers.Split, rows: list[int]) -> dict:
+  part = dataclasses.replace(split, image_paths=tuple(split.image_paths[i] for i in rows),
+                             image_ids=tuple(rows))
+  return run.evaluator.encode_images(run.params, part)
+
+
+# ------------------------------------------------------------------ retrieval
 
 
 def _visual_token_names(config: ml_collections.ConfigDict, n: int) -> list[str]:
@@ -111,7 +321,8 @@ def _visual_token_names(config: ml_collections.ConfigDict, n: int) -> list[str]:
     return [f"region {j}" for j in range(n)]
   first = 1 if vision.name == "vit" else 0      # ViT puts CLS first; Swin has none
   grid = int(round((n - first) ** 0.5))
-  return (["CLS"] * first) + [f"patch ({j // grid}, {j % grid})" for j in range(n - first)]
+  patches = [f"patch ({j // grid}, {j % grid})" for j in range(n - first)]
+  return ["CLS"] * first + patches
 
 
 def alignment(run: Run, image: dict, text: dict, ids: np.ndarray) -> list[dict]:
@@ -134,16 +345,53 @@ def alignment(run: Run, image: dict, text: dict, ids: np.ndarray) -> list[dict]:
   return out
 
 
-def retrieve(run: Run, split: readers.Split, captions: list[str], k: int = 5) -> dict:
+def _start(caption: str, n: int = 40) -> str:
+  """The caption's first n characters, on one line."""
+  caption = " ".join(caption.split())
+  return caption if len(caption) <= n else caption[:n].rstrip() + "..."
+
+
+def retrieve(run: Run, split: readers.Split, captions: list[str], k: int = 5,
+             log: Log = print) -> dict:
   """Top-k images per caption (with the best pair's word alignment) and top-k captions
-  per image. Scores are the model's total score (0.4 S_ori + 0.4 S_key + 0.2 S_unc)."""
+  per image. Scores are the model's total score (0.4 S_ori + 0.4 S_key + 0.2 S_unc).
+
+  Image "index" values are positions in result["images"] (the images retrieved from,
+  without the skipped ones). What was skipped, cut or clamped is in "skipped_images",
+  "truncated_captions" and "notes", and said through `log`, one line each.
+
+  Raises:
+    RetrievalError: k < 1, no captions, an empty caption, or no readable image.
+  """
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise RetrievalError(f"k={k!r}: expected a positive number of results per query "
+                         "(1 or more).")
   if not captions:
-    raise ValueError("No captions to retrieve with.")
-  images = encode_gallery(run, split)
-  encoded = _encode(run, captions)
+    raise RetrievalError("No captions to retrieve with: give at least one.")
+  notes = []
+
+  def note(line: str) -> None:
+    notes.append(line)
+    log(line)
+
+  encoded, truncated = _encode(run, captions, note)
+  found = encode_gallery(run, split, note)
+  images, split = found.images, found.split
+  if split.skipped:
+    total = split.num_images + len(split.skipped)
+    where = split.folder or "the given files"
+    note(f"Skipped {len(split.skipped)} of {total} image files in {where} (not readable "
+         f"images); retrieving from the other {split.num_images}:")
+    for path, why in split.skipped[:_SHOWN]:
+      log(f"  {path} {why}")
+    if len(split.skipped) > _SHOWN:
+      log(f"  ... and {len(split.skipped) - _SHOWN} more (all listed in skipped_images)")
   texts = run.evaluator.encode_texts(run.params, encoded)
-  scorer = run.evaluator.scorer
   k_img, k_txt = min(k, split.num_images), min(k, len(captions))
+  if k_img < k:  # fewer captions than k needs no note: each image lists them all
+    note(f"k={k} is more than the {split.num_images} images retrieved from: each "
+         f"caption lists all {k_img}.")
+  scorer = run.evaluator.scorer
   prepared = scorer.prepare(images, texts)  # once for both directions
   img_vals, img_idx = scorer.topk_images(*prepared, k_img, prepared=True)
   txt_vals, txt_idx = scorer.topk_texts(*prepared, k_txt, prepared=True)
@@ -162,12 +410,74 @@ def retrieve(run: Run, split: readers.Split, captions: list[str], k: int = 5) ->
                         "score": round(float(s), 4)}
                        for s, i in zip(txt_vals[n], txt_idx[n])]}
               for n, path in enumerate(split.image_paths)]
-  return {"workdir": run.workdir, "step": run.step, "captions_to_images": by_caption,
-          "images_to_captions": by_image}
+  return {"workdir": run.workdir, "step": run.step, "k": int(k),
+          "k_used": {"images_per_caption": k_img, "captions_per_image": k_txt},
+          "images": list(split.image_paths),
+          "skipped_images": [{"path": p, "reason": why} for p, why in split.skipped],
+          "truncated_captions": truncated, "gallery_cache": found.cache, "notes": notes,
+          "captions_to_images": by_caption, "images_to_captions": by_image}
 
 
-def _encode(run: Run, captions: list[str]) -> pipeline.EncodedCaptions:
-  blank = [i for i, c in enumerate(captions) if not c.strip()]
-  if blank:
-    raise ValueError(f"Caption(s) {blank} are empty.")
-  return pipeline.encode_captions(captions, run.tokenizer, run.config.data.max_len)
+def _encode(run: Run, captions: list[str], log: Log
+            ) -> tuple[pipeline.EncodedCaptions, list[dict]]:
+  """Tokenised captions, and one record (logged) per caption cut at data.max_len."""
+  for m, c in enumerate(captions):
+    if not isinstance(c, str) or not c.strip():
+      raise RetrievalError(f"Caption {m} is {c!r}: expected text with at least one "
+                           "word; drop it or fill it in.")
+  max_len = int(run.config.data.max_len)
+  encoded = pipeline.encode_captions(captions, run.tokenizer, max_len)
+  truncated = []
+  if encoded.num_truncated:
+    lengths = run.tokenizer(list(captions), add_special_tokens=True,
+                            truncation=False)["input_ids"]
+    for m, ids in enumerate(lengths):
+      if len(ids) > max_len:
+        truncated.append({"index": m, "start": _start(captions[m]), "tokens": len(ids),
+                          "max_len": max_len})
+        log(f"Caption {m} (\"{_start(captions[m])}\") is {len(ids)} tokens long; the run "
+            f"reads at most {max_len} (data.max_len), so the rest is cut.")
+  return encoded, truncated
+
+
+def write_result(result: dict, path: str | None = None, log: Log = print) -> str:
+  """Writes result as JSON to path, by default <workdir>/retrieval.json, falling back
+  to fallback_dir(workdir) when the workdir is not writable. -> the file written.
+
+  Raises:
+    RetrievalError: an explicit path cannot be written.
+  """
+  if path is not None:
+    try:
+      _write_json(result, path)
+    except OSError as e:
+      raise RetrievalError(f"Cannot write the result to {path!r} ({_why(e)}); give "
+                           "another --out.") from e
+    return path
+  path = os.path.join(result["workdir"], "retrieval.json")
+  try:
+    _write_json(result, path)
+    return path
+  except OSError as e:
+    other = os.path.join(fallback_dir(result["workdir"]), "retrieval.json")
+    try:
+      _write_json(result, other)
+    except OSError as e2:
+      raise RetrievalError(f"Cannot write retrieval.json to {path!r} ({_why(e)}) nor "
+                           f"to {other!r} ({_why(e2)}); give --out=FILE.") from e2
+    log(f"{result['workdir']} is not writable ({_why(e)}); retrieval.json goes to "
+        f"{other} instead.")
+    return other
+
+
+def _write_json(result: dict, path: str) -> None:
+  """Whole or not at all: a temporary sibling renamed over path."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

@@ -1,4 +1,6 @@
-"""evaluation/gallery.py: exact round trips, atomic replacement, stale-cache errors."""
+"""evaluation/gallery.py: exact round trips, atomic replacement, stale-cache errors,
+and a second place for the cache when the first cannot be written."""
+import errno
 import json
 import os
 
@@ -129,3 +131,43 @@ def test_evaluator_encodes_once_then_reads_the_cache(tmp_path):
   other = SimpleNamespace(name="dev", image_ids=tuple(range(6)))
   with pytest.raises(ValueError, match="other images than split 'dev'"):
     ev.encode_cached(None, other, captions, folder, meta)
+
+
+def test_first_writable_place_and_first_valid_cache(tmp_path, monkeypatch):
+  read_only, writable = str(tmp_path / "ro" / "g"), str(tmp_path / "rw" / "g")
+  mkdir = os.mkdir
+
+  def refuse_under_ro(path, *args, **kwargs):  # a read-only mount; root writes anyway
+    if os.fspath(path).startswith(str(tmp_path / "ro")):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    return mkdir(path, *args, **kwargs)
+
+  monkeypatch.setattr(os, "mkdir", refuse_under_ro)
+  folder, failed = gallery.save_first_writable([read_only, writable], _sides(),
+                                               {"step": 1})
+  assert folder == writable
+  assert [(f, e.errno) for f, e in failed] == [(read_only, errno.EROFS)]
+  assert not os.path.exists(tmp_path / "ro")
+  assert gallery.save_first_writable([read_only], _sides(), {"step": 1})[0] is None
+  # Stale and damaged caches before the good one are passed over.
+  stale, damaged = str(tmp_path / "stale"), str(tmp_path / "damaged")
+  gallery.save(stale, _sides(), {"step": 0})
+  gallery.save(damaged, _sides(), {"step": 1})
+  with open(os.path.join(damaged, gallery.MANIFEST), "w") as f:
+    f.write("{")
+  places = [str(tmp_path / "none"), stale, damaged, writable]
+  folder, sides, meta = gallery.load_first(places, expect_meta={"step": 1})
+  assert folder == writable and meta == {"step": 1}
+  _assert_same(_sides(), sides)
+  assert gallery.load_first(places[:3], expect_meta={"step": 1}) is None
+
+
+def test_cache_root(monkeypatch, tmp_path):
+  monkeypatch.setenv("GRALIGN_CACHE", str(tmp_path / "mine"))
+  assert gallery.cache_root() == str(tmp_path / "mine")
+  monkeypatch.delenv("GRALIGN_CACHE")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert gallery.cache_root() == str(tmp_path / "xdg" / "gralign_jax")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert gallery.cache_root() == str(tmp_path / "home" / ".cache" / "gralign_jax")

@@ -15,12 +15,17 @@ cache (a checkpoint step, a config digest, the split); load(expect_meta=...) ref
 cache whose meta differs, naming the field, so stale token sets are never scored
 against a newer model. bfloat16 arrays are stored as their uint16 bits (.npy has no
 bfloat16) and come back bit for bit.
+
+Where a cache may live in more than one place (a run's own folder, else the user's
+cache_root() when the run sits on read-only storage), load_first reads the first
+valid one and save_first_writable writes the first place that takes it, saying why the
+others did not.
 """
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +144,44 @@ def load(folder: str, expect_meta: Mapping[str, Any] | None = None,
                        f"the manifest says {entry['num']}.")
     out[side] = (arrays, ids)
   return out, meta
+
+
+def cache_root() -> str:
+  """The user's cache folder: $GRALIGN_CACHE, else $XDG_CACHE_HOME/gralign_jax, else
+  ~/.cache/gralign_jax (as data/tfds_source.py)."""
+  default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                         "gralign_jax")
+  return os.environ.get("GRALIGN_CACHE", default)
+
+
+def load_first(folders: Sequence[str], expect_meta: Mapping[str, Any] | None = None
+               ) -> tuple[str, dict, dict[str, Any]] | None:
+  """(folder, sides, meta) of the first of folders holding a cache with expect_meta;
+  None if none does. Stale or damaged caches are passed over (they get re-encoded)."""
+  for folder in folders:
+    if not os.path.isfile(os.path.join(folder, MANIFEST)):
+      continue
+    try:
+      sides, meta = load(folder, expect_meta=expect_meta)
+    except (ValueError, OSError, KeyError):
+      continue
+    return folder, sides, meta
+  return None
+
+
+def save_first_writable(folders: Sequence[str],
+                        sides: Mapping[str, tuple[Mapping[str, Any], Any]],
+                        meta: Mapping[str, Any] | None = None
+                        ) -> tuple[str | None, list[tuple[str, OSError]]]:
+  """save() to the first of folders that can be written (read-only storage, no
+  permission, a full disk: the next is tried). -> (the folder written or None, the
+  (folder, error) of each one that failed before it)."""
+  failed = []
+  for folder in folders:
+    try:
+      save(folder, sides, meta)
+    except OSError as e:
+      failed.append((folder, e))
+      continue
+    return folder, failed
+  return None, failed
