@@ -20,15 +20,7 @@ from gralign_jax import configs
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import run_dir
 from gralign_jax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def smoke_config(root, **train_overrides):
-  config = demo.get_config("smoke")
-  config.data.root = root
-  config.train.update(train_overrides)
-  return config
+from test_train import REPO, smoke_config
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +309,25 @@ def test_metrics_file_cut_short_by_a_kill_reads_and_appends(tmp_path):
   writer.close()
   records = metrics_lib.read_metrics(str(tmp_path))
   assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 2.0)]
+
+
+# ------------------------------------------------------------------------------------
+# 9. A damaged image is found before training, not when first sampled
+# ------------------------------------------------------------------------------------
+def test_damaged_image_stops_the_run_before_training_unless_skipped(smoke_root, tmp_path,
+                                                                    capsys):
+  from gralign_jax.data import images  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "data"
+  shutil.copytree(smoke_root, data)
+  damaged = data / "images" / "000063.jpg"  # the last training image
+  damaged.write_bytes(damaged.read_bytes()[:200])
+  with pytest.raises(images.ImageDecodeError,
+                     match=r"Split 'train': 1 of 64 image files unreadable.*000063.jpg"):
+    train.train_and_evaluate(smoke_config(str(data)), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")  # before any training
+  config = smoke_config(str(data))
+  config.data.skip_bad_images = True
+  capsys.readouterr()
+  train.train_and_evaluate(config, str(tmp_path / "run2"))
+  out = capsys.readouterr().out
+  assert "000063.jpg is not a readable image" in out and "Passed over" in out
