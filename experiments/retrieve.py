@@ -19,12 +19,13 @@ $GRALIGN_CACHE/galleries/ (default ~/.cache/gralign_jax/galleries/), said in one
 Wrong flags or files stop the run with one line, "Error: ...", before any model is
 loaded where possible.
 """
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from experiments import main_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a training run.")
 _IMAGES = flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images.")
@@ -34,6 +35,7 @@ _K = flags.DEFINE_integer("k", 5, "How many results per query (1 or more).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "The best-on-dev checkpoint or the last one.")
 _OUT = flags.DEFINE_string("out", None, "JSON output (default <workdir>/retrieval.json).")
+_DISTRIBUTED = main_lib.define_distributed_flags()
 
 
 class UsageError(ValueError):
@@ -86,7 +88,7 @@ def _print_results(result: dict) -> None:
   for item in result["captions_to_images"]:
     print(f"\"{item['caption']}\"")
     for rank, hit in enumerate(item["top"], 1):
-      print(f"  {rank}. {hit['score']:7.4f}  {os.path.relpath(hit['image'])}")
+      print(f"  {rank}. {hit['score']:7.4f}  {hit['image']}")
     print("  word piece -> best visual token in image 1 (gate, cosine):")
     words = [f"{a['token']} -> {a['visual_token']} ({a['gate']:.2f}, {a['cos']:.2f})"
              for a in item["alignment"]]
@@ -99,7 +101,7 @@ def _print_results(result: dict) -> None:
     print(line.rstrip(";"))
   print()
   for item in result["images_to_captions"]:
-    print(os.path.relpath(item["image"]))
+    print(item["image"])
     for rank, hit in enumerate(item["top"], 1):
       print(f"  {rank}. {hit['score']:7.4f}  {hit['caption']}")
 
@@ -112,6 +114,7 @@ def main(argv):
     captions = _check_flags()
   except UsageError as e:
     sys.exit(f"Error: {e}")
+  main_lib.start_distributed(_DISTRIBUTED)  # before anything touches a JAX backend
   from gralign_jax import checkpoint  # after flag parsing: jax reads XLA_FLAGS at import
   from gralign_jax import retrieval
   from gralign_jax.data import split as split_lib

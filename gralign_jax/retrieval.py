@@ -35,12 +35,14 @@ import numpy as np
 
 from gralign_jax import checkpoint as ckpt_lib
 from gralign_jax import optim
+from gralign_jax import run_dir
 from gralign_jax import sharding
 from gralign_jax import train
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
+from gralign_jax.data import text
 from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import gallery
 from gralign_jax.models import grm
@@ -103,7 +105,22 @@ def load_run(workdir: str, which: str = "best", log: Log = print) -> Run:
                             "not saved one yet.")
   evaluator = evaluator_lib.Evaluator(model, config, mesh)
   return Run(workdir, config, restored.state["params"], int(restored.step), evaluator,
-             datasets.load_tokenizer(config))
+             _run_tokenizer(workdir, config))
+
+
+def _run_tokenizer(workdir: str, config: ml_collections.ConfigDict):
+  """The tokenizer the run saved in its workdir; the one its config names for runs
+  that predate that (then the data set must still be where the run saw it)."""
+  saved = os.path.join(workdir, run_dir.TOKENIZER_DIR)
+  if os.path.isdir(saved):
+    return text.load_tokenizer(saved)
+  try:
+    return datasets.load_tokenizer(config)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"{workdir} holds no tokenizer/ (it was trained before runs kept theirs) and the "
+        f"one its config names cannot be loaded: {e} Copy that tokenizer folder to "
+        f"{saved}.") from e
 
 
 # ------------------------------------------------------------------ the gallery
@@ -190,7 +207,6 @@ def gallery_split(images) -> GallerySplit:
     folder, paths, where = "", [str(p) for p in images], "the given image files"
     if not paths:
       raise RetrievalError("No image files given.")
-  paths = [os.path.abspath(p) for p in paths]
   skipped = tuple((p, why) for p in paths if (why := _path_problem(p)))
   bad = {p for p, _ in skipped}
   kept = tuple(p for p in paths if p not in bad)
@@ -228,8 +244,10 @@ def encode_gallery(run: Run, split: readers.Split, log: Log = print) -> EncodedG
   if not isinstance(split, GallerySplit):
     split = GallerySplit(split.name, split.image_paths, split.image_ids, (),
                          captions_per_image=0)
-  stamp = []
-  for p in split.image_paths:
+  # Keyed by absolute paths, so that the same files given from another folder hit;
+  # paths are shown and returned as the caller gave them.
+  stamp, given = [], {os.path.abspath(p): p for p in split.image_paths}
+  for p in given:
     try:
       st = os.stat(p)
       stamp.append((p, st.st_size, st.st_mtime_ns, st.st_mode))
@@ -243,9 +261,10 @@ def encode_gallery(run: Run, split: readers.Split, log: Log = print) -> EncodedG
   if hit:
     folder, sides, got = hit
     images, keep = sides["images"]
-    return EncodedGallery(images, _keep(split, keep, got.get("skipped", [])), folder)
+    bad = [(given.get(p, p), why) for p, why in got.get("skipped", [])]
+    return EncodedGallery(images, _keep(split, keep, bad), folder)
   images, keep, bad = _encode_readable(run, split)
-  meta["skipped"] = bad
+  meta["skipped"] = [(os.path.abspath(p), why) for p, why in bad]
   cache, failed = gallery.save_first_writable(
       places, {"images": (images, np.asarray(keep, np.int64))}, meta)
   if failed and cache:

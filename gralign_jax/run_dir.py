@@ -10,11 +10,20 @@
   alter what the checkpoints hold (evaluation, logging, workers, training length, a
   moved data folder) through; they are appended to `config_changes.jsonl`, and
   `config.json` is never rewritten for a run whose checkpoints it describes.
+- `keep_tokenizer`: the run's tokenizer is copied into `<workdir>/tokenizer/` once, so
+  the run can be used without its data set (retrieval from another folder or machine);
+  a resume whose tokenizer differs in content (a sha256 of its full definition) from
+  the saved one is refused, naming both.
+- `resolve_paths`: config.json keeps the paths as the run saw them, absolute.
 """
+import hashlib
 import json
 import os
 import socket
 import time
+
+
+TOKENIZER_DIR = "tokenizer"
 
 
 class RunDirError(RuntimeError):
@@ -91,8 +100,8 @@ class WorkdirLock:
         continue
       except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunDirError(
-            f"{self.path} exists but cannot be read as a lock ({type(e).__name__}); if no "
-            "run is using this workdir, delete that file and start again.") from e
+            f"{self.path} exists but cannot be read as a lock ({type(e).__name__}); if "
+            "no run is using this workdir, delete that file and start again.") from e
       if host == socket.gethostname() and not _alive(pid, str(holder.get("start", ""))):
         self.message = (f"Took over a stale lock of {self.path}: pid {pid} on {host} "
                         f"(since {holder.get('since', '?')}) is gone.")
@@ -204,3 +213,63 @@ def _write_atomic(path: str, text: str) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------
+# Paths and the tokenizer: what the run needs besides its checkpoints
+# ------------------------------------------------------------------------------------
+def resolve_paths(config) -> None:
+  """Makes the config's local paths absolute, as this process sees them (in place):
+  data.root, and data.tokenizer / model.<part>.weights where they name a folder
+  (a Hugging Face model id stays an id)."""
+  config.data.root = os.path.abspath(config.data.root)
+  if config.data.tokenizer and os.path.isdir(config.data.tokenizer):
+    config.data.tokenizer = os.path.abspath(config.data.tokenizer)
+  for part in ("vision", "text"):
+    weights = config.model[part].get("weights", "")
+    if weights and os.path.isdir(weights):
+      config.model[part].weights = os.path.abspath(weights)
+
+
+def tokenizer_digest(tokenizer) -> str:
+  """sha256 of everything that decides how a tokenizer cuts text (its full JSON
+  definition: normaliser, pre-tokeniser, model and vocabulary, special tokens)."""
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if backend is not None:
+    definition = backend.to_str()
+  else:  # a slow (Python) tokenizer: its class and vocabulary
+    vocab = sorted(tokenizer.get_vocab().items())
+    definition = json.dumps([type(tokenizer).__name__, vocab])
+  return hashlib.sha256(definition.encode("utf-8")).hexdigest()
+
+
+def keep_tokenizer(workdir: str, tokenizer, source: str, has_checkpoints: bool) -> str:
+  """Saves `tokenizer` (loaded from `source`) as `<workdir>/tokenizer/` once; a run
+  with checkpoints must keep the same one. -> the saved folder.
+
+  Raises:
+    RunDirError: the run has checkpoints and its saved tokenizer differs from `source`.
+  """
+  from gralign_jax.data import text  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, TOKENIZER_DIR)
+  if os.path.isdir(path) and has_checkpoints:
+    saved = tokenizer_digest(text.load_tokenizer(path))
+    new = tokenizer_digest(tokenizer)
+    if saved != new:
+      raise RunDirError(
+          f"The tokenizer the config names ({source}, sha256 {new[:12]}) differs from "
+          f"the one this run was trained with ({path}, sha256 {saved[:12]}). Resume "
+          f"with that one (--config.data.tokenizer={path}), or start a new --workdir.")
+    return path
+  tmp = f"{path}.tmp{os.getpid()}"
+  tokenizer.save_pretrained(tmp)
+  if os.path.isdir(path):  # written by an earlier start that saved no checkpoint
+    old = f"{path}.old{os.getpid()}"
+    os.rename(path, old)
+    os.rename(tmp, path)
+    for name in os.listdir(old):
+      os.remove(os.path.join(old, name))
+    os.rmdir(old)
+  else:
+    os.rename(tmp, path)
+  return path

@@ -449,3 +449,59 @@ def test_command_line_on_read_only_storage_with_bad_files(trained, tmp_path,
       bad)
   assert [c["tokens"] for c in result["truncated_captions"]] == [506]
   assert os.path.dirname(result["gallery_cache"]) == fallback
+
+
+# ------------------------------------------------------------------ a self-contained run
+def test_moved_workdir_retrieves_without_its_data_set_from_anywhere(smoke_root, tmp_path,
+                                                                    monkeypatch):
+  """Train, move the workdir, delete the data set, change the working directory:
+  retrieval gives the same top-k and scores, and shows paths as they were given."""
+  data = tmp_path / "data"
+  shutil.copytree(smoke_root, data)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in sorted(os.listdir(data / "images"))[-6:]:
+    shutil.copy(data / "images" / name, photos / name)
+  config = demo.get_config("smoke")
+  config.data.root = str(data)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  with open(workdir / "config.json") as f:
+    assert json.load(f)["data"]["root"] == str(data)  # absolute, as the run saw it
+  captions = ["a small red circle", "a large blue square left of a green star"]
+  before = retrieval.retrieve(retrieval.load_run(str(workdir)),
+                              retrieval.gallery_split(str(photos)), captions, k=3)
+
+  moved = tmp_path / "elsewhere" / "moved_run"
+  moved.parent.mkdir()
+  shutil.move(str(workdir), str(moved))
+  shutil.rmtree(data)
+  shutil.rmtree(moved / "galleries")  # encode the images again, with the moved run
+  cwd = tmp_path / "cwd" / "deeper"
+  cwd.mkdir(parents=True)
+  monkeypatch.chdir(cwd)
+  run = retrieval.load_run(os.path.join("..", "..", "elsewhere", "moved_run"))
+  after = retrieval.retrieve(run, retrieval.gallery_split("../../photos"), captions, k=3)
+  for b, a in zip(before["captions_to_images"], after["captions_to_images"]):
+    assert [h["index"] for h in a["top"]] == [h["index"] for h in b["top"]]
+    np.testing.assert_allclose([h["score"] for h in a["top"]],
+                               [h["score"] for h in b["top"]], rtol=1e-6)
+    assert all(h["image"].startswith("../../photos/") for h in a["top"])
+
+
+def test_resume_with_another_tokenizer_is_refused_naming_both(smoke_root, tmp_path):
+  from gralign_jax import run_dir  # pylint: disable=g-import-not-at-top
+  from gralign_jax.data import text  # pylint: disable=g-import-not-at-top
+  config = demo.get_config("smoke")
+  config.data.root = smoke_root
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  other = str(tmp_path / "other_tokenizer")
+  text.train_wordpiece(["a red circle", "a blue square", "two green stars"] * 20, other,
+                       200)
+  config.data.tokenizer = other
+  with pytest.raises(run_dir.RunDirError) as e:
+    train.train_and_evaluate(config, workdir, allow_config_changes=True)
+  message = str(e.value)
+  assert other in message and os.path.join(workdir, "tokenizer") in message
+  assert "\n" not in message
