@@ -11,6 +11,43 @@ from ml_collections import config_flags
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
+def define_distributed_flags() -> dict:
+  """--distributed and jax.distributed.initialize's own arguments (distributed.py)."""
+  return dict(
+      mode=flags.DEFINE_enum(
+          "distributed", None, ["auto", "on", "off"], "Multi-process JAX: auto (where a "
+          "TPU pod, SLURM job or coordinator address is found), on, off. Default "
+          "$GRALIGN_DISTRIBUTED, else auto."),
+      coordinator_address=flags.DEFINE_string(
+          "coordinator_address", None, "HOST:PORT of process 0 (else "
+          "$JAX_COORDINATOR_ADDRESS)."),
+      num_processes=flags.DEFINE_integer(
+          "num_processes", None, "Processes in the job (else $JAX_NUM_PROCESSES)."),
+      process_id=flags.DEFINE_integer(
+          "process_id", None, "This process's index, 0-based (else $JAX_PROCESS_ID)."))
+
+
+def start_distributed(holders: dict) -> None:
+  """jax.distributed per the flags; a setting that cannot work exits in one line."""
+  from gralign_jax import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(**{k: h.value for k, h in holders.items()})
+  except distributed.DistributedError as e:
+    sys.exit(f"Error: {e}")
+
+
+def _exit(message: str) -> None:
+  """Ends the process with `message` as its last line. With several JAX processes the
+  others may never reach jax.distributed's shutdown barrier, where a normal exit would
+  wait minutes: leave at once (pending checkpoint saves were already finished)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
+  sys.exit(message)
+
+
 def user_errors() -> tuple[type[Exception], ...]:
   """Errors about data, weights, configs, files and the workdir that name what to fix."""
   # pylint: disable=g-import-not-at-top
@@ -67,6 +104,7 @@ def _run(default_config, default_workdir, started: list) -> None:
       "allow_config_changes", False, "Resume even though the config differs from the "
       "saved one in keys that leave the checkpoints meaningful (eval.*, logging, "
       "workers, training length, data.root); they are logged in config_changes.jsonl.")
+  distributed_flags = define_distributed_flags()
 
   def main(argv):
     del argv
@@ -76,6 +114,7 @@ def _run(default_config, default_workdir, started: list) -> None:
       sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
     if not workdir_flag.value:
       sys.exit("--workdir is required: where checkpoints and results go.")
+    start_distributed(distributed_flags)  # before anything touches a JAX backend
     from gralign_jax import train  # after flag parsing: jax reads XLA_FLAGS at import
     try:
       train.train_and_evaluate(config_flag.value, workdir_flag.value,
@@ -83,7 +122,7 @@ def _run(default_config, default_workdir, started: list) -> None:
     except user_errors() as e:
       # Something about the user's files or settings, said in full by the message
       # itself; a traceback would only bury it. Bugs still raise with one.
-      sys.exit(f"Error: {e}")
+      _exit(f"Error: {e}")
 
   def guarded_main(argv):
     started.append(True)

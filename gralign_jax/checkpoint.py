@@ -76,6 +76,9 @@ class Checkpointer:
            best: bool = False) -> None:
     """Asynchronous: returns once the arrays are copied off the devices."""
     manager = self._best if best else self._latest
+    # One save in flight at a time: two managers saving the same step at once can
+    # cross their barriers between hosts (seen with two JAX processes).
+    (self._latest if best else self._best).wait_until_finished()
     try:  # orbax raises here a failure of the previous, still pending, save
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -126,7 +129,8 @@ class Checkpointer:
         log(f"Checkpoint {kind}/{bad} cannot be restored ({why}); {then}.")
         continue
       moved = self._set_aside(manager, kind, bad)
-      log(f"Checkpoint {kind}/{bad} cannot be restored ({why}); moved to {moved}, {then}.")
+      log(f"Checkpoint {kind}/{bad} cannot be restored ({why}); moved to {moved}, "
+          f"{then}.")
     if failed and not self.read_only:
       manager.reload()
 

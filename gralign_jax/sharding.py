@@ -40,3 +40,18 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
   sharding = batch_sharded(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def sum_over_hosts(count: int) -> int:
+  """An integer counted on each host -> the total over all hosts (on every host)."""
+  if jax.process_count() == 1:
+    return count
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
+
+
+def barrier(name: str) -> None:
+  """Every host waits here until all have arrived (nothing to do on one host)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

@@ -59,6 +59,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   config = ml_collections.ConfigDict(config.to_dict())  # a private, mutable copy
   configs.validate(config)
+  run_dir.resolve_paths(config)  # config.json holds the paths as this run sees them
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   with contextlib.ExitStack() as cleanup:
@@ -77,7 +78,12 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       f"({jax.process_count()} host(s)); workdir {workdir}")
 
   # ---------------------------------------------------------------- input
-  datasets.prepare(config, log)
+  # Process 0 first: on a shared disk the others then find the set complete; on
+  # per-host disks each writes its own (the same bytes).
+  for turn in ((0,), range(1, jax.process_count())):
+    if jax.process_index() in turn:
+      datasets.prepare(config, log)
+    sharding.barrier("data prepared")
   tokenizer = datasets.load_tokenizer(config)
   if config.model.text.vocab_size <= 0:
     config.model.text.vocab_size = len(tokenizer)
@@ -111,6 +117,8 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
                                        keep=config.train.keep_checkpoints)
   cleanup.push(_finish_saves(checkpointer))
   if jax.process_index() == 0:
+    run_dir.keep_tokenizer(workdir, tokenizer, datasets.tokenizer_path(config),
+                           checkpointer.has_checkpoints())
     changes = run_dir.check_resume(workdir, config.to_json_best_effort(indent=2),
                                    checkpointer.has_checkpoints(), allow_config_changes,
                                    checkpointer.latest_step())
@@ -184,7 +192,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     if step % config.train.log_every == 0 or last:
       aux = jax.device_get(aux)
       if config.data.skip_bad_images:
-        aux["bad_images"] = _sum_over_hosts(meta["bad_images"])
+        aux["bad_images"] = sharding.sum_over_hosts(meta["bad_images"])
       if step > watch_from and is_collapsed(aux) and not collapse_reported:
         collapse_reported = True
         aux["collapsed"] = 1
@@ -212,7 +220,8 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
 
   # ---------------------------------------------------------------- final test
   best = checkpointer.restore_best(state, log)
-  params, best_step = (best.state["params"], best.step) if best else (state["params"], step)
+  params, best_step = ((best.state["params"], best.step) if best
+                       else (state["params"], step))
   log(f"Testing the best-on-dev state (step {best_step}, dev rSum {meta['best_rsum']:.1f})")
   results = {"dev": evaluator.evaluate(params, splits["dev"], captions["dev"])}
   test_split = splits["test"]
@@ -310,13 +319,6 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_fro
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
                  donate_argnums=0)
-
-
-def _sum_over_hosts(count: int) -> int:
-  if jax.process_count() == 1:
-    return count
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
 
 
 def _global_norm(tree):

@@ -92,19 +92,39 @@ def test_different_seeds_differ(data):
   assert not np.array_equal(a["ids"], b["ids"])
 
 
-def test_hosts_read_disjoint_shards(data, monkeypatch):
-  """Record g goes to host g % process_count: two hosts' batches partition the stream."""
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_hosts_hold_their_rows_of_every_global_batch(data, monkeypatch, hosts):
+  """Host p holds rows [p*b, (p+1)*b) of each global batch: the hosts' batches, put
+  side by side, are one host's batches row for row (images, crops and captions)."""
   config, split, captions = data
   per_host = []
-  for host in range(2):
+  for host in range(hosts):
     monkeypatch.setattr(jax, "process_index", lambda host=host: host)
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_count", lambda: hosts)
     per_host.append(take(pipeline.train_iterator(split, captions, config, seed=0), 15))
   monkeypatch.undo()
   one_host = take(pipeline.train_iterator(split, captions, config, seed=0), 15)
-  merged = np.stack([np.concatenate([b["ids"] for b in per_host[h]]) for h in range(2)],
-                    axis=1).reshape(-1, captions.ids.shape[1])
-  np.testing.assert_array_equal(merged, np.concatenate([b["ids"] for b in one_host]))
+  for step, whole in enumerate(one_host):
+    for key in ("ids", "image", "caption_id"):
+      merged = np.concatenate([per_host[h][step][key] for h in range(hosts)])
+      np.testing.assert_array_equal(merged, whole[key])
+
+
+def test_eval_hosts_read_their_rows_and_pad_the_last_batch(data, monkeypatch):
+  config, split, _ = data
+  whole = list(pipeline.eval_image_batches(split, config, batch_size=8))
+  parts = [list(pipeline.eval_image_batches(split, config, 8, host, 2))
+           for host in range(2)]
+  assert len(parts[0]) == len(parts[1]) == len(whole)
+  index = np.concatenate([np.concatenate([parts[h][s]["index"] for h in range(2)])
+                          for s in range(len(whole))])
+  n = split.num_images
+  np.testing.assert_array_equal(index[:n], np.arange(n))
+  assert (index[n:] == -1).all() and len(index) % 8 == 0
+  images = np.concatenate([np.concatenate([parts[h][s]["image"] for h in range(2)])
+                           for s in range(len(whole))])
+  np.testing.assert_array_equal(images[:n], np.concatenate([b["image"] for b in whole]))
+  assert not images[n:].any()
 
 
 # ---------------------------------------------------------------- the four formats

@@ -96,7 +96,8 @@ def test_config_changes_lists_every_key():
   assert run_dir.config_changes(saved, new) == {
       "a.b": (1, 2), "d": ("x", "(absent)"), "e": ("(absent)", 3)}
   assert run_dir.is_safe("eval.batch_size") and run_dir.is_safe("train.num_steps")
-  assert not run_dir.is_safe("train.batch_size") and not run_dir.is_safe("model.embed_dim")
+  assert not run_dir.is_safe("train.batch_size")
+  assert not run_dir.is_safe("model.embed_dim")
 
 
 # ------------------------------------------------------------------------------------
@@ -146,7 +147,8 @@ def test_no_restorable_checkpoint_is_an_error_that_moves_nothing(trained, smoke_
 # ------------------------------------------------------------------------------------
 # 5. Errors after training started: saves finish, one line last, the process exits
 # ------------------------------------------------------------------------------------
-def test_error_mid_run_finishes_pending_saves_and_ends_with_one_line(smoke_root, tmp_path):
+def test_error_mid_run_finishes_pending_saves_and_ends_with_one_line(smoke_root,
+                                                                      tmp_path):
   data = tmp_path / "data"
   shutil.copytree(smoke_root, data)
   path = data / "images" / "000005.jpg"  # first met at step 7 (seed 0)
@@ -202,8 +204,8 @@ def test_a_second_run_in_a_locked_workdir_is_refused_naming_the_holder(smoke_roo
     (workdir / "run.lock").write_text(json.dumps({
         "host": socket.gethostname(), "pid": holder.pid,
         "start": run_dir._process_start(holder.pid), "since": "2026-11-30 10:00:00"}))
-    with pytest.raises(run_dir.RunDirError,
-                       match=f"Another run is using workdir .*pid {holder.pid} on this host"):
+    with pytest.raises(run_dir.RunDirError, match=f"Another run is using workdir .*"
+                                                  f"pid {holder.pid} on this host"):
       train.train_and_evaluate(smoke_config(smoke_root), str(workdir))
     assert sorted(os.listdir(workdir)) == ["run.lock"]  # nothing else written
   finally:
@@ -285,7 +287,8 @@ def test_replayed_steps_are_not_logged_twice_and_the_final_eval_has_its_own_step
     trained, smoke_root, tmp_path):
   workdir = copy_run(trained, tmp_path)
   # As if killed after logging steps 3-4 but before checkpoint 4 landed.
-  shutil.move(os.path.join(workdir, "checkpoints", "latest", "4"), str(tmp_path / "aside"))
+  shutil.move(os.path.join(workdir, "checkpoints", "latest", "4"),
+              str(tmp_path / "aside"))
   results = train.train_and_evaluate(smoke_config(smoke_root), workdir)
   records = metrics_lib.read_metrics(workdir)
   keys = [(r["step"], r["split"]) for r in records]

@@ -114,6 +114,12 @@ class _EvalImage:
   feature_shape: tuple[int, int] = (36, 2048)
 
   def __call__(self, index: int) -> dict:
+    if index >= self.split.num_images:  # padding of the last global batch (many hosts)
+      shape = (self.feature_shape if self.split.kind == "features"
+               else (self.image_size, self.image_size, 3))
+      dtype = np.float32 if self.split.kind == "features" else np.uint8
+      return {"image": np.zeros(shape, dtype), "index": np.int32(-1),
+              "bad_images": np.int32(0)}
     image = _load_or_skip(self.split, int(index), self.skip_bad_images)
     bad = image is None
     if self.split.kind == "features":
@@ -123,6 +129,21 @@ class _EvalImage:
     else:
       image = images_lib.resize(image, self.image_size)
     return {"image": image, "index": np.int32(index), "bad_images": np.int32(bad)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostRows:
+  """Local record k of host p -> record (k // b) * B + p * b + k % b of the global
+  stream: host p holds rows [p*b, (p+1)*b) of every global batch of B = P * b, so the
+  batches that P hosts assemble equal, row for row, those of one process."""
+  records: grain.MapDataset
+  global_batch: int
+  local_batch: int
+  process: int
+
+  def __call__(self, k: int):
+    step, row = divmod(int(k), self.local_batch)
+    return self.records[step * self.global_batch + self.process * self.local_batch + row]
 
 
 def _worker_options(config: ml_collections.ConfigDict) -> grain.MultiprocessingOptions:
@@ -158,8 +179,10 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
   ds = ds.random_map(_TrainExample(split, captions, config.data.image_size,
                                    tuple(config.data.crop_scale), bool(config.data.hflip),
                                    bool(config.data.skip_bad_images)), seed=seed)
-  ds = ds[jax.process_index()::process_count]
-  ds = ds.batch(global_batch // process_count, drop_remainder=True)
+  local = global_batch // process_count
+  ds = grain.MapDataset.range(len(ds) // global_batch * local).map(
+      _HostRows(ds, global_batch, local, jax.process_index()))
+  ds = ds.batch(local, drop_remainder=True)
   it = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     it = it.mp_prefetch(_worker_options(config))
@@ -167,15 +190,26 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
 
 
 def eval_image_batches(split: readers.Split, config: ml_collections.ConfigDict,
-                       batch_size: int) -> Iterator[dict]:
+                       batch_size: int, process: int = 0,
+                       process_count: int = 1) -> Iterator[dict]:
   """All images of a split in order, resized: image uint8 (b, S, S, 3) (features:
   float32 (b, R, D)), index int32 (b,), bad_images int32 (b,).
 
-  The last batch may be short; the caller pads it.
+  One process: b = batch_size, the last batch may be short (the caller pads it).
+  Several: host `process` reads only its rows [p*b, (p+1)*b) of every global batch of
+  batch_size (b = batch_size / process_count); rows past the last image are zeros
+  with index -1, so every host yields the same number of full batches.
   """
-  ds = grain.MapDataset.range(split.num_images).map(
-      _EvalImage(split, config.data.image_size, bool(config.data.skip_bad_images),
-                 tuple(config.data.feature_shape))).batch(batch_size)
+  example = _EvalImage(split, config.data.image_size, bool(config.data.skip_bad_images),
+                       tuple(config.data.feature_shape))
+  if process_count == 1:
+    ds = grain.MapDataset.range(split.num_images).map(example).batch(batch_size)
+  else:
+    local = batch_size // process_count
+    steps = -(-split.num_images // batch_size)
+    ds = grain.MapDataset.range(steps * local).map(
+        _HostRows(grain.MapDataset.range(steps * batch_size), batch_size, local,
+                  process)).map(example).batch(local)
   it = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     it = it.mp_prefetch(_worker_options(config))

@@ -67,27 +67,30 @@ class Evaluator:
     return self.encode_images(params, split), self.encode_texts(params, captions)
 
   def encode_images(self, params, split: readers.Split) -> dict:
-    """Every image of `split`, in order -> dict of host arrays with leading axis N."""
-    parts, self.bad_images = [], 0
-    for batch in pipeline.eval_image_batches(split, self.config, self.batch):
-      self.bad_images += int(batch["bad_images"].sum())  # data.skip_bad_images
-      n = len(batch["image"])
+    """Every image of `split`, in order -> dict of host arrays with leading axis N.
+    Each host reads its rows of every batch; every host gets all N encodings."""
+    parts, bad = [], 0
+    hosts = jax.process_index(), jax.process_count()
+    for batch in pipeline.eval_image_batches(split, self.config, self.batch, *hosts):
+      bad += int(batch["bad_images"].sum())  # data.skip_bad_images
       out = self._encode_images(params, sharding.global_batch(
-          scoring.pad_rows(batch["image"], self.batch), self.mesh))
-      parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
-    return _concat(parts)
+          scoring.pad_rows(batch["image"], self.batch // hosts[1]), self.mesh))
+      parts.append(jax.tree.map(scoring.to_host, out))
+    self.bad_images = sharding.sum_over_hosts(bad)
+    return jax.tree.map(lambda x: x[:split.num_images], _concat(parts))
 
   def encode_texts(self, params, captions: pipeline.EncodedCaptions) -> dict:
-    """Every caption, in order -> dict of host arrays with leading axis M."""
-    parts = []
+    """Every caption, in order -> dict of host arrays with leading axis M (each host
+    encodes its rows of every batch, as for images)."""
+    parts, local = [], self.batch // jax.process_count()
+    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     for start in range(0, len(captions.ids), self.batch):
       rows = slice(start, start + self.batch)
-      n = len(captions.ids[rows])
-      ids, mask = (scoring.pad_rows(x[rows], self.batch) for x in (captions.ids,
-                                                                   captions.mask))
+      ids, mask = (scoring.pad_rows(x[rows], self.batch)[mine] for x in (captions.ids,
+                                                                         captions.mask))
       out = self._encode_texts(params, *sharding.global_batch((ids, mask), self.mesh))
-      parts.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
-    return _concat(parts)
+      parts.append(jax.tree.map(scoring.to_host, out))
+    return jax.tree.map(lambda x: x[:len(captions.ids)], _concat(parts))
 
   def encode_cached(self, params, split, captions, folder: str, meta: dict):
     """encode() through a gallery cache (gallery.py): read from folder when it holds

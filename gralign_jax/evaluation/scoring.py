@@ -78,7 +78,8 @@ def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[-1:], rows - x.shape[0], axis=0)])
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array) -> np.ndarray:
+  """A global array -> all of it as a host array, on every host."""
   if x.is_fully_addressable:
     return np.asarray(x)
   if x.sharding.is_fully_replicated:  # every host holds all of it already
@@ -205,7 +206,7 @@ def score_matrix(score_fn: ScoreFn, images: Tree, texts: Tree, *,
 
   def fetch(start, res):
     width = min(prep.bt, prep.m - start)
-    out[:, start:start + width] = _to_host(res)[:prep.n, :width]
+    out[:, start:start + width] = to_host(res)[:prep.n, :width]
 
   pending = None
   for start, txt in prep.text_blocks():
@@ -257,7 +258,7 @@ def topk_texts_per_image(score_fn: ScoreFn, images: Tree, texts: Tree, k: int, *
   m = np.int32(prep.m)
   for start, txt in prep.text_blocks():
     vals, idx = program(prep.images, txt, vals, idx, np.int32(start), m)
-  return _to_host(vals)[:prep.n], _to_host(idx)[:prep.n]
+  return to_host(vals)[:prep.n], to_host(idx)[:prep.n]
 
 
 @functools.lru_cache(maxsize=32)
@@ -303,6 +304,6 @@ def topk_images_per_text(score_fn: ScoreFn, images: Tree, texts: Tree, k: int, *
   for start, txt in prep.text_blocks():
     v, i = program(prep.images, txt, row_ids, n)
     width = min(prep.bt, prep.m - start)
-    vals[start:start + width] = _to_host(v)[:width]
-    idx[start:start + width] = _to_host(i)[:width]
+    vals[start:start + width] = to_host(v)[:width]
+    idx[start:start + width] = to_host(i)[:width]
   return vals, idx

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+## Starts P processes of one JAX job on this machine and waits for all of them; if one
+## fails, stops the others and exits non-zero naming it and its log. Process I runs
+##   COMMAND --distributed=on --coordinator_address=127.0.0.1:PORT --num_processes=P --process_id=I
+## where COMMAND is `python -m experiments.demo` unless given after --.
+##
+## Usage: launch/local.sh [flags] [-- COMMAND...]
+##   --num_processes=P            default: one per GPU that nvidia-smi lists (see
+##                                --gpus_per_process), or 1 without GPUs
+##   --gpus_per_process=G         process I sees GPUs I*G .. I*G+G-1 (CUDA_VISIBLE_DEVICES);
+##                                default 1 where there are GPUs; 0 leaves them all visible
+##   --cpu_devices_per_process=N  run on the CPU, N devices per process (JAX_PLATFORMS=cpu,
+##                                XLA_FLAGS=--xla_force_host_platform_device_count=N)
+##   --port=8476                  the coordinator's port on 127.0.0.1 (one per job)
+##   --log_dir=DIR                where process_I.log go (default
+##                                $TMPDIR/gralign_jax-UID-local-PORT); process 0's output
+##                                is also shown here as it comes
+##   --dry-run                    print the commands, run nothing      --help  this text
+## Example, two CPU processes of four devices each:
+##   launch/local.sh --num_processes=2 --cpu_devices_per_process=4 -- python -m \
+##     experiments.demo --config=experiments/configs/demo.py:smoke --workdir=/tmp/smoke2
+## Flag names take - or _ alike.
+# shellcheck source=launch/common.sh
+. "$(dirname "$0")/common.sh"
+
+num_processes='' gpus_per_process='' cpu_devices_per_process='' port=8476 log_dir=''
+FLAGS='num_processes gpus_per_process cpu_devices_per_process port log_dir'
+SWITCHES=''
+parse_flags "$@"
+command=(python -m experiments.demo)
+if [ ${#ARGS[@]} -gt 0 ]; then command=(${ARGS[@]+"${ARGS[@]}"}); fi
+for flag in num_processes gpus_per_process cpu_devices_per_process port; do
+  case ${!flag} in *[!0-9]*) die "--$flag takes a whole number (got '${!flag}')" ;; esac
+done
+
+gpus=0
+if [ -z "$cpu_devices_per_process" ] && command -v nvidia-smi > /dev/null; then
+  gpus=$(nvidia-smi --list-gpus | grep -c '^GPU') || gpus=0
+fi
+if [ -n "$cpu_devices_per_process" ]; then
+  [ "${gpus_per_process:-0}" = 0 ] || die "--cpu_devices_per_process and --gpus_per_process exclude each other"
+  gpus_per_process=0
+elif [ -z "$gpus_per_process" ]; then
+  gpus_per_process=$((gpus > 0 ? 1 : 0))
+fi
+if [ -z "$num_processes" ]; then
+  num_processes=$((gpus_per_process > 0 && gpus >= gpus_per_process ? gpus / gpus_per_process : 1))
+fi
+[ "$num_processes" -ge 1 ] || die "--num_processes must be 1 or more"
+[ "${cpu_devices_per_process:-1}" -ge 1 ] || die "--cpu_devices_per_process must be 1 or more"
+[ -n "$port" ] || die "--port needs a number"
+if [ "$DRY_RUN" = 0 ] && [ $((num_processes * gpus_per_process)) -gt "$gpus" ]; then
+  die "$num_processes processes x $gpus_per_process GPUs need $((num_processes * gpus_per_process)) GPUs; nvidia-smi lists $gpus"
+fi
+if [ -z "$log_dir" ]; then
+  log_dir=${TMPDIR:-/tmp}
+  log_dir=${log_dir%/}/gralign_jax-$(id -u)-local-$port
+fi
+
+# Start them all. Every process gets the same coordinator; process 0 hosts it.
+run mkdir -p "$log_dir"
+pids=()
+for ((i = 0; i < num_processes; i++)); do
+  vars=(PYTHONUNBUFFERED=1)  # so that the logs have each line as soon as it is printed
+  if [ "$gpus_per_process" -gt 0 ]; then
+    visible=$((i * gpus_per_process))
+    for ((g = 1; g < gpus_per_process; g++)); do visible="$visible,$((i * gpus_per_process + g))"; done
+    vars+=(CUDA_VISIBLE_DEVICES="$visible")
+  fi
+  if [ -n "$cpu_devices_per_process" ]; then
+    vars+=(JAX_PLATFORMS=cpu
+      XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$cpu_devices_per_process")
+  fi
+  argv=(env "${vars[@]}" "${command[@]}" --distributed=on --coordinator_address="127.0.0.1:$port"
+    --num_processes="$num_processes" --process_id="$i")
+  echo "$(show "${argv[@]}") > $(quote "$log_dir/process_$i.log") 2>&1 &"
+  if [ "$DRY_RUN" = 0 ]; then
+    "${argv[@]}" > "$log_dir/process_$i.log" 2>&1 &
+    pids[i]=$!
+  fi
+done
+if [ "$DRY_RUN" = 1 ]; then exit 0; fi
+
+# Stops the processes still running, by the ids they were started with.
+stop_all() {
+  local pid
+  for pid in ${pids[@]+"${pids[@]}"}; do
+    if [ -n "$pid" ]; then kill "$pid" 2> /dev/null || true; fi
+  done
+  wait 2> /dev/null || true
+}
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
+
+# Shows what process 0 wrote since the last call: its log, streamed.
+shown=0
+show_output() {
+  local size
+  size=$(wc -c < "$log_dir/process_0.log")
+  size=$((size))  # macOS wc pads the number with spaces
+  if [ "$size" -gt "$shown" ]; then
+    tail -c +"$((shown + 1))" "$log_dir/process_0.log" | head -c "$((size - shown))" || true
+    shown=$size
+  fi
+}
+
+# bash 3.2 has no `wait -n`: poll each process; `wait PID` then gives its exit status.
+left=$num_processes
+while [ "$left" -gt 0 ]; do
+  sleep 0.5
+  show_output
+  for ((i = 0; i < num_processes; i++)); do
+    pid=${pids[i]}
+    if [ -z "$pid" ] || kill -0 "$pid" 2> /dev/null; then continue; fi
+    status=0
+    wait "$pid" || status=$?
+    pids[i]=''
+    left=$((left - 1))
+    if [ "$status" != 0 ]; then
+      show_output
+      stop_all
+      log=$log_dir/process_$i.log
+      if [ "$i" != 0 ]; then echo "# the last lines of $log:"; tail -n 20 "$log"; fi
+      die "process $i of $num_processes exited with status $status; its log: $log (the others were stopped)"
+    fi
+  done
+done
+echo "# all $num_processes processes finished; their logs: $log_dir/process_*.log"

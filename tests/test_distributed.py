@@ -1,0 +1,142 @@
+"""Training beyond one process: jax.distributed over 127.0.0.1, started through
+launch/local.sh, sees exactly the global batches of one process, and resumes after a
+kill; --distributed's modes."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from gralign_jax import distributed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--config=experiments/configs/demo.py:smoke", "--config.train.num_steps=8",
+         "--config.train.ckpt_every=2", "--config.train.log_every=2",
+         "--config.eval.every_steps=4"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _local(workdir, root, tmp_path, **popen):
+  """launch/local.sh: two processes of four CPU devices each."""
+  cmd = ["bash", "launch/local.sh", "--num_processes=2", "--cpu_devices_per_process=4",
+         f"--port={_free_port()}", f"--log_dir={tmp_path / 'logs'}", "--",
+         sys.executable, "-m", "experiments.demo", *FLAGS,
+         f"--config.data.root={root}", f"--workdir={workdir}"]
+  return cmd, dict(cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), **popen)
+
+
+def _single(workdir, root):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, "-m", "experiments.demo", *FLAGS,
+                  f"--config.data.root={root}", f"--workdir={workdir}"], cwd=REPO,
+                 env=env, check=True, capture_output=True)
+
+
+def final_params(workdir):
+  """The last checkpoint's params, restored onto this process's first device (the
+  checkpoint may come from another topology)."""
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  step = max(int(s) for s in os.listdir(latest) if s.isdigit())
+  path = os.path.join(latest, str(step), "state")
+  meta = ocp.PyTreeCheckpointer().metadata(path)
+  meta = getattr(meta, "item_metadata", None) or meta  # newer orbax: StepMetadata
+  tree = getattr(meta, "tree", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      tree)
+  return step, ocp.StandardCheckpointer().restore(path, like)["params"]
+
+
+def _assert_same_params(a, b):
+  (step_a, pa), (step_b, pb) = final_params(a), final_params(b)
+  assert step_a == step_b == 8
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), pa, pb)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_and_resume_after_a_kill(smoke_root, tmp_path):
+  one, two, killed = (str(tmp_path / n) for n in ("one", "two", "killed"))
+  _single(one, smoke_root)
+  cmd, kw = _local(two, smoke_root, tmp_path)
+  proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  _assert_same_params(one, two)
+  # Only process 0 wrote the run's files; both saved the checkpoint together.
+  assert sorted(n for n in os.listdir(two) if not n.startswith(".")) == [
+      "checkpoints", "config.json", "metrics.jsonl", "results.json", "tensorboard",
+      "tokenizer"]
+
+  cmd, kw = _local(killed, smoke_root, tmp_path, start_new_session=True)
+  run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+  latest = os.path.join(killed, "checkpoints", "latest")
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill both processes once a mid-run step is saved
+    steps = [int(s) for s in os.listdir(latest) if s.isdigit()] if os.path.isdir(
+        latest) else []
+    if steps and 2 <= max(steps) < 8:
+      break
+    time.sleep(0.05)
+  os.killpg(run.pid, signal.SIGKILL)
+  run.wait()
+  assert not os.path.exists(os.path.join(killed, "results.json")), "killed too late"
+  cmd, kw = _local(killed, smoke_root, tmp_path)
+  proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "Took over a stale lock" in proc.stdout and "Resumed from step" in proc.stdout
+  _assert_same_params(one, killed)
+
+
+def test_auto_does_nothing_on_one_machine(monkeypatch):
+  for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_PROCID",
+              "GRALIGN_DISTRIBUTED"):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: False)
+  called = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: called.append(kw))
+  assert distributed.initialize("auto") is False and not called
+  assert distributed.initialize("off") is False and not called
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_PROCID", "0")
+  monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task job is one machine too
+  assert distributed.initialize("auto") is False and not called
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  assert distributed.initialize("auto", log=lambda *a: None) is True
+  assert called == [dict(coordinator_address=None, num_processes=None, process_id=None)]
+
+
+def test_on_without_a_cluster_names_the_flags(tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "JAX_COORDINATOR", "GRALIGN_DISTRIBUTED"))}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", "--distributed=on",
+       "--config=experiments/configs/demo.py:smoke", f"--workdir={tmp_path / 'w'}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("Error: --distributed=on, but no cluster was detected")
+  for flag in ("--coordinator_address", "--num_processes", "--process_id"):
+    assert flag in last
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_coordinator_without_process_numbers_and_an_unknown_mode_are_refused(
+    monkeypatch):
+  for var in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(var, raising=False)
+  with pytest.raises(distributed.DistributedError, match="needs --num_processes"):
+    distributed.initialize("on", coordinator_address="127.0.0.1:1234")
+  with pytest.raises(distributed.DistributedError, match="expected one of auto, on, off"):
+    distributed.initialize("sometimes")
