@@ -2,12 +2,9 @@
 launch/local.sh, sees exactly the global batches of one process, and resumes after a
 kill; --distributed's modes."""
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -15,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gralign_jax import distributed
+from test_train import kill_after_mid_run_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config=experiments/configs/demo.py:smoke", "--config.train.num_steps=8",
@@ -81,17 +79,7 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(smoke_root, tmp_path
 
   cmd, kw = _local(killed, smoke_root, tmp_path, start_new_session=True)
   run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-  latest = os.path.join(killed, "checkpoints", "latest")
-  deadline = time.time() + 300
-  while time.time() < deadline:  # kill both processes once a mid-run step is saved
-    steps = [int(s) for s in os.listdir(latest) if s.isdigit()] if os.path.isdir(
-        latest) else []
-    if steps and 2 <= max(steps) < 8:
-      break
-    time.sleep(0.05)
-  os.killpg(run.pid, signal.SIGKILL)
-  run.wait()
-  assert not os.path.exists(os.path.join(killed, "results.json")), "killed too late"
+  kill_after_mid_run_checkpoint(run, killed, first=2, last=8)
   cmd, kw = _local(killed, smoke_root, tmp_path)
   proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

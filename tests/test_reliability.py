@@ -153,7 +153,7 @@ def test_error_mid_run_finishes_pending_saves_and_ends_with_one_line(smoke_root,
   shutil.copytree(smoke_root, data)
   path = data / "images" / "000005.jpg"  # first met at step 7 (seed 0)
   path.write_bytes(path.read_bytes()[:100])
-  proc = run_main([f"--config=experiments/configs/demo.py:smoke",
+  proc = run_main(["--config=experiments/configs/demo.py:smoke",
                    f"--config.data.root={data}", f"--workdir={tmp_path / 'run'}",
                    "--config.data.check_images=false", "--config.train.ckpt_every=1",
                    "--config.train.num_steps=40"], tmp_path)
@@ -181,7 +181,7 @@ FAILING_SAVES = textwrap.dedent("""
 
 
 def test_a_failed_save_is_one_line_and_the_process_exits(smoke_root, tmp_path):
-  proc = run_main([f"--config=experiments/configs/demo.py:smoke",
+  proc = run_main(["--config=experiments/configs/demo.py:smoke",
                    f"--config.data.root={smoke_root}", f"--workdir={tmp_path / 'run'}",
                    "--config.train.ckpt_every=1", "--config.train.num_steps=40"],
                   tmp_path, prelude=FAILING_SAVES)

@@ -123,6 +123,22 @@ def _main(workdir, root, *flags, entry="experiments.demo"):
   return cmd
 
 
+def kill_after_mid_run_checkpoint(proc, workdir, first: int, last: int) -> None:
+  """SIGKILLs proc's process group as soon as a checkpoint of a step in [first, last)
+  is complete under workdir, and checks that the run had not finished."""
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    steps = ([int(s) for s in os.listdir(latest) if s.isdigit()]
+             if os.path.isdir(latest) else [])
+    if steps and first <= max(steps) < last:
+      break
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(workdir, "results.json")), "killed too late"
+
+
 def _final_params(workdir):
   latest = os.path.join(workdir, "checkpoints", "latest")
   step = max(int(s) for s in os.listdir(latest) if s.isdigit())
@@ -141,16 +157,7 @@ def test_kill9_then_resume_gives_bitwise_identical_params(smoke_root, tmp_path):
   proc = subprocess.Popen(_main(killed, smoke_root, *flags), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
-  latest = os.path.join(killed, "checkpoints", "latest")
-  deadline = time.time() + 300
-  while time.time() < deadline:  # kill as soon as a mid-run checkpoint is complete
-    steps = [int(s) for s in os.listdir(latest) if s.isdigit()] if os.path.isdir(latest) else []
-    if steps and 10 <= max(steps) < 30:
-      break
-    time.sleep(0.05)
-  os.killpg(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not os.path.exists(os.path.join(killed, "results.json")), "killed too late"
+  kill_after_mid_run_checkpoint(proc, killed, first=10, last=30)
 
   resumed = subprocess.run(_main(killed, smoke_root, *flags), cwd=REPO, check=True,
                            capture_output=True, text=True)
