@@ -145,3 +145,89 @@ def test_auto_is_xla_on_cpu():
   assert jax.default_backend() == "cpu"
   assert scorer.Scorer(configs.model_config()).backend == "xla"
   assert scorer.Scorer(configs.model_config(), backend="pallas").backend == "pallas"
+
+
+# ---------------------------------------------------------------------------
+# The TPU (Mosaic) variant, interpreted on the CPU.
+# ---------------------------------------------------------------------------
+def tpu_layout(t, trow, v, vcol, n, m, lt, lc):
+  """The flat inputs -> max_mean_scores_tpu's (M, L_t, d), (M, L_t, 1 + G),
+  (N, L_c, d), (N, 2, L_c)."""
+  return (t.reshape(m, lt, -1), trow.reshape(-1, m, lt).transpose(1, 2, 0),
+          v.reshape(n, lc, -1), vcol.reshape(2, n, lc).transpose(1, 0, 2))
+
+
+TPU_PARAMS = [ps.TpuKernelParams(tile_texts=1, tile_images=1),
+              ps.TpuKernelParams(tile_texts=2, tile_images=3),
+              ps.TpuKernelParams(tile_texts=8, tile_images=6),
+              ps.TpuKernelParams(tile_texts=4, tile_images=2, reshape_reduce=False)]
+
+
+@pytest.mark.parametrize("lt", [4, 8])  # 4: the masked passes; 8: the reshape too
+@pytest.mark.parametrize("params", TPU_PARAMS)
+def test_tpu_kernel_equals_loop_reference(params, lt):
+  n, m, lc, d, groups = 6, 8, 48, 32, 2
+  t, trow, v, vcol = flat_inputs(0, n, m, lt, lc, d, groups)
+  got = ps.max_mean_scores_tpu(*tpu_layout(t, trow, v, vcol, n, m, lt, lc),
+                               groups=groups, slope=SLOPE, params=params, interpret=True)
+  np.testing.assert_allclose(np.asarray(got), loop_reference(t, trow, v, vcol, lt, lc),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_tpu_kernel_bf16_inputs_accumulate_in_f32():
+  n, m, lt, lc, d, groups = 4, 4, 16, 128, 128, 1
+  t, trow, v, vcol = flat_inputs(1, n, m, lt, lc, d, groups, dtype=jnp.bfloat16)
+  got = ps.max_mean_scores_tpu(*tpu_layout(t, trow, v, vcol, n, m, lt, lc),
+                               groups=groups, slope=SLOPE,
+                               params=ps.TpuKernelParams(tile_texts=2, tile_images=2),
+                               interpret=True)
+  assert got.dtype == jnp.float32
+  want = loop_reference(np.asarray(t, np.float32), trow, np.asarray(v, np.float32),
+                        vcol, lt, lc)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tpu_kernel_refuses_unpadded_inputs():
+  n, m, lt, lc, d = 3, 3, 4, 16, 16
+  t, trow, v, vcol = flat_inputs(2, n, m, lt, lc, d, 1)
+  with pytest.raises(ValueError, match="Unpadded TPU"):
+    ps.max_mean_scores_tpu(*tpu_layout(t, trow, v, vcol, n, m, lt, lc), groups=1,
+                           slope=SLOPE, params=ps.TpuKernelParams(tile_texts=2),
+                           interpret=True)
+
+
+@pytest.mark.parametrize("n_dev,bi,bt,samples", [(8, 1, 3, 1), (1, 5, 7, 2)])
+def test_scorer_tpu_kernel_equals_xla_and_definition(n_dev, bi, bt, samples):
+  cfg = configs.model_config()
+  img, txt = _grm_inputs(n_dev + bi, ni=10, nt=13, s=samples)
+  mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("data",))
+  kw = dict(block_images=bi, block_texts=bt, mesh=mesh)
+  sc = scorer.Scorer(cfg, backend="pallas", params=ps.TpuKernelParams(tile_texts=4,
+                                                                        tile_images=2),
+                     **kw)
+  prepared_img, prepared_txt = sc.prepare(img, txt)
+  # Padded for Mosaic: L_c and d to 128 lanes, L_t to 16 rows.
+  assert prepared_img["tokens"].shape[1:] == (128, 128)
+  assert prepared_txt["tokens"].shape[1:] == (16, 128)
+  got = sc.matrix(img, txt)
+  xla = scorer.Scorer(cfg, backend="xla", **kw).matrix(img, txt)
+  want = similarity.total_score(similarity.pair_scores(img, txt, cfg), cfg)
+  np.testing.assert_allclose(got, xla, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_backend_choice_never_takes_a_kernel_for_another_platform():
+  cfg = configs.model_config()
+  triton, tpu = ps.KernelParams(), ps.TpuKernelParams()
+  assert ps.default_params("tpu") == tpu and ps.default_params("gpu") == triton
+  # auto: the Triton kernel is never tried on a TPU, nor the TPU kernel on a GPU.
+  assert scorer.resolve_backend("auto", cfg, triton, "tpu") == "xla"
+  assert scorer.resolve_backend("auto", cfg, tpu, "gpu") == "xla"
+  # auto on the right platform still needs the probe to compile: here (a CPU host)
+  # it cannot, so XLA.
+  assert scorer.resolve_backend("auto", cfg, tpu, "tpu") == "xla"
+  with pytest.raises(ValueError, match="does not lower there"):
+    scorer.resolve_backend("pallas", cfg, triton, "tpu")
+  with pytest.raises(ValueError, match="does not lower there"):
+    scorer.resolve_backend("pallas", cfg, tpu, "gpu")
+  assert scorer.resolve_backend("pallas", cfg, tpu, "cpu") == "pallas"  # interpreted

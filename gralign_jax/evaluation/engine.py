@@ -13,8 +13,10 @@ gives the weighted sum of all three scores (or any one of them, with one weight 
   texts:  {"tokens": (M, L_t, d) unit vectors, "row": (M, 1 + G, L_t) [valid, w_g..]}
 
 Block score functions (scorer.py picks one): xla_scores (the reference and the
-fallback: blocks of (bi, bt, L_t, L_c) in memory), pallas_scores (pallas_scoring.py:
-tiles never leave the chip; interpreted on a CPU), reference_scores
+portable fallback: blocks of (bi, bt, L_t, L_c) in memory; lowers for every platform),
+pallas_scores (pallas_scoring.py: tiles never leave the chip; the Triton kernel for
+KernelParams, the Mosaic TPU kernel for TpuKernelParams, each padded by kernel_layout;
+interpreted on a CPU), reference_scores
 (similarity.pair_scores itself, the definition; what gate_mode "scale" runs on) and
 global_scores (model.score "global": cosine of the pooled vectors). Blocks and devices
 are scoring.py's: images split over the mesh, texts streamed.
@@ -81,11 +83,21 @@ def _round_up(x: int, m: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """Padding of the prepared arrays: L_t to a power of two (pallas), L_c and d to
-  multiples (pallas: 16 for Triton's matmul shapes; xla: none needed)."""
+  """Padding of the prepared arrays: L_t to a power of two or a multiple, L_c and d to
+  multiples (kernel_layout; xla: none needed)."""
   pow2_text: bool = False
   col_multiple: int = 1
   d_multiple: int = 1
+  text_multiple: int = 1
+
+
+def kernel_layout(params) -> Layout:
+  """The padding a kernel variant wants. Triton: power-of-two L_t, L_c and d in
+  multiples of 16 (its matmul shapes). TPU: L_c and d in multiples of 128 (vreg lanes),
+  L_t of 16 (bf16 packs 16 rows per vreg)."""
+  if params.platform == "tpu":
+    return Layout(text_multiple=16, col_multiple=128, d_multiple=128)
+  return Layout(pow2_text=True, col_multiple=16, d_multiple=16)
 
 
 def prepare_images(enc: Mapping[str, np.ndarray], mix: Mapping[str, float],
@@ -125,7 +137,8 @@ def prepare_texts(enc: Mapping[str, np.ndarray], mix: Mapping[str, float],
     w_unc = mix["unc"] / num_samples * _wmean_weights(mask, enc["gates"])
     rows += [w_unc] * num_samples
   lt = t.shape[1]
-  lt = 1 << (lt - 1).bit_length() if layout.pow2_text else lt
+  lt = (1 << (lt - 1).bit_length() if layout.pow2_text
+        else _round_up(lt, layout.text_multiple))
   d = _round_up(t.shape[2], layout.d_multiple)
   row = _pad_axis(np.stack(rows, 1), 2, lt)
   return {"tokens": _pad_axis(_pad_axis(t, 1, lt), 2, d).astype(dtype),
@@ -158,11 +171,18 @@ def _pad_items(x: jax.Array, n: int) -> jax.Array:
   return x if x.shape[0] == n else jnp.pad(x, [(0, n - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
-def pallas_scores(img, txt, *, slope: float, params: pallas_scoring.KernelParams,
-                  interpret: bool) -> jax.Array:
-  """Same contract as xla_scores, through the fused kernel (flat layouts, padded)."""
+def pallas_scores(img, txt, *, slope: float, params, interpret: bool) -> jax.Array:
+  """Same contract as xla_scores, through the fused kernel that params name
+  (KernelParams: Triton, flat layouts; TpuKernelParams: Mosaic), inputs padded to its
+  tiles."""
   (bi, lc, d), (bt, lt, _) = img["tokens"].shape, txt["tokens"].shape
   ni, mt = _round_up(bi, params.tile_images), _round_up(bt, params.tile_texts)
+  if params.platform == "tpu":
+    out = pallas_scoring.max_mean_scores_tpu(
+        _pad_items(txt["tokens"], mt), _pad_items(txt["row"], mt).transpose(0, 2, 1),
+        _pad_items(img["tokens"], ni), _pad_items(img["col"], ni),
+        groups=txt["row"].shape[1] - 1, slope=slope, params=params, interpret=interpret)
+    return out[:bi, :bt]
   v = _pad_items(img["tokens"], ni).reshape(ni * lc, d)
   vcol = _pad_items(img["col"], ni).transpose(1, 0, 2).reshape(2, ni * lc)
   t = _pad_items(txt["tokens"], mt).reshape(mt * lt, d)

@@ -27,13 +27,16 @@ from gralign_jax.models import similarity
 # Backend and block sizes for the hardware.
 # ---------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
-def pallas_works(params: pallas_scoring.KernelParams) -> bool:
-  """Whether the kernel compiles here and agrees with xla_scores on a small probe."""
+def pallas_works(params) -> bool:
+  """Whether the kernel that params name (KernelParams: Triton, TpuKernelParams:
+  Mosaic) compiles here and agrees with xla_scores on a small probe."""
   rng = np.random.default_rng(0)
   enc_i = {"tokens": rng.normal(size=(3, 20, 64)), "mask": np.ones((3, 20), bool)}
   enc_t = {"tokens": rng.normal(size=(5, 7, 64)),
            "mask": np.arange(7)[None] < rng.integers(1, 8, size=(5, 1))}
-  layout = engine.Layout(True, 16, max(16, params.block_k))
+  layout = engine.kernel_layout(params)
+  if params.platform == "gpu":
+    layout = dataclasses.replace(layout, d_multiple=max(16, params.block_k))
   img = engine.prepare_images(enc_i, {"ori": 1.0}, layout=layout)
   txt = engine.prepare_texts(enc_t, {"ori": 1.0}, layout=layout)
   try:
@@ -50,9 +53,16 @@ def pallas_works(params: pallas_scoring.KernelParams) -> bool:
     return False
 
 
-def resolve_backend(backend: str, model_config,
-                    params: pallas_scoring.KernelParams) -> str:
-  """"auto" | "xla" | "pallas" | "reference" -> the backend that will run."""
+def resolve_backend(backend: str, model_config, params,
+                    platform: str | None = None) -> str:
+  """"auto" | "xla" | "pallas" | "reference" -> the backend that will run on
+  `platform` (default: jax's default backend).
+
+  auto takes the kernel only on the platform it is written for (params.platform) and
+  only where it compiles there and agrees with XLA; everything else runs XLA, which
+  lowers everywhere. "pallas" with a kernel for another accelerator is an error; on a
+  CPU either kernel runs interpreted.
+  """
   if backend not in engine.BACKENDS:
     raise ValueError(f"config.eval.backend must be one of {engine.BACKENDS}, got {backend!r}.")
   if model_config.score == "global":
@@ -62,9 +72,14 @@ def resolve_backend(backend: str, model_config,
       raise ValueError(f"eval.backend={backend!r} computes gate_mode 'weight' only; use "
                        "'reference' (or 'auto') with gate_mode 'scale'.")
     return "reference"
+  platform = platform or jax.default_backend()
   if backend == "auto":
-    on_accelerator = jax.default_backend() in ("gpu", "tpu")
-    return "pallas" if on_accelerator and pallas_works(params) else "xla"
+    return "pallas" if platform == params.platform and pallas_works(params) else "xla"
+  if backend == "pallas" and platform != "cpu" and platform != params.platform:
+    raise ValueError(f"eval.backend='pallas' with a kernel for {params.platform} "
+                     f"({type(params).__name__}) on {platform}: it does not lower there. "
+                     f"Use {type(pallas_scoring.default_params(platform)).__name__} or "
+                     "backend 'auto' / 'xla'.")
   return backend
 
 
@@ -75,19 +90,23 @@ def _even(n: int, cap: int) -> int:
   return -(-n // -(-n // cap))
 
 
-def auto_blocks(backend: str, n_local: int, m: int, lt: int, lc: int) -> tuple[int, int]:
+def auto_blocks(backend: str, n_local: int, m: int, lt: int, lc: int,
+                bytes_limit: int | None = None) -> tuple[int, int]:
   """(block_images, block_texts) sized to a quarter of one device's memory (GPU, TPU).
 
   xla holds about three float32 (bi, bt, L_t, L_c) temporaries; pallas only the
   (bi, bt) output and the text block, so its blocks are limited by launch size.
+  bytes_limit: the device's memory (default: what the local device reports; a CPU
+  reports none).
   """
   if backend == "pallas":
     return _even(n_local, 1024), _even(m, 4096)
-  stats = jax.local_devices()[0].memory_stats() or {}
+  if bytes_limit is None:
+    bytes_limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
   # CPUs report no limit; there blocks near the cache size ran as fast as any larger
   # (benchmarks/README.md), so 64 MiB.
-  budget = stats["bytes_limit"] // 4 if "bytes_limit" in stats else 2 ** 26
-  bt = _even(m, 256 if "bytes_limit" in stats else 128)
+  budget = bytes_limit // 4 if bytes_limit else 2 ** 26
+  bt = _even(m, 256 if bytes_limit else 128)
   return _even(n_local, max(1, budget // (12 * lt * lc * bt))), bt
 
 
@@ -104,26 +123,30 @@ class Scorer:
     block_images, block_texts: upper bounds of a block; <= 0: auto_blocks.
     weights: {score name: weight}; None: model.score_weights over the present scores
       (e.g. {"ori": 1} gives S_ori alone).
-    params: the kernel's tiling; interpret: run it interpreted (default: on a CPU).
+    params: the kernel and its tiling: pallas_scoring.KernelParams (Triton, GPU) or
+      TpuKernelParams (Mosaic, TPU); None: the one for the mesh's platform.
+    interpret: run it interpreted (default: on a CPU).
   """
 
   def __init__(self, model_config, *, backend: str = "auto", dtype: str = "float32",
                block_images: int = 0, block_texts: int = 0, mesh=None, weights=None,
-               params: pallas_scoring.KernelParams = pallas_scoring.KernelParams(),
-               interpret: bool | None = None):
+               params=None, interpret: bool | None = None):
     if dtype not in engine.DTYPES:
       raise ValueError(f"score dtype must be one of {sorted(engine.DTYPES)}, got {dtype!r}.")
     self.config = model_config
     self.dtype = engine.DTYPES[dtype]
     self.blocks = (block_images, block_texts)
     self.mesh = mesh if mesh is not None else scoring.default_mesh()
-    self.backend = resolve_backend(backend, model_config, params)
+    platform = self.mesh.devices.flat[0].platform
+    if params is None:
+      params = pallas_scoring.default_params(platform)
+    self.backend = resolve_backend(backend, model_config, params, platform)
     self.mix = engine.score_mix(model_config, weights) if model_config.score == "grm" else {}
     if interpret is None:
-      interpret = jax.default_backend() == "cpu"
+      interpret = platform == "cpu"
     slope = float(model_config.leaky_slope)
     if self.backend == "pallas":
-      self.layout = engine.Layout(pow2_text=True, col_multiple=16, d_multiple=16)
+      self.layout = engine.kernel_layout(params)
       self.params, self.interpret = params, interpret
       self.score_fn = None  # needs d: built in prepare
     else:
@@ -162,13 +185,15 @@ class Scorer:
     prepared arrays can be reused by another Scorer of the same layout."""
     if self.backend != "pallas":
       return
-    d = img["tokens"].shape[-1]
-    block_k = self.params.block_k
-    while d % block_k:
-      block_k //= 2
+    params = self.params
+    if params.platform == "gpu":  # Triton: the K step must divide d
+      d, block_k = img["tokens"].shape[-1], params.block_k
+      while d % block_k:
+        block_k //= 2
+      params = dataclasses.replace(params, block_k=block_k)
     self.score_fn = functools.partial(
-        engine.pallas_scores, slope=float(self.config.leaky_slope),
-        params=dataclasses.replace(self.params, block_k=block_k), interpret=self.interpret)
+        engine.pallas_scores, slope=float(self.config.leaky_slope), params=params,
+        interpret=self.interpret)
 
   def _blocks(self, img, txt) -> dict:
     n, m = len(jax.tree.leaves(img)[0]), len(jax.tree.leaves(txt)[0])
