@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import stat
 from typing import Callable
 
 import jax
@@ -42,6 +41,7 @@ from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
+from gralign_jax.data import split as split_lib
 from gralign_jax.data import text
 from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import gallery
@@ -127,23 +127,12 @@ def _run_tokenizer(workdir: str, config: ml_collections.ConfigDict):
 
 
 def _path_problem(path: str) -> str | None:
-  """Why `path` cannot be an image file, from its metadata alone; None if it may be."""
-  try:
-    st = os.stat(path)
-  except FileNotFoundError:
-    return ("is a link to a missing file" if os.path.islink(path)
-            else "does not exist")
-  except OSError as e:
-    return f"cannot be read ({e.strerror or e})"
-  if stat.S_ISDIR(st.st_mode):
-    return "is a folder, not an image file"
-  if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever
-    return "is not a regular file"
-  if st.st_size == 0:
+  """Why `path` cannot be an image file, from its metadata alone (split.path_problem,
+  and an empty file); None if it may be."""
+  why = split_lib.path_problem(path)
+  if why is None and os.path.getsize(path) == 0:
     return "is empty (0 bytes)"
-  if not os.access(path, os.R_OK):
-    return "cannot be read (permission denied)"
-  return None
+  return why
 
 
 def _decode_problem(path: str) -> str | None:

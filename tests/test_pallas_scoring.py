@@ -123,10 +123,15 @@ def test_scorer_pallas_equals_xla_and_definition(n_dev, bi, bt, samples):
   kw = dict(block_images=bi, block_texts=bt, mesh=mesh)
   params = ps.KernelParams(tile_texts=2, tile_images=2, max_chunk=16, block_k=16)
   pallas = scorer.Scorer(cfg, backend="pallas", params=params, **kw).matrix(img, txt)
-  xla = scorer.Scorer(cfg, backend="xla", **kw).matrix(img, txt)
+  _assert_equals_xla_and_definition(pallas, cfg, img, txt, kw)
+
+
+def _assert_equals_xla_and_definition(got, cfg, img, txt, scorer_kw):
+  """A kernel's score matrix == the XLA engine's == the model's own definition."""
+  xla = scorer.Scorer(cfg, backend="xla", **scorer_kw).matrix(img, txt)
   want = similarity.total_score(similarity.pair_scores(img, txt, cfg), cfg)
-  np.testing.assert_allclose(pallas, xla, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(pallas, np.asarray(want), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, xla, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def test_scorer_pallas_topk():
@@ -209,11 +214,7 @@ def test_scorer_tpu_kernel_equals_xla_and_definition(n_dev, bi, bt, samples):
   # Padded for Mosaic: L_c and d to 128 lanes, L_t to 16 rows.
   assert prepared_img["tokens"].shape[1:] == (128, 128)
   assert prepared_txt["tokens"].shape[1:] == (16, 128)
-  got = sc.matrix(img, txt)
-  xla = scorer.Scorer(cfg, backend="xla", **kw).matrix(img, txt)
-  want = similarity.total_score(similarity.pair_scores(img, txt, cfg), cfg)
-  np.testing.assert_allclose(got, xla, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+  _assert_equals_xla_and_definition(sc.matrix(img, txt), cfg, img, txt, kw)
 
 
 def test_backend_choice_never_takes_a_kernel_for_another_platform():
