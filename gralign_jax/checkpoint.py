@@ -11,12 +11,13 @@ afterwards (a truncated array file, an emptied metadata file) is passed over on
 restore: the newest step that restores is used, and the damaged ones are moved to
 `checkpoints/unreadable/` (never deleted), each named in one line.
 """
-import os
 import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from gralign_jax import paths
 
 
 class Restored(NamedTuple):
@@ -60,10 +61,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
     """read_only: restore only (retrieval); nothing under `directory` is written."""
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)
     self.read_only = read_only
-    self._latest = _manager(os.path.join(self.directory, "latest"), keep, not read_only)
-    self._best = _manager(os.path.join(self.directory, "best"), 1, not read_only)
+    self._latest = _manager(paths.join(self.directory, "latest"), keep, not read_only)
+    self._best = _manager(paths.join(self.directory, "best"), 1, not read_only)
     self._structure_ok = False  # a step restored onto the caller's state structure
 
   def has_checkpoints(self) -> bool:
@@ -118,7 +119,7 @@ class Checkpointer:
       return None
     if failed:
       raise CheckpointError(
-          f"No checkpoint under {os.path.join(self.directory, kind)} can be restored: "
+          f"No checkpoint under {paths.join(self.directory, kind)} can be restored: "
           + "; ".join(f"step {s}: {why}" for s, why in failed)
           + ". Nothing was moved or deleted; start a new --workdir, or fix the files.")
     return None
@@ -136,10 +137,10 @@ class Checkpointer:
 
   def _set_aside(self, manager, kind: str, step: int) -> str:
     """Moves a damaged step folder to checkpoints/unreadable/ (never deletes it)."""
-    target_dir = os.path.join(self.directory, "unreadable")
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, f"{kind}-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.rename(os.path.join(str(manager.directory), str(step)), target)
+    target_dir = paths.join(self.directory, "unreadable")
+    paths.makedirs(target_dir)
+    target = paths.join(target_dir, f"{kind}-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    paths.move(paths.join(str(manager.directory), str(step)), target)
     return target
 
   def restore_latest(self, like: Any, log: Callable[[str], None] = print

@@ -5,13 +5,15 @@ read the run back with `pandas.read_json(path, lines=True)`. There is one record
 (step, split): a resumed run replays the steps after its last checkpoint bit for bit,
 and their records, already written before the interruption, are not written again.
 """
+import io
 import json
-import os
 import time
 from typing import Mapping
 
 import jax
 import numpy as np
+
+from gralign_jax import paths
 
 
 def _plain(value):
@@ -31,17 +33,19 @@ class MetricWriter:
     self._tb = None
     if not self._active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._path = os.path.join(workdir, "metrics.jsonl")
+    paths.makedirs(workdir)
+    self._path = paths.join(workdir, "metrics.jsonl")
     self._written = set()
-    if os.path.exists(self._path):
-      self._written = {(r.get("step"), r.get("split")) for r in _read(self._path)}
-      with open(self._path, "rb+") as f:  # a line cut short by a kill stays its own
-        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-          f.write(b"\n")
+    if paths.exists(self._path):
+      text = paths.read_text(self._path)
+      self._written = {(r.get("step"), r.get("split")) for r in _parse(text)}
+      if text and not text.endswith("\n"):  # a line cut short by a kill stays its own
+        paths.append_text(self._path, "\n")
     try:  # TensorBoard is a convenience: the JSONL file is the record.
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      from tensorboardX import record_writer
+      record_writer.register_writer_factory("gs", _BucketEvents())
+      self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
     except ImportError:
       self._tb = None
 
@@ -51,8 +55,7 @@ class MetricWriter:
     self._written.add((int(step), split))
     record = {"step": int(step), "split": split, "time": time.time()}
     record.update({k: _plain(v) for k, v in metrics.items()})
-    with open(self._path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    paths.append_text(self._path, json.dumps(record) + "\n")
     if self._tb is not None:
       for k, v in record.items():
         if k not in ("step", "split", "time") and isinstance(v, (int, float)):
@@ -66,16 +69,43 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
   """All records of a run directory, in the order they were written."""
-  return _read(os.path.join(workdir, "metrics.jsonl"))
+  return _parse(paths.read_text(paths.join(workdir, "metrics.jsonl")))
 
 
-def _read(path: str) -> list[dict]:
+def _parse(text: str) -> list[dict]:
   """The records of a metrics.jsonl; a line cut short by a kill is left out."""
   records = []
-  with open(path, encoding="utf-8", errors="replace") as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
+  for line in text.splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
   return records
+
+
+class _BucketEventFile:
+  """An event file in a bucket, for tensorboardX: a bucket object cannot grow, so
+  each flush uploads the whole file again (paths.py)."""
+
+  def __init__(self, path: str):
+    self._path, self._buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    paths.write_bytes(self._path, self._buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _BucketEvents:
+  """tensorboardX's writer factory for gs:// log folders, through paths.py (its own
+  needs google-cloud-storage and its credentials)."""
+
+  def open(self, path: str) -> _BucketEventFile:
+    return _BucketEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # a bucket has no folders to create

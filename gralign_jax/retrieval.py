@@ -34,6 +34,7 @@ import numpy as np
 
 from gralign_jax import checkpoint as ckpt_lib
 from gralign_jax import optim
+from gralign_jax import paths
 from gralign_jax import run_dir
 from gralign_jax import sharding
 from gralign_jax import train
@@ -82,17 +83,16 @@ def load_run(workdir: str, which: str = "best", log: Log = print) -> Run:
 
   Only reads: a run on read-only storage loads as well.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: expected the run directory of a "
                             "training run (python -m experiments.demo --workdir=...).")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(paths.read_text(path)))
   model = grm.build_model(config.model)
   mesh = sharding.make_mesh()
   like = train.abstract_state(model, optim.make_optimizer(config, 1), config, mesh)
   # read_only: orbax creates no folder and moves no damaged step aside.
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),
                                        read_only=True)
   try:
     restore = {"best": checkpointer.restore_best,
@@ -111,9 +111,10 @@ def load_run(workdir: str, which: str = "best", log: Log = print) -> Run:
 def _run_tokenizer(workdir: str, config: ml_collections.ConfigDict):
   """The tokenizer the run saved in its workdir; the one its config names for runs
   that predate that (then the data set must still be where the run saw it)."""
-  saved = os.path.join(workdir, run_dir.TOKENIZER_DIR)
-  if os.path.isdir(saved):
-    return text.load_tokenizer(saved)
+  saved = paths.join(workdir, run_dir.TOKENIZER_DIR)
+  if paths.isdir(saved):
+    with paths.local_folder(saved) as local:
+      return text.load_tokenizer(local)
   try:
     return datasets.load_tokenizer(config)
   except FileNotFoundError as e:
@@ -187,18 +188,18 @@ def gallery_split(images) -> GallerySplit:
     except OSError as e:
       raise RetrievalError(f"Image folder {folder!r} cannot be listed "
                            f"({e.strerror or e}).") from e
-    paths = [os.path.join(folder, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
-    if not paths:
+    files = [os.path.join(folder, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
+    if not files:
       raise RetrievalError(f"No {'/'.join(IMAGE_SUFFIXES)} files in {folder!r}; it "
                            f"holds {names[:10]}.")
     where = f"folder {folder!r}"
   else:
-    folder, paths, where = "", [str(p) for p in images], "the given image files"
-    if not paths:
+    folder, files, where = "", [str(p) for p in images], "the given image files"
+    if not files:
       raise RetrievalError("No image files given.")
-  skipped = tuple((p, why) for p in paths if (why := _path_problem(p)))
+  skipped = tuple((p, why) for p in files if (why := _path_problem(p)))
   bad = {p for p, _ in skipped}
-  kept = tuple(p for p in paths if p not in bad)
+  kept = tuple(p for p in files if p not in bad)
   if not kept:
     raise _none_readable(where, skipped)
   return GallerySplit("gallery", kept, tuple(range(len(kept))), (), captions_per_image=0,
@@ -208,8 +209,8 @@ def gallery_split(images) -> GallerySplit:
 def fallback_dir(workdir: str) -> str:
   """Where a run's galleries and retrieval.json go when its workdir is not writable:
   one folder per run, named by the run's folder and a hash of its full path."""
-  path = os.path.abspath(workdir)
-  name = os.path.basename(path.rstrip(os.sep)) or "run"
+  path = paths.resolve(workdir)
+  name = paths.basename(path) or "run"
   return os.path.join(gallery.cache_root(), "galleries",
                       f"{name}-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
 
@@ -244,7 +245,7 @@ def encode_gallery(run: Run, split: readers.Split, log: Log = print) -> EncodedG
       stamp.append((p, None, None, None))  # found unreadable when decoded
   digest = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
   meta = {"step": run.step, "images": digest}
-  places = [os.path.join(run.workdir, "galleries", digest),
+  places = [paths.join(run.workdir, "galleries", digest),
             os.path.join(fallback_dir(run.workdir), digest)]
   hit = gallery.load_first(places, expect_meta=meta)  # stale ones are encoded again
   if hit:
@@ -257,11 +258,11 @@ def encode_gallery(run: Run, split: readers.Split, log: Log = print) -> EncodedG
   cache, failed = gallery.save_first_writable(
       places, {"images": (images, np.asarray(keep, np.int64))}, meta)
   if failed and cache:
-    log(f"Gallery cache: {os.path.dirname(places[0])} is not writable "
+    log(f"Gallery cache: {paths.parent(places[0])} is not writable "
         f"({_why(failed[0][1])}); cached in {cache} instead.")
   elif failed:
     log("Gallery cache: neither " + " nor ".join(
-        f"{os.path.dirname(f)} ({_why(e)})" for f, e in failed) + " is writable; the "
+        f"{paths.parent(f)} ({_why(e)})" for f, e in failed) + " is writable; the "
         "gallery is not cached and will be encoded again next time.")
   return EncodedGallery(images, _keep(split, keep, bad), cache)
 
@@ -269,9 +270,9 @@ def encode_gallery(run: Run, split: readers.Split, log: Log = print) -> EncodedG
 def _keep(split: GallerySplit, keep, bad) -> GallerySplit:
   """split reduced to the images at positions `keep`, with `bad` added to skipped."""
   keep = [int(i) for i in keep]
-  paths = tuple(split.image_paths[i] for i in keep)
+  kept = tuple(split.image_paths[i] for i in keep)
   skipped = tuple(sorted(split.skipped + tuple((p, w) for p, w in bad)))
-  return dataclasses.replace(split, image_paths=paths, image_ids=tuple(range(len(keep))),
+  return dataclasses.replace(split, image_paths=kept, image_ids=tuple(range(len(keep))),
                              skipped=skipped)
 
 
@@ -462,7 +463,7 @@ def write_result(result: dict, path: str | None = None, log: Log = print) -> str
       raise RetrievalError(f"Cannot write the result to {path!r} ({_why(e)}); give "
                            "another --out.") from e
     return path
-  path = os.path.join(result["workdir"], "retrieval.json")
+  path = paths.join(result["workdir"], "retrieval.json")
   try:
     _write_json(result, path)
     return path
@@ -479,13 +480,5 @@ def write_result(result: dict, path: str | None = None, log: Log = print) -> str
 
 
 def _write_json(result: dict, path: str) -> None:
-  """Whole or not at all: a temporary sibling renamed over path."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Whole or not at all (paths.write_text)."""
+  paths.write_text(path, json.dumps(result, indent=2))

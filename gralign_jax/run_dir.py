@@ -20,7 +20,10 @@ import hashlib
 import json
 import os
 import socket
+import tempfile
 import time
+
+from gralign_jax import paths
 
 
 TOKENIZER_DIR = "tokenizer"
@@ -69,7 +72,7 @@ class WorkdirLock:
   NAME = "run.lock"
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, self.NAME)
+    self.path = paths.join(workdir, self.NAME)
     self.held = False
     self.message = ""  # what acquire() found, for the log (a stale lock taken over)
 
@@ -79,13 +82,7 @@ class WorkdirLock:
             "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
   def _create(self) -> bool:
-    try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(self._record(), f)
-    return True
+    return paths.create_exclusive(self.path, json.dumps(self._record()))
 
   def acquire(self) -> "WorkdirLock":
     for _ in range(3):  # a stale lock removed by a racing run: look again
@@ -93,8 +90,7 @@ class WorkdirLock:
         self.held = True
         return self
       try:
-        with open(self.path, encoding="utf-8") as f:
-          holder = json.load(f)
+        holder = json.loads(paths.read_text(self.path))
         host, pid = str(holder["host"]), int(holder["pid"])
       except FileNotFoundError:
         continue
@@ -105,14 +101,11 @@ class WorkdirLock:
       if host == socket.gethostname() and not _alive(pid, str(holder.get("start", ""))):
         self.message = (f"Took over a stale lock of {self.path}: pid {pid} on {host} "
                         f"(since {holder.get('since', '?')}) is gone.")
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
+        paths.remove(self.path)
         continue
       where = "this host" if host == socket.gethostname() else f"host {host}"
       raise RunDirError(
-          f"Another run is using workdir {os.path.dirname(self.path)}: pid {pid} on "
+          f"Another run is using workdir {paths.parent(self.path)}: pid {pid} on "
           f"{where}, since {holder.get('since', '?')} ({self.path}). Wait for it to end, "
           "pick another --workdir, or, if that process is gone, delete the lock file.")
     raise RunDirError(f"Could not take the lock {self.path}: it keeps reappearing.")
@@ -122,12 +115,12 @@ class WorkdirLock:
       return
     self.held = False
     try:
-      with open(self.path, encoding="utf-8") as f:
-        mine = json.load(f).get("pid") == os.getpid()
-    except (OSError, ValueError):
+      holder = json.loads(paths.read_text(self.path))
+      mine = (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname())
+    except (OSError, ValueError, AttributeError):
       mine = False
     if mine:
-      os.remove(self.path)
+      paths.remove(self.path)
 
   def __enter__(self):
     return self.acquire()
@@ -178,14 +171,13 @@ def check_resume(workdir: str, config_json: str, has_checkpoints: bool,
     RunDirError: checkpoints exist and the config differs from the saved one (in a way
       that `allow_changes` does not cover), naming every changed key.
   """
-  path = os.path.join(workdir, "config.json")
+  path = paths.join(workdir, "config.json")
   new = json.loads(config_json)
-  if not has_checkpoints or not os.path.exists(path):
-    _write_atomic(path, config_json)
+  if not has_checkpoints or not paths.exists(path):
+    paths.write_text(path, config_json)
     return {}
   try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
   except (OSError, ValueError) as e:
     raise RunDirError(f"{path} describes the checkpoints in this workdir but cannot be "
                       f"read ({type(e).__name__}: {e}); restore it, or start a new "
@@ -202,17 +194,10 @@ def check_resume(workdir: str, config_json: str, has_checkpoints: bool,
         f"The config differs from the one this workdir's checkpoints were trained with "
         f"({path}) in {len(shown)} key(s): {_describe(shown)}. Resume with the saved "
         f"config, or {advice}.")
-  with open(os.path.join(workdir, "config_changes.jsonl"), "a", encoding="utf-8") as f:
-    f.write(json.dumps({"step": step, "time": time.time(),
-                        "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+  paths.append_text(paths.join(workdir, "config_changes.jsonl"), json.dumps(
+      {"step": step, "time": time.time(),
+       "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
   return changes
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------
@@ -251,15 +236,21 @@ def keep_tokenizer(workdir: str, tokenizer, source: str, has_checkpoints: bool) 
     RunDirError: the run has checkpoints and its saved tokenizer differs from `source`.
   """
   from gralign_jax.data import text  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, TOKENIZER_DIR)
-  if os.path.isdir(path) and has_checkpoints:
-    saved = tokenizer_digest(text.load_tokenizer(path))
+  path = paths.join(workdir, TOKENIZER_DIR)
+  if paths.isdir(path) and has_checkpoints:
+    with paths.local_folder(path) as local:
+      saved = tokenizer_digest(text.load_tokenizer(local))
     new = tokenizer_digest(tokenizer)
     if saved != new:
       raise RunDirError(
           f"The tokenizer the config names ({source}, sha256 {new[:12]}) differs from "
           f"the one this run was trained with ({path}, sha256 {saved[:12]}). Resume "
           f"with that one (--config.data.tokenizer={path}), or start a new --workdir.")
+    return path
+  if paths.is_remote(path):  # no folder rename in a bucket: each file is one upload
+    with tempfile.TemporaryDirectory() as local:
+      tokenizer.save_pretrained(local)
+      paths.upload_folder(local, path)
     return path
   tmp = f"{path}.tmp{os.getpid()}"
   tokenizer.save_pretrained(tmp)

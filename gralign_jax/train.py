@@ -7,7 +7,6 @@ the same position, and ends with exactly the parameters of an uninterrupted run.
 """
 import contextlib
 import json
-import os
 import sys
 import time
 
@@ -21,6 +20,7 @@ from gralign_jax import configs
 from gralign_jax import losses
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import optim
+from gralign_jax import paths
 from gralign_jax import run_dir
 from gralign_jax import sharding
 from gralign_jax.data import datasets
@@ -60,8 +60,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config = ml_collections.ConfigDict(config.to_dict())  # a private, mutable copy
   configs.validate(config)
   run_dir.resolve_paths(config)  # config.json holds the paths as this run sees them
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.resolve(workdir)  # a local folder or gs://bucket/run (paths.py)
+  paths.makedirs(workdir)
   with contextlib.ExitStack() as cleanup:
     if jax.process_index() == 0:
       lock = cleanup.enter_context(run_dir.WorkdirLock(workdir))
@@ -113,7 +113,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
 
   # ---------------------------------------------------------------- run record
   # Pending saves finish (or their failure is said) before any error leaves the run.
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),
                                        keep=config.train.keep_checkpoints)
   cleanup.push(_finish_saves(checkpointer))
   if jax.process_index() == 0:
@@ -234,8 +234,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     if isinstance(m, dict):
       writer.write(best_step, split, m)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    paths.write_text(paths.join(workdir, "results.json"), json.dumps(results, indent=2))
   log(recall.format_table({k: v for k, v in results.items() if isinstance(v, dict)}))
   return results
 

@@ -43,12 +43,12 @@ def _single(workdir, root):
                  env=env, check=True, capture_output=True)
 
 
-def final_params(workdir):
+def final_params(workdir, listdir=os.listdir):
   """The last checkpoint's params, restored onto this process's first device (the
-  checkpoint may come from another topology)."""
-  latest = os.path.join(workdir, "checkpoints", "latest")
-  step = max(int(s) for s in os.listdir(latest) if s.isdigit())
-  path = os.path.join(latest, str(step), "state")
+  checkpoint may come from another topology). listdir: how to list a folder."""
+  latest = f"{workdir}/checkpoints/latest"
+  step = max(int(s) for s in listdir(latest) if s.isdigit())
+  path = f"{latest}/{step}/state"
   meta = ocp.PyTreeCheckpointer().metadata(path)
   meta = getattr(meta, "item_metadata", None) or meta  # newer orbax: StepMetadata
   tree = getattr(meta, "tree", meta)
@@ -64,10 +64,17 @@ def _assert_same_params(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), pa, pb)
 
 
+@pytest.fixture(scope="module")
+def one(smoke_root, tmp_path_factory):
+  """The reference: the same run in one process of eight CPU devices."""
+  workdir = str(tmp_path_factory.mktemp("one_process") / "run")
+  _single(workdir, smoke_root)
+  return workdir
+
+
 @pytest.mark.slow
-def test_two_processes_train_as_one_and_resume_after_a_kill(smoke_root, tmp_path):
-  one, two, killed = (str(tmp_path / n) for n in ("one", "two", "killed"))
-  _single(one, smoke_root)
+def test_two_processes_train_as_one_and_resume_after_a_kill(one, smoke_root, tmp_path):
+  two, killed = (str(tmp_path / n) for n in ("two", "killed"))
   cmd, kw = _local(two, smoke_root, tmp_path)
   proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -85,6 +92,65 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(smoke_root, tmp_path
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert "Took over a stale lock" in proc.stdout and "Resumed from step" in proc.stdout
   _assert_same_params(one, killed)
+
+
+# srun as it behaves for a job step of $SLURM_NTASKS tasks on one node: each task gets
+# its rank and node list in SLURM's variables; the step fails when a task fails.
+STAND_IN_SRUN = r"""#!/usr/bin/env bash
+echo "$*" > "$SRUN_LOG_DIR/argv"
+while [ $# -gt 0 ]; do
+  case $1 in --*) shift ;; *) break ;; esac
+done
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NODELIST=localhost SLURM_STEP_NUM_NODES=1 \
+    "$@" > "$SRUN_LOG_DIR/task_$i.log" 2>&1 &
+  pids+=("$!")
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status
+"""
+
+
+def _slurm_job_id() -> int:
+  """A job id whose coordinator port (jax: 61440 + id % 4096) is free here."""
+  for port in range(61440 + os.getpid() % 4000, 65536):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+    return 4096 * 1000 + port - 61440
+  raise RuntimeError("no free port in 61440-65535")
+
+
+@pytest.mark.slow
+def test_the_slurm_recipe_trains_two_tasks_as_one_process(one, smoke_root, tmp_path):
+  bin_dir, logs, workdir = tmp_path / "bin", tmp_path / "logs", str(tmp_path / "run")
+  bin_dir.mkdir()
+  logs.mkdir()
+  (bin_dir / "srun").write_text(STAND_IN_SRUN)
+  (bin_dir / "srun").chmod(0o755)
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM", "JAX_PROCESS"))}
+  env.update(  # what sbatch gives the batch script; the tasks' own come from srun
+      PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), env["PATH"]]),
+      SLURM_JOB_ID=str(_slurm_job_id()), SLURM_NTASKS="2", SLURM_SUBMIT_DIR=REPO,
+      SLURM_CPUS_PER_TASK="1", SRUN_LOG_DIR=str(logs), JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONUNBUFFERED="1")
+  proc = subprocess.run(
+      ["bash", "launch/slurm_gpu.sbatch", "--experiment=demo", f"--workdir={workdir}",
+       "--config=experiments/configs/demo.py:smoke", "--", *FLAGS[1:],
+       f"--config.data.root={smoke_root}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  task0 = (logs / "task_0.log").read_text()
+  assert proc.returncode == 0, proc.stderr[-2000:] + task0[-3000:]
+  assert (logs / "argv").read_text().startswith("--kill-on-bad-exit=1 python -m "
+                                                "experiments.demo")
+  # jax.distributed.initialize() with no arguments found the job from SLURM's variables.
+  assert "jax.distributed: 2 processes (slurm), 8 devices" in task0
+  _assert_same_params(one, workdir)
 
 
 def test_auto_does_nothing_on_one_machine(monkeypatch):

@@ -123,20 +123,25 @@ def _main(workdir, root, *flags, entry="experiments.demo"):
   return cmd
 
 
-def kill_after_mid_run_checkpoint(proc, workdir, first: int, last: int) -> None:
+def _names(folder: str) -> list[str]:
+  return os.listdir(folder) if os.path.isdir(folder) else []
+
+
+def kill_after_mid_run_checkpoint(proc, workdir, first: int, last: int,
+                                  listdir=_names) -> None:
   """SIGKILLs proc's process group as soon as a checkpoint of a step in [first, last)
-  is complete under workdir, and checks that the run had not finished."""
-  latest = os.path.join(workdir, "checkpoints", "latest")
+  appears under workdir, and checks that the run had not finished. listdir(folder) ->
+  names ([] for no folder): how to look (a bucket's listing, for one)."""
+  latest = f"{workdir}/checkpoints/latest"
   deadline = time.time() + 300
   while time.time() < deadline:
-    steps = ([int(s) for s in os.listdir(latest) if s.isdigit()]
-             if os.path.isdir(latest) else [])
+    steps = [int(s) for s in listdir(latest) if s.isdigit()]
     if steps and first <= max(steps) < last:
       break
     time.sleep(0.05)
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
-  assert not os.path.exists(os.path.join(workdir, "results.json")), "killed too late"
+  assert "results.json" not in listdir(workdir), "killed too late"
 
 
 def _final_params(workdir):

@@ -21,6 +21,7 @@ cache_root() when the run sits on read-only storage), load_first reads the first
 valid one and save_first_writable writes the first place that takes it, saying why the
 others did not.
 """
+import io
 import json
 import os
 import shutil
@@ -29,6 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+
+from gralign_jax import paths
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -64,30 +67,19 @@ def save(folder: str, sides: Mapping[str, tuple[Mapping[str, Any], Any]],
 
   Typically sides = {"images": (image_enc, image_ids), "texts": (text_enc,
   caption_ids)}; meta must be JSON-serialisable. An existing cache is replaced.
+  In a bucket (no folder rename) the manifest goes first and comes back last, so a
+  half-written cache is never read as one.
   """
-  folder = os.path.abspath(folder)
+  folder = paths.resolve(folder)
+  if paths.is_remote(folder):
+    paths.remove(paths.join(folder, MANIFEST))
+    _write(folder, sides, meta)
+    return
   parent = os.path.dirname(folder)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
   try:
-    manifest = {"format": FORMAT, "meta": dict(meta or {}), "sides": {}}
-    for side, (arrays, ids) in sides.items():
-      if not side.isidentifier():
-        raise ValueError(f"side name {side!r} must be an identifier")
-      n = _items(arrays, ids, side)
-      entry = {"num": n, "ids": f"{side}.ids.npy", "arrays": {}}
-      np.save(os.path.join(tmp, entry["ids"]), _store(np.asarray(ids))[0],
-              allow_pickle=False)
-      for name, x in arrays.items():
-        data, dtype = _store(np.asarray(x))
-        file = f"{side}.{name}.npy"
-        np.save(os.path.join(tmp, file), data, allow_pickle=False)
-        entry["arrays"][name] = {"file": file, "shape": list(np.shape(x)), "dtype": dtype}
-      manifest["sides"][side] = entry
-    with open(os.path.join(tmp, MANIFEST), "w") as f:
-      json.dump(manifest, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
+    _write(tmp, sides, meta)
     old = None
     if os.path.exists(folder):  # rename cannot replace a non-empty folder: swap
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=parent)
@@ -100,6 +92,36 @@ def save(folder: str, sides: Mapping[str, tuple[Mapping[str, Any], Any]],
     raise
 
 
+def _write(folder: str, sides, meta) -> None:
+  """The array files, then the manifest that makes them a cache."""
+  def put(file: str, x: np.ndarray) -> None:
+    out = io.BytesIO()
+    np.save(out, x, allow_pickle=False)
+    paths.write_bytes(paths.join(folder, file), out.getvalue())
+
+  manifest = {"format": FORMAT, "meta": dict(meta or {}), "sides": {}}
+  for side, (arrays, ids) in sides.items():
+    if not side.isidentifier():
+      raise ValueError(f"side name {side!r} must be an identifier")
+    n = _items(arrays, ids, side)
+    entry = {"num": n, "ids": f"{side}.ids.npy", "arrays": {}}
+    put(entry["ids"], _store(np.asarray(ids))[0])
+    for name, x in arrays.items():
+      data, dtype = _store(np.asarray(x))
+      file = f"{side}.{name}.npy"
+      put(file, data)
+      entry["arrays"][name] = {"file": file, "shape": list(np.shape(x)), "dtype": dtype}
+    manifest["sides"][side] = entry
+  paths.write_text(paths.join(folder, MANIFEST),
+                   json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _read_array(file: str, mmap: bool) -> np.ndarray:
+  if paths.is_remote(file):
+    return np.load(io.BytesIO(paths.read_bytes(file)), allow_pickle=False)
+  return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
 def load(folder: str, expect_meta: Mapping[str, Any] | None = None,
          mmap: bool = False) -> tuple[dict[str, tuple[dict[str, np.ndarray], np.ndarray]],
                                       dict[str, Any]]:
@@ -109,11 +131,10 @@ def load(folder: str, expect_meta: Mapping[str, Any] | None = None,
   mmap=True maps the token files instead of reading them (galleries larger than RAM;
   not for bfloat16, whose bits are viewed after reading).
   """
-  path = os.path.join(folder, MANIFEST)
-  if not os.path.exists(path):
+  path = paths.join(folder, MANIFEST)
+  if not paths.exists(path):
     raise FileNotFoundError(f"No gallery cache at {folder!r}: {MANIFEST} is missing.")
-  with open(path) as f:
-    manifest = json.load(f)
+  manifest = json.loads(paths.read_text(path))
   if manifest.get("format") != FORMAT:
     raise ValueError(f"Gallery cache {folder!r} has format {manifest.get('format')!r}; "
                      f"this code reads format {FORMAT}. Re-encode the gallery.")
@@ -125,14 +146,14 @@ def load(folder: str, expect_meta: Mapping[str, Any] | None = None,
                        f"expected {want!r}. Re-encode (save over it) or point elsewhere.")
   out = {}
   for side, entry in manifest["sides"].items():
-    ids = np.load(os.path.join(folder, entry["ids"]), allow_pickle=False)
+    ids = _read_array(paths.join(folder, entry["ids"]), mmap=False)
     arrays = {}
     for name, spec in entry["arrays"].items():
-      file = os.path.join(folder, spec["file"])
-      if not os.path.exists(file):
+      file = paths.join(folder, spec["file"])
+      if not paths.exists(file):
         raise FileNotFoundError(f"Gallery cache {folder!r} lacks {spec['file']} "
                                 f"({side}[{name!r}]).")
-      x = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+      x = _read_array(file, mmap)
       x = _restore(x, spec["dtype"])
       if list(x.shape) != spec["shape"] or str(x.dtype) != spec["dtype"]:
         raise ValueError(f"Gallery cache {folder!r}: {spec['file']} holds {x.dtype} "
@@ -159,7 +180,7 @@ def load_first(folders: Sequence[str], expect_meta: Mapping[str, Any] | None = N
   """(folder, sides, meta) of the first of folders holding a cache with expect_meta;
   None if none does. Stale or damaged caches are passed over (they get re-encoded)."""
   for folder in folders:
-    if not os.path.isfile(os.path.join(folder, MANIFEST)):
+    if not paths.isfile(paths.join(folder, MANIFEST)):
       continue
     try:
       sides, meta = load(folder, expect_meta=expect_meta)

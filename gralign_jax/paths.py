@@ -1,0 +1,208 @@
+"""One path layer for a run's files: a local folder or a bucket (`gs://bucket/run`).
+
+Every file the trainer, the evaluator, the gallery cache and retrieval read or write
+in a workdir goes through these functions (orbax checkpoints take the same strings).
+Paths are strings: a remote one keeps its scheme, a local one is made absolute.
+Remote paths go through fsspec (gcsfs for gs://: the filesystem etils.epath gives
+orbax and grain), local ones through os, so that a local run keeps a POSIX disk's
+guarantees. Listings are read fresh from the bucket each time: another process or host
+may have written since (fsspec would otherwise answer from its listing cache).
+
+What a bucket lacks, and what is done instead:
+- replacing a file by renaming a temporary one: an object upload is atomic by itself
+  (a reader sees the old object or the new one, never half), so a remote write is one
+  upload;
+- append: an object cannot grow, so `append_text` rewrites it with the new text
+  (metrics.jsonl and config_changes.jsonl have one writer, process 0);
+- exclusive create (O_EXCL): an upload on condition that no object exists
+  (ifGenerationMatch=0), which GCS refuses with 412 when one does;
+- folders: a folder is a prefix; it exists once an object lies under it, `makedirs`
+  has nothing to do, and `move` is copy-then-delete (not atomic: used only to set a
+  damaged checkpoint aside).
+"""
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+
+def is_remote(path: str) -> bool:
+  """gs://..., s3://... (any URL scheme): handled by fsspec, not os."""
+  return "://" in str(path)
+
+
+def resolve(path: str) -> str:
+  """The form kept in config.json and passed around: absolute when local."""
+  path = str(path)
+  return path.rstrip("/") if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def join(path: str, *names: str) -> str:
+  if is_remote(path):
+    return "/".join([str(path).rstrip("/"), *names])
+  return os.path.join(path, *names)
+
+
+def parent(path: str) -> str:
+  return str(path).rstrip("/").rsplit("/", 1)[0] if is_remote(path) else os.path.dirname(path)
+
+
+def basename(path: str) -> str:
+  return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _fs(path: str):
+  """(fsspec filesystem, path inside it) for a remote path, its cached listings of
+  that path and the folders above it dropped."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  try:
+    fs, inner = fsspec.core.url_to_fs(str(path))
+  except (ImportError, ValueError) as e:
+    scheme = str(path).split("://", 1)[0]
+    raise OSError(f"Cannot open {path}: no filesystem for {scheme}:// is installed "
+                  f"({e}); for gs:// install gcsfs (pip install 'gralign_jax[cloud]').") from e
+  fs.invalidate_cache(inner)
+  return fs, inner
+
+
+def exists(path: str) -> bool:
+  if is_remote(path):
+    fs, inner = _fs(path)
+    return fs.exists(inner)
+  return os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+  if is_remote(path):
+    fs, inner = _fs(path)
+    return fs.isdir(inner)
+  return os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+  if is_remote(path):
+    fs, inner = _fs(path)
+    return fs.isfile(inner)
+  return os.path.isfile(path)
+
+
+def listdir(path: str) -> list[str]:
+  """Names in a folder, sorted."""
+  if is_remote(path):
+    fs, inner = _fs(path)
+    return sorted(basename(p) for p in fs.ls(inner, detail=False))
+  return sorted(os.listdir(path))
+
+
+def makedirs(path: str) -> None:
+  if not is_remote(path):
+    os.makedirs(path, exist_ok=True)
+
+
+def read_bytes(path: str) -> bytes:
+  if is_remote(path):
+    fs, inner = _fs(path)
+    return fs.cat_file(inner)
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def read_text(path: str) -> str:
+  return read_bytes(path).decode("utf-8", errors="replace")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes the whole file so that a reader, or a crash, never meets half of it."""
+  if is_remote(path):
+    fs, inner = _fs(path)
+    fs.pipe_file(inner, data)
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  write_bytes(path, text.encode("utf-8"))
+
+
+def append_text(path: str, text: str) -> None:
+  if is_remote(path):
+    old = read_bytes(path) if exists(path) else b""
+    write_bytes(path, old + text.encode("utf-8"))
+    return
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(text)
+
+
+def create_exclusive(path: str, text: str) -> bool:
+  """Creates `path` holding `text` unless it exists. -> whether this call created it."""
+  data = text.encode("utf-8")
+  if is_remote(path):
+    fs, inner = _fs(path)
+    try:
+      fs.pipe_file(inner, data, mode="create")
+    except FileExistsError:
+      return False
+    return True
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, "wb") as f:
+    f.write(data)
+  return True
+
+
+def remove(path: str) -> None:
+  """Removes one file; a file already gone is not an error."""
+  try:
+    if is_remote(path):
+      fs, inner = _fs(path)
+      fs.rm_file(inner)
+    else:
+      os.remove(path)
+  except FileNotFoundError:
+    pass
+
+
+def move(src: str, dst: str) -> None:
+  """Renames a file or folder (remote: copy, then delete the source)."""
+  if is_remote(src):
+    fs, inner = _fs(src)
+    fs.copy(inner, _fs(dst)[1], recursive=True)
+    fs.rm(inner, recursive=True)
+  else:
+    os.rename(src, dst)
+
+
+def upload_folder(local: str, path: str) -> None:
+  """Copies the files of a local folder (no subfolders) into `path`."""
+  for name in sorted(os.listdir(local)):
+    with open(os.path.join(local, name), "rb") as f:
+      write_bytes(join(path, name), f.read())
+
+
+@contextlib.contextmanager
+def local_folder(path: str) -> Iterator[str]:
+  """A local folder holding the files of `path` (a copy when remote), for libraries
+  that read only local files (transformers' from_pretrained)."""
+  if not is_remote(path):
+    yield path
+    return
+  tmp = tempfile.mkdtemp(prefix="gralign-")
+  try:
+    for name in listdir(path):
+      with open(os.path.join(tmp, name), "wb") as f:
+        f.write(read_bytes(join(path, name)))
+    yield tmp
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
