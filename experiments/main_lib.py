@@ -51,11 +51,12 @@ def _exit(message: str) -> None:
 def user_errors() -> tuple[type[Exception], ...]:
   """Errors about data, weights, configs, files and the workdir that name what to fix."""
   # pylint: disable=g-import-not-at-top
-  from gralign_jax import checkpoint, configs, run_dir, weights
+  from gralign_jax import checkpoint, configs, paths, run_dir, weights
   from gralign_jax.data import images, split
   return (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
           split.DataFormatError, weights.CheckpointMismatchError, images.ImageDecodeError,
-          configs.ConfigError, run_dir.RunDirError, checkpoint.CheckpointError)
+          configs.ConfigError, run_dir.RunDirError, checkpoint.CheckpointError,
+          paths.PathError)
 
 
 class _OneLineErrors(logging_std.Filter):

@@ -27,6 +27,10 @@ import tempfile
 from typing import Iterator
 
 
+class PathError(OSError):
+  """A path that cannot be opened as given (an unknown scheme, its library missing)."""
+
+
 def is_remote(path: str) -> bool:
   """gs://..., s3://... (any URL scheme): handled by fsspec, not os."""
   return "://" in str(path)
@@ -60,7 +64,7 @@ def _fs(path: str):
     fs, inner = fsspec.core.url_to_fs(str(path))
   except (ImportError, ValueError) as e:
     scheme = str(path).split("://", 1)[0]
-    raise OSError(f"Cannot open {path}: no filesystem for {scheme}:// is installed "
+    raise PathError(f"Cannot open {path}: no filesystem for {scheme}:// is installed "
                   f"({e}); for gs:// install gcsfs (pip install 'gralign_jax[cloud]').") from e
   fs.invalidate_cache(inner)
   return fs, inner
