@@ -4,6 +4,8 @@ Field names here are the contract between the configs, the model (models/grm.py)
 losses (losses.py), the input pipeline (data/) and the trainer (train.py). Every open
 point of method.md is a field with its default; docs in-line say what each switch does.
 """
+import os
+
 import ml_collections
 
 
@@ -62,8 +64,16 @@ def loss_config() -> ml_collections.ConfigDict:
       recon="mse",                # "mse" or "cos" (1 - cos)
       recon_weight=0.1,           # l1
       reg_weight=0.01,            # l2, on L_KL + L_ent
+      # The regularisers' weights (l1, l2, keep_ratio_weight) are multiplied by this, so
+      # that they stand to L_con as they did where they were chosen (InfoNCE, a mean
+      # over anchors): "batch" = the batch size B for the triplet loss (a SUM over the
+      # B anchors of both directions), 1 for InfoNCE; or a number, used as it is.
+      regularizer_scale=ml_collections.FieldReference("batch", field_type=object),
       kl=True,
       ent=True,
+      entropy_form="paper",       # L_ent: "paper" = -H(mean assignment over prompts);
+                                  # "mutual_information" = -(H(mean assignment) - mean
+                                  # per-token H): also asks each token to pick prompts
       keep_ratio=-1.0,            # rho of the optional (mean(a) - rho)^2 penalty; < 0: off
       keep_ratio_weight=0.0,
   ))
@@ -95,8 +105,15 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=64,
       crop_scale=(0.6, 1.0),      # RandomResizedCrop scale range for training
       hflip=True,                 # random horizontal flip for training
+      # Pixels: x / 255, minus mean, over std, after a resize with resize_method (a PIL
+      # filter: "bilinear", "bicubic", ...). The paper configs preset them per
+      # backbone (PIXEL_PRESETS); with preprocessor="checkpoint" the vision weights'
+      # own preprocessor_config.json, where present, overrides all three at the start
+      # of a run (resolve_preprocessing); "config": these values as they are.
       pixel_mean=(0.5, 0.5, 0.5),
       pixel_std=(0.5, 0.5, 0.5),
+      resize_method="bilinear",
+      preprocessor="checkpoint",
       max_len=32,                 # text tokens including [CLS] and [SEP]
       num_workers=0,              # grain worker processes (0: in the main process)
       num_threads=2,              # decoding threads per process
@@ -236,8 +253,11 @@ BERT_WEIGHTS = "google-bert/bert-base-uncased"
 
 
 def bert_base(max_len: int = 90) -> dict:
+  """BERT-base; dropout 0.1 on the hidden states and the attention probabilities, as
+  HF's bert-base-uncased config (hidden_dropout_prob = attention_probs_dropout_prob =
+  0.1), in training only."""
   return dict(name="bert", vocab_size=0, max_len=max_len, width=768, depth=12,
-              num_heads=12, mlp_dim=3072, dropout=0.0, remat=False, weights=BERT_WEIGHTS)
+              num_heads=12, mlp_dim=3072, dropout=0.1, remat=False, weights=BERT_WEIGHTS)
 
 
 def bigru(max_len: int = 90) -> dict:
@@ -245,6 +265,20 @@ def bigru(max_len: int = 90) -> dict:
   return dict(name="bigru", vocab_size=0, max_len=max_len, word_dim=300, width=1024,
               depth=1, dropout=0.0, weights="")
 
+
+# How each vision backbone's checkpoint wants its pixels (the data.* keys): the
+# values of their Hugging Face image processors. ViT (google/vit-base-patch16-*):
+# mean = std = 0.5; Swin (microsoft/swin-*): the ImageNet statistics; both bicubic
+# (resample=3). A checkpoint's preprocessor_config.json, where present, wins
+# (resolve_preprocessing). BUTD features are not pixels: nothing to set.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PIXEL_PRESETS = {
+    "vit": dict(pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5),
+                resize_method="bicubic"),
+    "swin": dict(pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,
+                 resize_method="bicubic"),
+}
 
 # config argument word -> (vision preset, text preset, K = number of region prompts).
 BACKBONES = {
@@ -259,8 +293,10 @@ BACKBONES = {
 
 def paper_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """method.md defaults for a real data set (batch 128, 30 epochs, backbone lr x 0.1,
-  dev selection), with the backbones named in `arg`: one of BACKBONES (default
-  vit224), plus "smoke" and ablation variants, e.g. "swin384", "butd_bigru,smoke"."""
+  d = 512, dev selection), with the backbones named in `arg`: one of BACKBONES
+  (default vit224), plus "smoke" and ablation variants, e.g. "swin384",
+  "butd_bigru,smoke". Pixels are prepared as the vision checkpoint wants them
+  (PIXEL_PRESETS), smoke included."""
   words = [w.strip() for w in (arg or "").split(",") if w.strip()]
   chosen = [w for w in words if w in BACKBONES]
   if len(chosen) > 1:
@@ -272,6 +308,7 @@ def paper_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   config.model.vision = ml_collections.ConfigDict(vision())
   config.model.text = ml_collections.ConfigDict(text())
   config.model.num_regions = num_regions
+  config.model.embed_dim = 512  # d, method.md (LAPS's joint width)
   precomp = config.model.vision.name == "butd"
   config.data.update(
       name=dataset, root="", max_len=90, num_workers=8,
@@ -280,6 +317,7 @@ def paper_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
       image_dir="flickr30k-images" if dataset == "flickr30k" else "images",
       # Captions are cut with the BERT WordPiece vocabulary (the BiGRU embeds it too).
       tokenizer=BERT_WEIGHTS)
+  config.data.update(PIXEL_PRESETS.get(config.model.vision.name, {}))
   config.eval.protocol = "coco" if dataset == "coco" else "1k"
   if dataset == "coco":
     config.data.test_split = "testall"
@@ -317,10 +355,65 @@ CHOICES = {
     "model.text.name": ("bert", "bigru"),
     "loss.kind": ("triplet", "infonce"),
     "loss.recon": ("mse", "cos"),
+    "loss.entropy_form": ("paper", "mutual_information"),
+    "data.resize_method": ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
+    "data.preprocessor": ("checkpoint", "config"),
     "eval.protocol": ("1k", "coco"),
     "eval.backend": ("auto", "xla", "pallas", "reference"),
     "eval.score_dtype": ("float32", "bfloat16"),
 }
+
+
+def regularizer_scale(value) -> str | float | None:
+  """loss.regularizer_scale -> "batch" or a float >= 0 (a numeric string from the
+  command line counts as its number); None when it is neither."""
+  if value == "batch":
+    return "batch"
+  if isinstance(value, bool):
+    return None
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return None
+  return number if number >= 0 else None
+
+
+def resolve_preprocessing(config: ml_collections.ConfigDict, log=print) -> dict:
+  """With data.preprocessor="checkpoint", sets data.pixel_mean / pixel_std /
+  resize_method (in place) from the vision weights' preprocessor_config.json where
+  the checkpoint has one. -> {key: (old, new)} of what changed.
+
+  A run calls this once, before it builds its input pipeline and update step, so that
+  training, evaluation and the saved config.json agree. Without weights, without the
+  file, or with data.preprocessor="config", nothing changes. A `size` that differs
+  from data.image_size is only reported: the model's input size is the config's.
+  """
+  from gralign_jax import weights  # pylint: disable=g-import-not-at-top
+  from gralign_jax.data import images  # pylint: disable=g-import-not-at-top
+  path = config.model.vision.get("weights", "")
+  if (config.data.preprocessor != "checkpoint" or not path
+      or config.model.vision.name not in PIXEL_PRESETS):
+    return {}
+  folder = weights.resolve(path)
+  found = weights.read_preprocessor_config(folder)
+  if found is None:
+    return {}
+  settings = images.preprocessor_settings(
+      found, os.path.join(folder, weights.PREPROCESSOR_CONFIG))
+  size = settings.pop("image_size", None)
+  if size is not None and size != config.data.image_size:
+    log(f"  note: {folder} was prepared at {size} px; this run feeds "
+        f"data.image_size={config.data.image_size}.")
+  changes = {}
+  for key, value in settings.items():
+    old = config.data[key]
+    if (tuple(old) if isinstance(old, (tuple, list)) else old) != value:
+      changes[f"data.{key}"] = (old, value)
+      config.data[key] = value
+  for key, (old, new) in changes.items():
+    log(f"  {key}: {old!r} -> {new!r} (the vision checkpoint's "
+        f"{weights.PREPROCESSOR_CONFIG})")
+  return changes
 
 
 def _get(config, key: str):
@@ -362,6 +455,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("loss.temperature", "a temperature > 0")
   if config.loss.margin < 0:
     fail("loss.margin", "a margin >= 0")
+  if regularizer_scale(config.loss.regularizer_scale) is None:
+    fail("loss.regularizer_scale", "'batch' or a number >= 0")
+  for key in ("data.pixel_mean", "data.pixel_std"):
+    if len(_get(config, key)) != 3:
+      fail(key, "three values (R, G, B)")
+  if min(config.data.pixel_std) <= 0:
+    fail("data.pixel_std", "values > 0")
   if v.name in ("vit", "swin"):
     if v.image_size % v.patch_size:
       fail("model.vision.image_size", f"a multiple of model.vision.patch_size="

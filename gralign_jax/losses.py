@@ -1,8 +1,8 @@
 """GRM losses (method.md section 5), pure: (scores, encoder outputs, ids) -> (loss, aux).
 
-L = L_con + recon_weight * L_recon + reg_weight * (L_KL + L_ent) [+ keep-ratio penalty]
+L = L_con + s * (recon_weight * L_recon + reg_weight * (L_KL + L_ent) [+ keep-ratio])
 with L_con the weighted contrastive loss over the scores that are on (ori, key, unc,
-or global alone). Conventions settled here:
+or global alone) and s = loss.regularizer_scale. Conventions settled here:
 - triplet: VSE++ hinge in both directions, SUMMED over the batch, so a collapsed model
   (every score equal) sits at exactly 2 x B x margin with hardest negatives, which the
   trainer can detect. `hardest` is a traced bool so the warm-up switch does not
@@ -14,6 +14,18 @@ or global alone). Conventions settled here:
   grow with embed_dim. "cos" is 1 - cos.
 - L_KL is summed over d (the KL of the d-dimensional Gaussian) and averaged over
   regions and images, as in method.md.
+- Regulariser scale. The weights l1 = 0.1, l2 = 0.01 were chosen with InfoNCE, a MEAN
+  over anchors (one term per direction); the triplet is a SUM over the B anchors of
+  both directions, B times larger for the same per-anchor violation. With
+  regularizer_scale "batch" the regularisers are multiplied by B under the triplet
+  (by 1 under InfoNCE), so they weigh the same against L_con per anchor in both; a
+  number is used as it is (1.0: the weights as written).
+- L_ent, entropy_form "paper": minus the entropy of the mean assignment over prompts
+  (every prompt used on average; at its best also when every prompt covers the same
+  tokens). "mutual_information": minus (that entropy minus the mean per-token
+  entropy), the mutual information between tokens and prompts: also asks each token
+  to choose. aux reports per-prompt coverage and the mean per-token entropy either way,
+  so a collapse of the regions is visible.
 """
 from typing import Mapping, Optional
 
@@ -90,18 +102,59 @@ def reconstruction(mu: jax.Array, tokens: jax.Array, mask: jax.Array,
   raise ValueError(f"config.loss.recon must be 'mse' or 'cos', got {kind!r}")
 
 
-def prompt_entropy(assign: jax.Array, mask: jax.Array) -> jax.Array:
-  """assign A_hat (B, Lv, K), mask (B, Lv) -> -mean_b H(p_b).
+def _entropy(p: jax.Array) -> jax.Array:
+  """Entropy over the last axis (0 log 0 = 0)."""
+  return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12)), axis=-1)
 
-  p_b = the mean over valid tokens of each token's assignment normalised over the K
-  prompts: the share of the image each prompt takes. Minimising -H pushes every
-  prompt to be used.
+
+def assignment_stats(assign: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """assign A_hat (B, Lv, K), mask (B, Lv) -> the pieces of L_ent.
+
+  q (B, Lv, K): each token's assignment normalised over the K prompts; p (B, K): its
+  mean over valid tokens (the share of the image each prompt takes); "h_mean" (B,)
+  = H(p_b); "h_token" (B,) = mean over valid tokens of H(q_bl).
   """
   q = assign / jnp.maximum(jnp.sum(assign, axis=-1, keepdims=True), 1e-12)
-  m = mask.astype(jnp.float32)[..., None]
-  p = jnp.sum(q * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)  # (B, K)
-  entropy = -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12)), axis=-1)
-  return -jnp.mean(entropy)
+  m = mask.astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(m, axis=1), 1.0)
+  p = jnp.sum(q * m[..., None], axis=1) / count[:, None]  # (B, K)
+  h_token = jnp.sum(_entropy(q) * m, axis=1) / count
+  return {"p": p, "h_mean": _entropy(p), "h_token": h_token}
+
+
+def prompt_entropy(assign: jax.Array, mask: jax.Array, form: str = "paper") -> jax.Array:
+  """assign A_hat (B, Lv, K), mask (B, Lv) -> L_ent (scalar).
+
+  "paper": -mean_b H(p_b), p_b the mean over valid tokens of each token's assignment
+  normalised over the K prompts. Minimising it pushes every prompt to be used.
+  "mutual_information": -mean_b [H(p_b) - mean_l H(q_bl)]: every prompt used AND each
+  token's assignment sharp, so prompts that all take the same tokens no longer score
+  best (they leave every token's assignment uniform).
+  """
+  stats = assignment_stats(assign, mask)
+  if form == "paper":
+    return -jnp.mean(stats["h_mean"])
+  if form == "mutual_information":
+    return -jnp.mean(stats["h_mean"] - stats["h_token"])
+  raise ValueError(f"config.loss.entropy_form must be 'paper' or 'mutual_information', "
+                   f"got {form!r}")
+
+
+def regularizer_scale(loss_config: ml_collections.ConfigDict,
+                      batch_size: int) -> float:
+  """The factor on the regulariser weights (loss.regularizer_scale, module docstring):
+  "batch" -> batch_size for the triplet (a sum over the batch), 1 for InfoNCE."""
+  value = loss_config.get("regularizer_scale", "batch")
+  if value == "batch":
+    return float(batch_size) if loss_config.kind == "triplet" else 1.0
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    value = -1.0
+  if value < 0:
+    raise ValueError(f"config.loss.regularizer_scale must be 'batch' or a number >= 0, "
+                     f"got {loss_config.regularizer_scale!r}")
+  return value
 
 
 def keep_ratio_penalty(gates: jax.Array, mask: jax.Array, rho: float) -> jax.Array:
@@ -123,11 +176,16 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   hardest: bool scalar, the warm-up switch of the triplet loss.
   txt: GRM.encode_text output, only read by the keep-ratio penalty on text gates.
   Returns (loss, aux): aux has "loss", "l_con", "l_<score>" per score, "l_recon",
-  "l_kl", "l_ent" (when regions are on; reported even if switched off), "l_keep" (when
+  "l_kl", "l_ent" (when regions are on; reported even if switched off),
+  "prompt_coverage" (K,) (mean share of an image each prompt takes; 1/K each when
+  every prompt is used alike), "prompt_coverage_min", "prompt_coverage_max",
+  "assign_entropy" (mean per-token entropy of the assignment over prompts: log K
+  when no token chooses), "reg_scale" (the regularizer_scale applied), "l_keep" (when
   on), "score_spread" (std of the total score matrix), "pos_score", "neg_score".
   """
   cfg = loss_config
   positives = image_ids[:, None] == image_ids[None, :]
+  reg_scale = regularizer_scale(cfg, image_ids.shape[0])
   terms = {}
   for name, s in scores.items():
     if cfg.kind == "triplet":
@@ -146,16 +204,26 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
     aux["l_recon"] = reconstruction(img["region_mu"], img["tokens"], img["mask"],
                                     cfg.recon)
     aux["l_kl"] = kl_divergence(img["region_mu"], img["region_logvar"])
-    aux["l_ent"] = prompt_entropy(img["assign"], img["mask"])
+    aux["l_ent"] = prompt_entropy(img["assign"], img["mask"],
+                                  cfg.get("entropy_form", "paper"))
+    stats = jax.lax.stop_gradient(assignment_stats(img["assign"], img["mask"]))
+    coverage = jnp.mean(stats["p"], axis=0)
+    aux.update(prompt_coverage=coverage, prompt_coverage_min=jnp.min(coverage),
+               prompt_coverage_max=jnp.max(coverage),
+               assign_entropy=jnp.mean(stats["h_token"]))
     reg = (aux["l_kl"] if cfg.kl else 0.0) + (aux["l_ent"] if cfg.ent else 0.0)
-    loss = loss + cfg.recon_weight * aux["l_recon"] + cfg.reg_weight * reg
+    if reg_scale == 1.0:  # the same operations as before the scale existed
+      loss = loss + cfg.recon_weight * aux["l_recon"] + cfg.reg_weight * reg
+    else:
+      loss = loss + reg_scale * (cfg.recon_weight * aux["l_recon"]
+                                 + cfg.reg_weight * reg)
 
   if cfg.keep_ratio >= 0 and cfg.keep_ratio_weight > 0:
     keep = keep_ratio_penalty(img["gates"], img["mask"], cfg.keep_ratio)
     if txt is not None:
       keep = keep + keep_ratio_penalty(txt["gates"], txt["mask"], cfg.keep_ratio)
     aux["l_keep"] = keep
-    loss = loss + cfg.keep_ratio_weight * keep
+    loss = loss + reg_scale * cfg.keep_ratio_weight * keep
 
   # Collapse detection: with every score equal, the spread is 0 and pos == neg.
   total = jax.lax.stop_gradient(similarity.weighted_sum(scores, cfg.weights))
@@ -163,5 +231,6 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   aux["score_spread"] = jnp.std(total)
   aux["pos_score"] = jnp.sum(total * pos) / jnp.maximum(jnp.sum(pos), 1.0)
   aux["neg_score"] = jnp.sum(total * (1 - pos)) / jnp.maximum(jnp.sum(1 - pos), 1.0)
+  aux["reg_scale"] = jnp.float32(reg_scale)
   aux["loss"] = loss
   return loss, aux

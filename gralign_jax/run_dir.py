@@ -146,9 +146,21 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 _ABSENT = "(absent)"
 
 
+# Keys added to the configs after runs were saved without them -> what those runs did
+# (so that resuming one with that value is no change). loss.regularizer_scale: the
+# regularisers were not scaled (1.0); "batch", the new default, would change a triplet
+# run's objective and is refused on resume like any other change.
+BEFORE_THE_KEY_EXISTED = {
+    "data.resize_method": "bilinear", "data.preprocessor": "config",
+    "loss.regularizer_scale": 1.0, "loss.entropy_form": "paper",
+}
+
+
 def config_changes(saved: dict, new: dict) -> dict:
-  """Dotted key -> (saved value, new value) for every key that differs."""
+  """Dotted key -> (saved value, new value) for every key that differs; a key the saved
+  config predates counts with its BEFORE_THE_KEY_EXISTED value."""
   a, b = flatten(saved), flatten(new)
+  a.update({k: v for k, v in BEFORE_THE_KEY_EXISTED.items() if k not in a and k in b})
   return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
           for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 

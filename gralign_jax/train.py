@@ -60,6 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config = ml_collections.ConfigDict(config.to_dict())  # a private, mutable copy
   configs.validate(config)
   run_dir.resolve_paths(config)  # config.json holds the paths as this run sees them
+  configs.resolve_preprocessing(config, log)  # pixels as the vision checkpoint wants
   workdir = paths.resolve(workdir)  # a local folder or gs://bucket/run (paths.py)
   paths.makedirs(workdir)
   with contextlib.ExitStack() as cleanup:
@@ -163,7 +164,8 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     writer.write(step, "dev", m)
     is_best = m["rsum"] > meta["best_rsum"]
     log(f"[dev @ {step}] rSum {m['rsum']:.1f} (i2t R@1 {m['i2t_r1']:.1f}, t2i R@1 "
-        f"{m['t2i_r1']:.1f}){' best so far' if is_best else ''} [{time.time() - t0:.0f}s]")
+        f"{m['t2i_r1']:.1f}){' best so far' if is_best else ''} [{time.time() - t0:.0f}s]"
+        + (f"; {m['nan_scores']} NaN scores, ranked lowest" if m.get("nan_scores") else ""))
     if m["score_std"] < 1e-4:
       log(f"[dev @ {step}] COLLAPSE: every dev score is equal (std {m['score_std']:.1e}); "
           "the model ranks nothing. See README, 'Collapse'.")
@@ -196,9 +198,11 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       if step > watch_from and is_collapsed(aux) and not collapse_reported:
         collapse_reported = True
         aux["collapsed"] = 1
+        reference = (f"; a collapsed triplet sits at 2 x batch x margin = "
+                     f"{2 * config.train.batch_size * config.loss.margin:.1f}"
+                     if config.loss.kind == "triplet" else "")
         log(f"[train @ {step}] COLLAPSE: every score in the batch is equal (spread "
-            f"{aux['score_spread']:.1e}, loss {aux['loss']:.2f}; a collapsed triplet sits "
-            f"at 2 x batch x margin = {2 * config.train.batch_size * config.loss.margin:.1f})."
+            f"{aux['score_spread']:.1e}, contrastive loss {aux['l_con']:.2f}{reference})."
             " See README, 'Collapse'.")
       writer.write(step, "train", aux)
       progress.update(step, aux)

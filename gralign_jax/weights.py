@@ -121,6 +121,22 @@ def read_config(folder: str) -> dict:
     return json.load(f)
 
 
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def read_preprocessor_config(folder: str) -> dict | None:
+  """The checkpoint's preprocessor_config.json (how its images were resized and
+  normalised: image_mean, image_std, resample, size), or None where it has none."""
+  path = os.path.join(folder, PREPROCESSOR_CONFIG)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   import safetensors  # pylint: disable=g-import-not-at-top
   out = {}

@@ -182,3 +182,145 @@ def test_normalize_matches_numpy():
   want = (batch.astype(np.float32) / 255 - np.array(mean)) / np.array(std)
   assert out.dtype == np.float32 and out.shape == (3, 8, 8, 3)
   np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Resize filter and normalisation follow the vision checkpoint (data.resize_method,
+# data.pixel_mean / pixel_std, preprocessor_config.json).
+# ---------------------------------------------------------------------------
+def test_resize_and_crop_take_the_configured_filter():
+  img = _picture()
+  for method, flt in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+    np.testing.assert_array_equal(
+        images.resize(img, 32, method),
+        np.asarray(Image.fromarray(img).resize((32, 32), flt)))
+    out = images.random_resized_crop(img, np.random.default_rng(3), 24, method=method)
+    top, left, h, w = images.sample_crop_box(48, 64, np.random.default_rng(3))
+    want = Image.fromarray(img[top:top + h, left:left + w]).resize((24, 24), flt)
+    np.testing.assert_array_equal(out, np.asarray(want))
+  assert not np.array_equal(images.resize(img, 32, "bicubic"), images.resize(img, 32))
+  with pytest.raises(ValueError, match="resize_method"):
+    images.resize(img, 32, "cubic")
+
+
+# The preprocessor_config.json files of the paper's checkpoints, as the Hub has them
+# (Swin's states resample 3; ViT in21k's leaves it out).
+SWIN_PREPROCESSOR = {"do_normalize": True, "do_resize": True,
+                     "feature_extractor_type": "ViTFeatureExtractor",
+                     "image_mean": [0.485, 0.456, 0.406],
+                     "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 224}
+VIT_PREPROCESSOR = {"do_normalize": True, "do_resize": True,
+                    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                    "size": 224}
+
+
+def test_preprocessor_settings_from_hugging_face_files():
+  assert images.preprocessor_settings(SWIN_PREPROCESSOR) == {
+      "pixel_mean": (0.485, 0.456, 0.406), "pixel_std": (0.229, 0.224, 0.225),
+      "resize_method": "bicubic", "image_size": 224}
+  assert images.preprocessor_settings(VIT_PREPROCESSOR) == {
+      "pixel_mean": (0.5, 0.5, 0.5), "pixel_std": (0.5, 0.5, 0.5), "image_size": 224}
+  assert images.preprocessor_settings(
+      {"resample": 2, "size": {"height": 384, "width": 384}}) == {
+          "resize_method": "bilinear", "image_size": 384}
+  assert images.preprocessor_settings({"do_normalize": False, "image_mean": 0.3}) == {
+      "pixel_mean": (0.0, 0.0, 0.0), "pixel_std": (1.0, 1.0, 1.0)}
+  with pytest.raises(ValueError, match="resample"):
+    images.preprocessor_settings({"resample": 9})
+
+
+def _checkpoint(folder, preprocessor=None):
+  import json
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump({"model_type": "swin"}, f)
+  if preprocessor is not None:
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+      json.dump(preprocessor, f)
+  return str(folder)
+
+
+def test_the_checkpoint_preprocessor_config_wins(tmp_path):
+  from gralign_jax import configs
+  config = configs.paper_config("flickr30k", "swin224")
+  # Something else in the config, to see the file win.
+  config.data.update(pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5),
+                     resize_method="bilinear")
+  config.model.vision.weights = _checkpoint(tmp_path / "swin", SWIN_PREPROCESSOR)
+  notes = []
+  changes = configs.resolve_preprocessing(config, notes.append)
+  assert (config.data.pixel_mean, config.data.pixel_std, config.data.resize_method) == (
+      (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+  assert set(changes) == {"data.pixel_mean", "data.pixel_std", "data.resize_method"}
+  assert len(notes) == 3
+  configs.validate(config)
+  # Again: nothing left to change.
+  assert configs.resolve_preprocessing(config, notes.append) == {}
+  # At 384 the size differs from the file's: only said.
+  config.data.image_size = config.model.vision.image_size = 384
+  configs.resolve_preprocessing(config, notes.append)
+  assert "prepared at 224" in notes[-1]
+
+
+def test_without_a_file_or_with_preprocessor_config_the_presets_stay(tmp_path):
+  from gralign_jax import configs
+  config = configs.paper_config("flickr30k", "vit224")
+  config.model.vision.weights = _checkpoint(tmp_path / "vit")
+  before = config.data.to_dict()
+  assert configs.resolve_preprocessing(config) == {}
+  assert config.data.to_dict() == before
+  config.model.vision.weights = _checkpoint(tmp_path / "swin", SWIN_PREPROCESSOR)
+  config.data.preprocessor = "config"
+  assert configs.resolve_preprocessing(config) == {}
+  assert config.data.to_dict() == dict(before, preprocessor="config")
+  # The demo: no weights, nothing read.
+  demo = configs.base_config()
+  assert configs.resolve_preprocessing(demo) == {}
+
+
+class _FakeSplit:
+  kind, name, num_images, num_captions, captions_per_image = "pixels", "fake", 3, 3, 1
+
+  def __init__(self):
+    self.images = [_picture(40, 56, s) for s in range(3)]
+    self.image_paths = [f"{i}.png" for i in range(3)]
+
+  def load_image(self, i):
+    return self.images[i]
+
+
+def test_the_pipeline_resizes_with_data_resize_method():
+  from gralign_jax import configs
+  from gralign_jax.data import pipeline
+  split = _FakeSplit()
+  for method, flt in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+    config = configs.base_config()
+    config.data.update(image_size=24, resize_method=method, num_workers=0)
+    batch = next(pipeline.eval_image_batches(split, config, batch_size=3))
+    for i in range(3):
+      want = Image.fromarray(split.images[i]).resize((24, 24), flt)
+      np.testing.assert_array_equal(batch["image"][i], np.asarray(want))
+    captions = type("C", (), {"ids": np.zeros((3, 4), np.int32),
+                              "mask": np.ones((3, 4), bool)})()
+    example = pipeline._TrainExample(  # pylint: disable=protected-access
+        split, captions, 24, (0.6, 1.0), False, resize_method=method)
+    out = example(1, np.random.default_rng(5))["image"]
+    want = images.random_resized_crop(split.images[1], np.random.default_rng(5), 24,
+                                      (0.6, 1.0), method=method)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_run_directories_without_resize_method_resize_bilinearly():
+  """A config.json written before data.resize_method existed (retrieval loads those)."""
+  import ml_collections
+
+  from gralign_jax import configs
+  from gralign_jax.data import pipeline
+  d = configs.base_config().to_dict()
+  del d["data"]["resize_method"]
+  config = ml_collections.ConfigDict(d)
+  config.data.update(image_size=24, num_workers=0)
+  split = _FakeSplit()
+  batch = next(pipeline.eval_image_batches(split, config, batch_size=3))
+  want = Image.fromarray(split.images[0]).resize((24, 24), Image.BILINEAR)
+  np.testing.assert_array_equal(batch["image"][0], np.asarray(want))

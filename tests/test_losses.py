@@ -135,6 +135,7 @@ def fake_batch(seed=4, b=8, lv=6, k=3, d=4):
 @pytest.mark.parametrize("kl,ent,hardest", [(True, True, False), (False, True, True),
                                              (True, False, True)])
 def test_grm_loss_combines_terms(kl, ent, hardest):
+  """Triplet with regularizer_scale "batch": the regularisers are scaled by B = 8."""
   cfg = configs.loss_config()
   cfg.kl, cfg.ent = kl, ent
   scores, img = fake_batch()
@@ -146,7 +147,9 @@ def test_grm_loss_combines_terms(kl, ent, hardest):
   reg = (np_kl(mu, lv) if kl else 0) + (np_entropy(a, np.asarray(img["mask"])) if ent
                                         else 0)
   np.testing.assert_allclose(aux["l_con"], con, rtol=1e-5)
-  np.testing.assert_allclose(loss, con + 0.1 * recon + 0.01 * reg, rtol=1e-5)
+  b = len(IDS)
+  np.testing.assert_allclose(loss, con + b * (0.1 * recon + 0.01 * reg), rtol=1e-5)
+  assert float(aux["reg_scale"]) == b
   assert {"loss", "l_con", "l_ori", "l_key", "l_unc", "l_recon", "l_kl", "l_ent",
           "score_spread", "pos_score", "neg_score"} <= set(aux)
   assert "l_keep" not in aux
@@ -169,7 +172,8 @@ def test_grm_loss_collapse_aux_and_variants():
   loss2, aux2 = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(True),
                                 txt)
   np.testing.assert_allclose(aux2["l_keep"], 0.4 ** 2 + 0.3 ** 2, rtol=1e-5)
-  np.testing.assert_allclose(loss2, loss + 2.0 * aux2["l_keep"], rtol=1e-6)
+  # The triplet sums over the batch: the penalty is scaled by B (regularizer_scale).
+  np.testing.assert_allclose(loss2, loss + b * 2.0 * aux2["l_keep"], rtol=1e-6)
   # InfoNCE alternative and the global score.
   cfg.kind = "infonce"
   s = np.random.RandomState(5).randn(b, b)
@@ -187,3 +191,98 @@ def test_grm_loss_grad_finite():
                argnums=(0, 1))(scores, img)
   for leaf in jax.tree.leaves(g):
     assert np.all(np.isfinite(leaf))
+
+
+@pytest.mark.parametrize("kind,scale,want", [
+    ("triplet", "batch", 8.0),     # a sum over the batch: regularisers x B
+    ("infonce", "batch", 1.0),     # a mean over anchors: as chosen on the demo
+    ("triplet", 1.0, 1.0), ("infonce", 3.0, 3.0),
+    ("triplet", "2.5", 2.5),       # a number given on the command line as text
+])
+def test_regularizer_scale(kind, scale, want):
+  cfg = configs.loss_config()
+  cfg.kind, cfg.regularizer_scale = kind, scale
+  cfg.keep_ratio, cfg.keep_ratio_weight = 0.5, 2.0
+  scores, img = fake_batch()
+  loss, aux = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(True))
+  mu, lv, a = (np.asarray(img[k]) for k in ("region_mu", "region_logvar", "assign"))
+  mask = np.asarray(img["mask"])
+  recon = np_recon(mu, np.asarray(img["tokens"]), mask, "mse")
+  reg = np_kl(mu, lv) + np_entropy(a, mask)
+  keep = (np.asarray(img["gates"])[mask].mean() - 0.5) ** 2
+  np.testing.assert_allclose(
+      loss, float(aux["l_con"]) + want * (0.1 * recon + 0.01 * reg + 2.0 * keep),
+      rtol=1e-5)
+  assert float(aux["reg_scale"]) == want
+  assert losses.regularizer_scale(cfg, len(IDS)) == want
+
+
+def test_regularizer_scale_rejects_nonsense():
+  cfg = configs.loss_config()
+  for bad in ("sum", -1.0):
+    cfg.regularizer_scale = bad
+    with pytest.raises(ValueError, match="regularizer_scale"):
+      losses.regularizer_scale(cfg, 8)
+    config = configs.base_config()
+    config.loss.regularizer_scale = bad
+    with pytest.raises(configs.ConfigError, match="regularizer_scale"):
+      configs.validate(config)
+
+
+def np_mutual_information(assign, mask):
+  """-(H(mean assignment) - mean per-token H), per image, averaged: explicit loops."""
+  out = []
+  for i in range(assign.shape[0]):
+    rows = [assign[i, l] / assign[i, l].sum() for l in range(assign.shape[1]) if mask[i, l]]
+    p = np.mean(rows, axis=0)
+    h_mean = -sum(x * math.log(x) for x in p)
+    h_tok = np.mean([-sum(x * math.log(x) for x in q) for q in rows])
+    out.append(h_mean - h_tok)
+  return -np.mean(out)
+
+
+def test_entropy_mutual_information_form_matches_numpy():
+  r = np.random.RandomState(7)
+  assign = r.uniform(0.01, 1, (3, 6, 4))
+  mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]], bool)
+  got = losses.prompt_entropy(jnp.asarray(assign), mask, "mutual_information")
+  np.testing.assert_allclose(got, np_mutual_information(assign, mask), rtol=1e-5)
+  # The default stays the paper form.
+  np.testing.assert_allclose(losses.prompt_entropy(jnp.asarray(assign), mask),
+                             np_entropy(assign, mask), rtol=1e-5)
+  with pytest.raises(ValueError, match="entropy_form"):
+    losses.prompt_entropy(jnp.asarray(assign), mask, "other")
+
+
+def test_entropy_forms_tell_collapsed_regions_apart():
+  """Every prompt on the same tokens (each token's assignment uniform): the paper form
+  is at its best (-log K); the MI form is at its worst (0)."""
+  k = 4
+  same = np.ones((2, 5, k))        # every prompt covers every token alike
+  picked = np.tile(np.eye(k)[None, [0, 1, 2, 3, 0]], (2, 1, 1)) + 1e-9  # one each
+  mask = np.ones((2, 5), bool)
+  paper = lambda a: float(losses.prompt_entropy(jnp.asarray(a), mask, "paper"))
+  mi = lambda a: float(losses.prompt_entropy(jnp.asarray(a), mask, "mutual_information"))
+  assert paper(same) == pytest.approx(-math.log(k), abs=1e-5)
+  assert mi(same) == pytest.approx(0.0, abs=1e-5)
+  assert mi(picked) < -1.0 and paper(picked) > -math.log(k)
+
+
+def test_aux_reports_prompt_coverage_and_token_entropy():
+  cfg = configs.loss_config()
+  scores, img = fake_batch()
+  _, aux = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(True))
+  a, mask = np.asarray(img["assign"]), np.asarray(img["mask"])
+  q = a / a.sum(-1, keepdims=True)
+  coverage = np.mean([q[i][mask[i]].mean(0) for i in range(len(a))], axis=0)
+  h_tok = np.mean([np.mean(-(q[i][mask[i]] * np.log(q[i][mask[i]])).sum(-1))
+                   for i in range(len(a))])
+  np.testing.assert_allclose(aux["prompt_coverage"], coverage, rtol=1e-5)
+  assert aux["prompt_coverage"].shape == (a.shape[-1],)
+  np.testing.assert_allclose(float(aux["prompt_coverage_min"]), coverage.min(), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["prompt_coverage_max"]), coverage.max(), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["assign_entropy"]), h_tok, rtol=1e-5)
+  # The MI form switch reaches grm_loss.
+  cfg.entropy_form = "mutual_information"
+  _, aux_mi = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(True))
+  np.testing.assert_allclose(aux_mi["l_ent"], np_mutual_information(a, mask), rtol=1e-5)

@@ -164,3 +164,56 @@ def test_jit_train_step_batch16(default_model):
     assert any(np.abs(g).sum() > 0 for g in jax.tree.leaves(grads[name])), name
   assert float(aux["loss"]) > float(aux2["loss"]) > 0  # sum over negatives > hardest
   assert time.time() - t0 < 120
+
+
+def test_hard_gates_drop_tokens_at_evaluation_too():
+  """gumbel_hard with gate_mode "scale": evaluation gates are the argmax gate (exactly
+  0/1, as in training), so dropped tokens change S_key; with the soft gates evaluation
+  used before, S_key was S_ori exactly."""
+  cfg = model_cfg(small=True, gumbel_hard=True, gate_mode="scale")
+  model, params = init(cfg)
+  pixels, ids, mask = batch(4, seed=1)
+  img, txt = apply(model, params, pixels, ids, mask, train=False)
+  for gates, valid in ((img["gates"], img["mask"]), (txt["gates"], txt["mask"])):
+    g, m = np.asarray(gates), np.asarray(valid)
+    assert set(np.unique(g[m])) == {0.0, 1.0}, np.unique(g[m])
+    assert np.all(g[~m] == 0)
+  scores = similarity.pair_scores(img, txt, model.config)
+  assert not np.allclose(scores["key"], scores["ori"])
+  # Deterministic: no rng needed, the same twice.
+  again = apply(model, params, pixels, ids, mask, train=False)
+  np.testing.assert_array_equal(again[0]["gates"], img["gates"])
+
+
+def _dropout_text_model(dropout):
+  cfg = model_cfg(small=True)
+  cfg.text.dropout = dropout
+  return init(cfg)
+
+
+def test_bert_dropout_in_training_only_with_reproducible_rngs():
+  """Text dropout (0.1 in the paper rows): applied with train=True, the same for the
+  same rng and different for another; train=False is deterministic and equals the
+  model without dropout."""
+  model, params = _dropout_text_model(0.1)
+  plain, _ = _dropout_text_model(0.0)
+  _, ids, mask = batch(2, seed=2)
+  enc = jax.jit(lambda p, r, train, m=model: m.apply(
+      {"params": p}, ids, mask, train=train, rngs=r, method=grm.GRM.encode_text),
+      static_argnums=2)
+  a = enc(params, train_rngs(1), True)["tokens"]
+  b = enc(params, train_rngs(1), True)["tokens"]
+  c = enc(params, train_rngs(2), True)["tokens"]
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  e1 = enc(params, {}, False)["tokens"]
+  np.testing.assert_array_equal(e1, enc(params, {}, False)["tokens"])
+  e0 = jax.jit(lambda p: plain.apply({"params": p}, ids, mask,
+                                     method=grm.GRM.encode_text))(params)["tokens"]
+  np.testing.assert_allclose(e1, e0, atol=1e-6)
+  assert not np.allclose(a, e1)
+  # Without dropout, training mode (gates aside) gives the evaluation tokens.
+  t0 = jax.jit(lambda p: plain.apply({"params": p}, ids, mask, train=True,
+                                     rngs=train_rngs(1),
+                                     method=grm.GRM.encode_text))(params)["tokens"]
+  np.testing.assert_allclose(t0, e0, atol=1e-6)

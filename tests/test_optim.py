@@ -35,7 +35,7 @@ def params():
 
 
 def test_backbones_get_their_own_learning_rate():
-  assert optim.param_groups(params()) == {
+  assert optim.param_groups(params(), ("vision", "text")) == {
       "vision": {"w": "backbone"}, "text": {"w": "backbone"}, "img_proj": {"w": "head"}}
   p = params()
   grads = jax.tree.map(jnp.ones_like, p)
@@ -69,3 +69,23 @@ def test_gradients_are_clipped_by_global_norm():
   unclipped = two_steps(adamw)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), ours, clipped)
   assert not np.allclose(ours["img_proj"]["w"], unclipped["img_proj"]["w"], rtol=1e-2)
+
+
+def test_only_backbones_that_load_weights_get_the_multiplier():
+  """ViT / Swin / BERT learn at backbone_lr_mult x lr; the BUTD feature MLP and the
+  BiGRU (which never load weights) at lr, like the heads."""
+  assert optim.pretrained_parts(config()) == ("vision", "text")  # ViT + BERT
+  c = config(backbone_lr_mult=0.1)
+  c.model.text = configs.ml_collections.ConfigDict(configs.bigru())
+  assert optim.pretrained_parts(c) == ("vision",)
+  c.model.vision = configs.ml_collections.ConfigDict(configs.butd())
+  assert optim.pretrained_parts(c) == ()
+  p = params()
+  assert optim.param_groups(p, ("vision",)) == {
+      "vision": {"w": "backbone"}, "text": {"w": "head"}, "img_proj": {"w": "head"}}
+  c = config(backbone_lr_mult=0.1)
+  c.model.vision = configs.ml_collections.ConfigDict(configs.butd())
+  tx = optim.make_optimizer(c, steps_per_epoch=10)
+  u, _ = tx.update(jax.tree.map(jnp.ones_like, p), tx.init(p), p)
+  np.testing.assert_allclose(u["vision"]["w"], -1e-3, rtol=1e-4)   # BUTD MLP: lr
+  np.testing.assert_allclose(u["text"]["w"], -1e-4, rtol=1e-4)     # BERT: 0.1 x lr

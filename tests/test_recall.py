@@ -103,6 +103,63 @@ def test_nan_is_never_lucky():
   np.testing.assert_array_equal(recall.t2i_ranks(sims), 2)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16"])
+def test_nan_ground_truth_is_a_miss_in_every_float_dtype(dtype):
+  """A NaN ground-truth score ranks below everything, whatever the float dtype:
+  bfloat16 (an ml_dtypes type, not np.floating) included."""
+  import ml_dtypes
+  dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+  n, cpi = 3, 5
+  sims = np.random.default_rng(0).uniform(0.0, 0.5, (n, n * cpi)).astype(dt)
+  sims[0, :cpi] = np.nan       # image 0: every ground-truth caption NaN
+  sims[2, 2 * cpi] = np.nan    # caption 10's own image (2) scores NaN
+  sims[1, cpi:2 * cpi] = 0.9   # image 1 wins its captions outright
+  i2t, t2i = recall.i2t_ranks(sims, cpi), recall.t2i_ranks(sims, cpi)
+  assert i2t[0] == n * cpi - cpi   # ranked last, never a hit
+  assert i2t[1] == 0
+  assert t2i[2 * cpi] == n - 1     # its NaN image ranks below the other two
+  assert all(t2i[:cpi] == n - 1)
+  got = recall.recall_metrics(sims, cpi)
+  want = recall.recall_metrics(np.where(np.isnan(sims.astype(np.float32)), -np.inf,
+                                        sims.astype(np.float32)), cpi)
+  assert got == want
+  assert recall.count_nan(sims) == cpi + 1
+
+
+def test_count_nan_in_chunks(monkeypatch):
+  import ml_dtypes
+  monkeypatch.setattr(recall, "_CHUNK_ELEMENTS", 16)
+  sims = np.zeros((6, 30), ml_dtypes.bfloat16)
+  sims[[0, 3, 5], [1, 29, 7]] = np.nan
+  assert recall.count_nan(sims) == 3
+  assert recall.count_nan(np.zeros((2, 10), np.int32)) == 0
+
+
+def test_evaluator_reports_nan_scores(monkeypatch):
+  """Evaluator.evaluate says how many scores were NaN, per split and COCO protocol;
+  the printed table mentions them when there are any."""
+  import types
+
+  import ml_dtypes
+
+  from gralign_jax import configs
+  from gralign_jax.evaluation import evaluator as evaluator_lib
+  n, cpi = 10, 5
+  sims = np.random.default_rng(1).normal(size=(n, n * cpi)).astype(ml_dtypes.bfloat16)
+  sims[0, 0] = sims[3, 20] = sims[9, 0] = np.nan  # the last is outside every 1K fold
+  ev = evaluator_lib.Evaluator.__new__(evaluator_lib.Evaluator)
+  ev.config, ev.bad_images = configs.base_config(), 0
+  monkeypatch.setattr(ev, "scores", lambda *a: sims, raising=False)
+  split = types.SimpleNamespace(captions_per_image=cpi)
+  one = ev.evaluate(None, split, None)
+  assert one["nan_scores"] == 3
+  coco = ev.evaluate(None, split, None, "coco")
+  assert coco["test_5k"]["nan_scores"] == 3 and coco["test_1k"]["nan_scores"] == 1
+  table = recall.format_table({"test": one})
+  assert "test: 3 NaN score(s)" in table
+  assert "NaN" not in recall.format_table({"test": dict(one, nan_scores=0)})
+
+
 def test_recalls_medr_meanr():
   n, cpi = 10, 5
   img_rank = np.array([0, 0, 1, 2, 4, 5, 9, 10, 20, 44])

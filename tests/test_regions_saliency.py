@@ -136,3 +136,24 @@ def test_gumbel_hard_frequency_matches_softmax():
   g_soft = jax.grad(lambda h: saliency.gumbel_softmax_keep(keys[0], h, 1.0, False)
                     .sum())(logits)
   np.testing.assert_allclose(g, g_soft, atol=1e-6)
+
+
+def test_hard_gates_at_evaluation_are_the_argmax_gate():
+  """gumbel_hard: evaluation uses the noise-free form of the training gate, exactly 0
+  or 1 (keep iff the keep logit beats the drop logit), 0 at padding."""
+  x = np.random.RandomState(5).randn(4, 9, 6).astype(np.float32)
+  mask = np.ones((4, 9), bool)
+  mask[1, 6:] = False
+  mod = saliency.SaliencyAdapter(hidden=4, hard=True)
+  params = mod.init(jax.random.key(0), x, mask)["params"]
+  a = np.asarray(mod.apply({"params": params}, x, mask))
+  h = np_dense(params["fc2"], np_gelu(np_dense(params["fc1"],
+                                               np_layernorm(params["ln"], x))))
+  want = ((h[..., 0] > h[..., 1]) & mask).astype(np.float32)
+  np.testing.assert_array_equal(a, want)
+  assert set(np.unique(a)) == {0.0, 1.0}  # some tokens kept, some dropped
+  np.testing.assert_array_equal(mod.apply({"params": params}, x, mask), a)
+  # Soft gates keep the softmax at evaluation.
+  soft = saliency.SaliencyAdapter(hidden=4, hard=False)
+  np.testing.assert_allclose(soft.apply({"params": params}, x, mask),
+                             np.exp(h[..., 0]) / np.exp(h).sum(-1) * mask, atol=1e-6)

@@ -100,6 +100,16 @@ def test_config_changes_lists_every_key():
   assert not run_dir.is_safe("model.embed_dim")
 
 
+def test_a_run_saved_before_a_key_existed_resumes_with_what_it_did():
+  saved = {"data": {"image_size": 64}, "loss": {"kind": "triplet"}}
+  same = {"data": {"image_size": 64, "resize_method": "bilinear"},
+          "loss": {"kind": "triplet", "regularizer_scale": 1.0, "entropy_form": "paper"}}
+  assert run_dir.config_changes(saved, same) == {}
+  new = dict(same, loss=dict(same["loss"], regularizer_scale="batch"))
+  assert run_dir.config_changes(saved, new) == {
+      "loss.regularizer_scale": (1.0, "batch")}
+
+
 # ------------------------------------------------------------------------------------
 # 4. A damaged latest checkpoint
 # ------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Training images go through `random_resized_crop` (torchvision's RandomResizedCro
 algorithm) and `hflip`; evaluation images through `resize`. All return uint8 (H, W, 3),
 the cheapest thing to ship to the device, where `normalize` turns them into float inside
 the jitted step.
+
+How pixels are resized (`data.resize_method`, a PIL filter named as in RESAMPLE) and
+normalised (`data.pixel_mean`, `data.pixel_std`) follows the vision checkpoint: the
+paper configs preset them per backbone (configs.PIXEL_PRESETS) and a checkpoint's own
+preprocessor_config.json wins where present (configs.resolve_preprocessing, through
+`preprocessor_settings` here). The demo keeps mean = std = 0.5 and bilinear.
 """
 import io
 import math
@@ -12,6 +18,61 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageFile
+
+
+# data.resize_method -> PIL filter; HF_RESAMPLE: the integer codes of Hugging Face image
+# processors' "resample" (PIL's own enumeration) -> those names.
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
+            "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "box": Image.BOX,
+            "hamming": Image.HAMMING}
+HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box",
+               5: "hamming"}
+
+
+def _filter(method: str):
+  if method not in RESAMPLE:
+    raise ValueError(f"resize method {method!r}: expected one of {sorted(RESAMPLE)} "
+                     "(config.data.resize_method).")
+  return RESAMPLE[method]
+
+
+def preprocessor_settings(preprocessor: dict, where: str = "preprocessor_config.json"
+                          ) -> dict:
+  """A Hugging Face preprocessor_config.json (as a dict) -> the data.* keys it settles.
+
+  Returns a subset of {"pixel_mean", "pixel_std", "resize_method", "image_size"}:
+  only what the file states (image_mean, image_std, resample, size), so that a key it
+  leaves out keeps the config's value. A file with do_normalize false means mean 0 and
+  std 1 (pixels in [0, 1]). `size` is an int, {"height", "width"} or
+  {"shortest_edge"}; only a square size is reported.
+  """
+  out = {}
+  if preprocessor.get("do_normalize", True) is False:
+    out["pixel_mean"], out["pixel_std"] = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  else:
+    for key, name in (("image_mean", "pixel_mean"), ("image_std", "pixel_std")):
+      if key in preprocessor:
+        value = preprocessor[key]
+        value = [value] * 3 if isinstance(value, (int, float)) else list(value)
+        if len(value) != 3:
+          raise ValueError(f"{where}: {key}={preprocessor[key]!r}, expected 3 values "
+                           "(RGB).")
+        out[name] = tuple(float(v) for v in value)
+  if "resample" in preprocessor:
+    code = preprocessor["resample"]
+    if code not in HF_RESAMPLE:
+      raise ValueError(f"{where}: resample={code!r}, expected one of "
+                       f"{sorted(HF_RESAMPLE)} (PIL's filter codes).")
+    out["resize_method"] = HF_RESAMPLE[code]
+  size = preprocessor.get("size")
+  if isinstance(size, dict):
+    if "height" in size and size.get("height") == size.get("width"):
+      out["image_size"] = int(size["height"])
+    elif "shortest_edge" in size:
+      out["image_size"] = int(size["shortest_edge"])
+  elif isinstance(size, int):
+    out["image_size"] = size
+  return out
 
 
 class ImageDecodeError(ValueError):
@@ -103,21 +164,25 @@ def sample_crop_box(height: int, width: int, rng: np.random.Generator,
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
                         scale: Sequence[float] = (0.6, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> np.ndarray:
-  """uint8 (H, W, 3) -> uint8 (size, size, 3): a random crop resized bilinearly."""
+                        ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        method: str = "bilinear") -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (size, size, 3): a random crop resized with `method`
+  (a RESAMPLE name)."""
+  resample = _filter(method)
   top, left, h, w = sample_crop_box(image.shape[0], image.shape[1], rng, scale, ratio)
   # Crop, then resize (as torchvision does): PIL's box= would let the filter reach pixels
   # just outside the crop.
   out = Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w])).resize(
-      (size, size), Image.BILINEAR)
+      (size, size), resample)
   return np.asarray(out, dtype=np.uint8)
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-  """uint8 (H, W, 3) -> uint8 (size, size, 3), bilinear (the evaluation path)."""
+def resize(image: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (size, size, 3) with `method` (the evaluation path)."""
+  resample = _filter(method)
   if image.shape[0] == size and image.shape[1] == size:
     return image
-  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR),
+  return np.asarray(Image.fromarray(image).resize((size, size), resample),
                     dtype=np.uint8)
 
 

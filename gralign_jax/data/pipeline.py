@@ -9,7 +9,8 @@ share of the records (record g goes to host g % process_count).
 Captions are tokenised once, up front, in the main process; images are decoded and
 augmented per record (in grain worker processes when `data.num_workers > 0`).
 Batches leave the pipeline as uint8 images and int32 ids: normalisation happens on the
-device, inside the jitted step, so host-to-device traffic stays small. The same code
+device, inside the jitted step, so host-to-device traffic stays small. Images are resized
+with `data.resize_method` (the vision checkpoint's filter, images.py). The same code
 serves all four formats (readers.py): a "precomp" split yields its float32 (R, D)
 region features in the "image" slot, unaugmented.
 """
@@ -75,6 +76,7 @@ class _TrainExample:
   crop_scale: tuple[float, float]
   hflip: bool
   skip_bad_images: bool = False
+  resize_method: str = "bilinear"
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict:
     cpi, n = self.split.captions_per_image, self.split.num_images
@@ -93,7 +95,8 @@ class _TrainExample:
     c = i * cpi + c % cpi
     if self.split.kind == "pixels":  # region features are used as they are
       image = images_lib.random_resized_crop(image, rng, self.image_size,
-                                             scale=tuple(self.crop_scale))
+                                             scale=tuple(self.crop_scale),
+                                             method=self.resize_method)
       if self.hflip and rng.random() < 0.5:
         image = images_lib.hflip(image)
     return {"image": image, "ids": self.captions.ids[c], "mask": self.captions.mask[c],
@@ -112,6 +115,7 @@ class _EvalImage:
   image_size: int
   skip_bad_images: bool = False
   feature_shape: tuple[int, int] = (36, 2048)
+  resize_method: str = "bilinear"
 
   def __call__(self, index: int) -> dict:
     if index >= self.split.num_images:  # padding of the last global batch (many hosts)
@@ -127,7 +131,7 @@ class _EvalImage:
     elif bad:
       image = np.zeros((self.image_size, self.image_size, 3), np.uint8)
     else:
-      image = images_lib.resize(image, self.image_size)
+      image = images_lib.resize(image, self.image_size, self.resize_method)
     return {"image": image, "index": np.int32(index), "bad_images": np.int32(bad)}
 
 
@@ -144,6 +148,11 @@ class _HostRows:
   def __call__(self, k: int):
     step, row = divmod(int(k), self.local_batch)
     return self.records[step * self.global_batch + self.process * self.local_batch + row]
+
+
+def _resize_method(config: ml_collections.ConfigDict) -> str:
+  # Run directories written before data.resize_method existed resized bilinearly.
+  return str(config.data.get("resize_method", "bilinear"))
 
 
 def _worker_options(config: ml_collections.ConfigDict) -> grain.MultiprocessingOptions:
@@ -178,7 +187,8 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
   # on how many hosts share the stream.
   ds = ds.random_map(_TrainExample(split, captions, config.data.image_size,
                                    tuple(config.data.crop_scale), bool(config.data.hflip),
-                                   bool(config.data.skip_bad_images)), seed=seed)
+                                   bool(config.data.skip_bad_images),
+                                   _resize_method(config)), seed=seed)
   local = global_batch // process_count
   ds = grain.MapDataset.range(len(ds) // global_batch * local).map(
       _HostRows(ds, global_batch, local, jax.process_index()))
@@ -201,7 +211,7 @@ def eval_image_batches(split: readers.Split, config: ml_collections.ConfigDict,
   with index -1, so every host yields the same number of full batches.
   """
   example = _EvalImage(split, config.data.image_size, bool(config.data.skip_bad_images),
-                       tuple(config.data.feature_shape))
+                       tuple(config.data.feature_shape), _resize_method(config))
   if process_count == 1:
     ds = grain.MapDataset.range(split.num_images).map(example).batch(batch_size)
   else:

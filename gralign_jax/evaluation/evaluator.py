@@ -114,15 +114,24 @@ class Evaluator:
     return self.scorer.matrix(imgs, txts)
 
   def evaluate(self, params, split, captions, protocol: str = "1k") -> dict:
-    """Recall metrics; protocol "coco" -> {"test_1k": ..., "test_5k": ...}."""
+    """Recall metrics; protocol "coco" -> {"test_1k": ..., "test_5k": ...}.
+
+    Each result also holds "nan_scores": how many entries of the score matrix were NaN
+    (they rank lowest, recall.py); for "test_1k" the NaNs inside its five folds.
+    """
     sims = self.scores(params, split, captions)
     cpi = split.captions_per_image
     bad = {"bad_images": self.bad_images} if self.config.data.skip_bad_images else {}
     if protocol == "coco":
-      return {k: dict(m, **bad) for k, m in
-              recall.coco_metrics(sims, captions_per_image=cpi).items()}
+      out = {k: dict(m, **bad) for k, m in
+             recall.coco_metrics(sims, captions_per_image=cpi).items()}
+      out["test_5k"]["nan_scores"] = recall.count_nan(sims)
+      out["test_1k"]["nan_scores"] = sum(map(recall.count_nan,
+                                             recall.coco_folds(sims, cpi)))
+      return out
     metrics = recall.recall_metrics(sims, captions_per_image=cpi)
     metrics["score_std"] = float(sims.std())  # ~0 means a collapsed model
+    metrics["nan_scores"] = recall.count_nan(sims)
     return dict(metrics, **bad)
 
 

@@ -6,13 +6,16 @@ captions; caption c belongs to image c // captions_per_image.
 Ties count against the model: an item is ranked below every competitor whose score
 is >= its own. A collapsed model (every score equal) must get the worst possible
 rank, never the lucky one that a sort order could hand it. NaN scores count as the
-lowest possible score for the same reason (a NaN ground truth is ranked last).
+lowest possible score for the same reason (a NaN ground truth is ranked last), in
+every float dtype: float16/32/64 and ml_dtypes' bfloat16 alike (`count_nan` says how
+many there were; the evaluator reports it as "nan_scores").
 
 Everything works on row chunks of `sims`, so a 5000 x 25000 matrix never needs more
 than a small fraction of its own size in temporaries.
 """
 from typing import Mapping
 
+import jax.numpy as jnp
 import numpy as np
 
 _RECALL_KS = (1, 5, 10)
@@ -33,11 +36,41 @@ def _check(sims: np.ndarray, captions_per_image: int) -> np.ndarray:
   return sims
 
 
+def _is_float(dtype) -> bool:
+  """NumPy's floats and the ml_dtypes ones (bfloat16, float8...), which NumPy does not
+  count as np.floating."""
+  return bool(np.issubdtype(dtype, np.floating) or jnp.issubdtype(dtype, jnp.floating))
+
+
 def _low_nan(x: np.ndarray) -> np.ndarray:
-  """NaN -> -inf, so that a NaN score never beats anything (a copy only when needed)."""
-  if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+  """NaN -> -inf, so that a NaN score never beats anything (a copy only when needed).
+
+  ml_dtypes floats (bfloat16) are widened to float32 first (exactly: every bfloat16 is
+  a float32), so the NaN test and the comparisons after it work as for NumPy's own.
+  """
+  if not _is_float(x.dtype):
+    return x
+  if not np.issubdtype(x.dtype, np.floating):
+    x = x.astype(np.float32)
+  if np.isnan(x).any():
     return np.where(np.isnan(x), -np.inf, x)
   return x
+
+
+def count_nan(sims: np.ndarray) -> int:
+  """The number of NaN entries of a score matrix (any dtype), counted chunk by chunk."""
+  sims = np.asarray(sims)
+  if not _is_float(sims.dtype) or sims.size == 0:
+    return 0
+  flat = sims.reshape(sims.shape[0], -1) if sims.ndim > 1 else sims.reshape(1, -1)
+  step = _rows_per_chunk(flat.shape[1])
+  total = 0
+  for s in range(0, flat.shape[0], step):
+    block = flat[s:s + step]
+    if not np.issubdtype(block.dtype, np.floating):
+      block = block.astype(np.float32)
+    total += int(np.isnan(block).sum())
+  return total
 
 
 def _rows_per_chunk(m: int) -> int:
@@ -112,6 +145,20 @@ def recall_metrics(sims: np.ndarray, captions_per_image: int = 5) -> dict[str, f
   return out
 
 
+def coco_folds(sims: np.ndarray, captions_per_image: int = 5,
+               num_folds: int = 5) -> list[np.ndarray]:
+  """The COCO 1K folds of an (N, cpi x N) matrix: fold f is images f*F .. (f+1)*F - 1
+  (F = N / num_folds) against their own captions, as views (no copies)."""
+  sims = _check(sims, captions_per_image)
+  n = sims.shape[0]
+  if num_folds < 1 or n % num_folds:
+    raise ValueError(f"{n} images cannot be split into {num_folds} equal folds; the "
+                     f"COCO 1K protocol needs 5000 images in 5 folds of 1000.")
+  f = n // num_folds
+  c = f * captions_per_image
+  return [sims[i * f:(i + 1) * f, i * c:(i + 1) * c] for i in range(num_folds)]
+
+
 def coco_metrics(sims: np.ndarray, captions_per_image: int = 5,
                  num_folds: int = 5) -> dict[str, dict[str, float]]:
   """MS-COCO protocol: {"test_1k": five-fold mean, "test_5k": whole matrix}.
@@ -122,14 +169,8 @@ def coco_metrics(sims: np.ndarray, captions_per_image: int = 5,
   (rsum included, which equals the sum of the mean recalls).
   """
   sims = _check(sims, captions_per_image)
-  n = sims.shape[0]
-  if num_folds < 1 or n % num_folds:
-    raise ValueError(f"{n} images cannot be split into {num_folds} equal folds; the "
-                     f"COCO 1K protocol needs 5000 images in 5 folds of 1000.")
-  f = n // num_folds
-  c = f * captions_per_image
-  folds = [recall_metrics(sims[i * f:(i + 1) * f, i * c:(i + 1) * c], captions_per_image)
-           for i in range(num_folds)]
+  folds = [recall_metrics(fold, captions_per_image)
+           for fold in coco_folds(sims, captions_per_image, num_folds)]
   test_1k = {k: float(np.mean([fold[k] for fold in folds])) for k in folds[0]}
   return {"test_1k": test_1k, "test_5k": recall_metrics(sims, captions_per_image)}
 
@@ -150,4 +191,8 @@ def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
     cells = [f"{metrics[k]:>{w}.1f}" if k in metrics else f"{'-':>{w}}"
              for (k, _), w in zip(cols, widths)]
     lines.append("  ".join([f"{split:<{name_w}}"] + cells))
+  # NaN scores rank last (a NaN ground truth is a miss): say so where it happened.
+  for split, metrics in results.items():
+    if metrics.get("nan_scores", 0) > 0:
+      lines.append(f"{split}: {int(metrics['nan_scores'])} NaN score(s), ranked lowest")
   return "\n".join(lines)

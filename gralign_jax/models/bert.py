@@ -5,6 +5,12 @@ blocks with the padding mask on the attention keys and exact GELU. Parameters ma
 onto HF's (`hf_name`): word_embeddings, position_embeddings, token_type_embeddings,
 ln_embed <- embeddings.LayerNorm, layer_i <- encoder.layer.i. The position table has
 max_len rows; a 512-row HF table is cut to its first max_len rows when loading.
+
+`dropout` stands for both of HF's hidden_dropout_prob and attention_probs_dropout_prob
+(0.1 each in bert-base, and in the paper configs): it drops the embeddings, the
+attention probabilities and both residual branches of every block, with train=True
+only (the "dropout" rng, which the trainer folds with the step); train=False is
+deterministic.
 """
 import re
 from typing import Any

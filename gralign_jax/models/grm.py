@@ -2,7 +2,8 @@
 region prompts. Scoring lives in similarity.py, losses in losses.py.
 
 Top-level parameter names are fixed, because the trainer gives the backbones their own
-learning rate by name: "vision", "text" (backbones), "img_proj", "txt_proj" (Dense to
+learning rate by name (those that load pretrained weights, `loads_pretrained`):
+"vision", "text" (backbones), "img_proj", "txt_proj" (Dense to
 d = embed_dim), "visual_adapter", "text_adapter" (saliency.py), "regions"
 (regions.py). RNG streams: "gumbel" (adapter noise), "sample" (region noise),
 "dropout". Evaluation (train=False) needs no rng at all.
@@ -61,6 +62,16 @@ def backbone(model_config: ml_collections.ConfigDict, part: str) -> nn.Module:
   cfg = model_config[part]
   return _lookup(registry, cfg.name, f"config.model.{part}.name").from_config(
       cfg, compute_dtype(model_config))
+
+
+def loads_pretrained(model_config: ml_collections.ConfigDict, part: str) -> bool:
+  """Whether config.model.<part>'s backbone is of a kind that starts from pretrained
+  weights: it implements the Hugging Face protocol (weights.py: `hf_name`), as ViT,
+  Swin and BERT do; the BUTD feature MLP and the BiGRU train from scratch. The
+  optimiser gives these backbones train.backbone_lr_mult (optim.py)."""
+  registry = VISION_BACKBONES if part == "vision" else TEXT_BACKBONES
+  cls = _lookup(registry, model_config[part].name, f"config.model.{part}.name")
+  return hasattr(cls, "hf_name")
 
 
 def example_inputs(model_config: ml_collections.ConfigDict,

@@ -3,7 +3,10 @@
 h = W2 . GELU(W1 . LayerNorm(X)) in R^{L x 2} are (keep, drop) logits. In training the
 gate is the keep entry of a Gumbel-softmax sample (temperature tau; optionally
 straight-through hard, i.e. exactly 0 or 1 forward with the soft gradient), drawn with
-the "gumbel" rng. In evaluation it is softmax(h)[keep], deterministic. Padding gets 0.
+the "gumbel" rng. In evaluation it is the deterministic form of what training used:
+softmax(h)[keep] for soft gates; for hard gates the argmax gate, 1 iff the keep logit
+beats the drop logit (the noise-free Gumbel-max), so a token dropped in training is
+dropped in evaluation too. Padding gets 0.
 
 The same module serves both modalities with separate weights (the visual
 "significance-aware" and the textual "granularity-aware" adapter); neither sees the
@@ -49,6 +52,10 @@ class SaliencyAdapter(nn.Module):
     h = nn.Dense(2, dtype=self.dtype, name="fc2")(y).astype(jnp.float32)
     if train:
       a = gumbel_softmax_keep(self.make_rng("gumbel"), h, self.tau, self.hard)
+    elif self.hard:
+      # Soft gates here would never reach 0: with gate_mode "scale" no token would be
+      # dropped and S_key would equal S_ori at evaluation, unlike in training.
+      a = (h[..., 0] > h[..., 1]).astype(jnp.float32)
     else:
       a = jax.nn.softmax(h, axis=-1)[..., 0]
     return jnp.where(mask, a, 0.0)
