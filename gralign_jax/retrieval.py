@@ -23,6 +23,7 @@ gallery.cache_root()/galleries/<run name>-<hash of its path>, and the log says s
 """
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from typing import Callable
@@ -360,10 +361,11 @@ def _start(caption: str, n: int = 40) -> str:
   return caption if len(caption) <= n else caption[:n].rstrip() + "..."
 
 
-def retrieve(run: Run, split: readers.Split, captions: list[str], k: int = 5,
-             log: Log = print) -> dict:
+def retrieve(run: Run, split: "readers.Split | EncodedGallery", captions: list[str],
+             k: int = 5, log: Log = print) -> dict:
   """Top-k images per caption (with the best pair's word alignment) and top-k captions
   per image. Scores are the model's total score (0.4 S_ori + 0.4 S_key + 0.2 S_unc).
+  `split`: the images, or their encode_gallery() (to keep or export the encodings).
 
   Image "index" values are positions in result["images"] (the images retrieved from,
   without the skipped ones). What was skipped, cut or clamped is in "skipped_images",
@@ -384,7 +386,7 @@ def retrieve(run: Run, split: readers.Split, captions: list[str], k: int = 5,
     log(line)
 
   encoded, truncated = _encode(run, captions, note)
-  found = encode_gallery(run, split, note)
+  found = split if isinstance(split, EncodedGallery) else encode_gallery(run, split, note)
   images, split = found.images, found.split
   if split.skipped:
     total = split.num_images + len(split.skipped)
@@ -447,6 +449,26 @@ def _encode(run: Run, captions: list[str], log: Log
         log(f"Caption {m} (\"{_start(captions[m])}\") is {len(ids)} tokens long; the run "
             f"reads at most {max_len} (data.max_len), so the rest is cut.")
   return encoded, truncated
+
+
+def export_gallery(found: EncodedGallery, path: str, step: int) -> str:
+  """The gallery's encodings, for use outside this project, as one .npz: `paths` (N,)
+  the image files in row order, `step` the checkpoint's, and every encoder output as
+  `images.<name>` (N, ...) (bfloat16 widened to float32: .npz has no bfloat16).
+  -> the file written."""
+  arrays = {"paths": np.asarray(found.split.image_paths, dtype=str),
+            "step": np.asarray(step, np.int64)}
+  for name, x in found.images.items():
+    x = np.asarray(x)
+    arrays[f"images.{name}"] = x.astype(np.float32) if x.dtype == jnp.bfloat16 else x
+  out = io.BytesIO()
+  np.savez(out, **arrays)
+  try:
+    paths.write_bytes(path, out.getvalue())
+  except OSError as e:
+    raise RetrievalError(f"Cannot write the gallery export to {path!r} ({_why(e)}); "
+                         "give another --export.") from e
+  return path
 
 
 def write_result(result: dict, path: str | None = None, log: Log = print) -> str:

@@ -442,7 +442,7 @@ def test_command_line_on_read_only_storage_with_bad_files(trained, tmp_path,
                       "the other 3:")
   assert re.fullmatch(rf"{re.escape(workdir)} {_NOT_WRITABLE}; retrieval\.json goes to "
                       rf"{re.escape(out)} instead\.", lines[-2]), lines[-2]
-  assert lines[-1] == f"Written to {out}"
+  assert lines[-1] == f"Written to {out}, {out[:-len('.json')]}.html"
   with open(out) as f:
     result = json.load(f)
   assert sorted(os.path.basename(s["path"]) for s in result["skipped_images"]) == sorted(
