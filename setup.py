@@ -32,7 +32,9 @@ setup(
                  # tests/gcs_emulator.py fits this version's handlers
                  "gcp-storage-emulator==2026.7.19",
                  # drives the system's chromium in tests/test_retrieval_page.py
-                 "playwright>=1.50"],
+                 "playwright>=1.50",
+                 # notebooks/: the .ipynb twins and their runs under nbclient
+                 "jupytext>=1.19", "nbclient>=0.11", "nbformat>=5.10", "ipykernel>=6.29"],
         # --workdir=gs://bucket/run (paths.py reads and writes through fsspec's gcsfs)
         "cloud": ["gcsfs>=2025.3"],
         # config.data.format="tfds" (reads array_record; TensorFlow is not needed)
