@@ -1,0 +1,149 @@
+"""The ablation table on the synthetic set: what each GRM component buys, over seeds.
+
+  python benchmarks/ablation.py                      # the whole grid, then the table
+  python benchmarks/ablation.py --variants=grm,ori --seeds=0,1,2
+  python benchmarks/ablation.py --table_only         # the table from the runs so far
+
+Each (variant, seed) is one demo run (experiments/configs/demo.py:VARIANT, config.seed
+= SEED; the data set is the same for all) in RUNS/VARIANT-sSEED, with the demo's
+training time (--config.train.max_train_seconds, evaluations excluded), so a cheaper
+variant gets more steps, as in the README's demo table. A run whose results.json exists
+is not run again, so the grid may be filled over several sittings; a run stopped
+half-way resumes from its checkpoint. The table (test rSum mean and sample standard
+deviation over seeds, dev rSum, steps) goes to benchmarks/ablation.md and .json,
+with the machine and versions.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (variant, what it removes): the paper's ablation rows (method.md section 6).
+VARIANTS = (
+    ("grm", "full GRM"),
+    ("no_visual_adapter", "without the visual saliency adapter"),
+    ("no_text_adapter", "without the text saliency adapter"),
+    ("no_regions", "without region prompts (no S_unc)"),
+    ("no_uncertainty", "without uncertainty (regions as points)"),
+    ("scale_gates", "gates only scale tokens (the literal form)"),
+    ("ori", "S_ori only (no adapters, no regions)"),
+    ("global", "global mean-pooled cosine (VSE baseline)"),
+)
+DEMO_SECONDS = 460  # the demo's training time on the CI machine kind (README)
+
+
+def _run(variant: str, seed: int, workdir: str, args) -> None:
+  cmd = [sys.executable, "-m", "experiments.demo",
+         f"--config=experiments/configs/demo.py:{variant}{',smoke' if args.smoke else ''}",
+         f"--config.seed={seed}", f"--workdir={workdir}"]
+  if args.seconds > 0:
+    cmd += ["--config.train.num_steps=100000",
+            f"--config.train.max_train_seconds={args.seconds}"]
+  if args.data_root:
+    cmd.append(f"--config.data.root={args.data_root}")
+  log = os.path.join(os.path.dirname(workdir), f"{os.path.basename(workdir)}.log")
+  print(f"[ablation] {variant} seed {seed} -> {workdir} (log {log})", flush=True)
+  t0 = time.time()
+  with open(log, "a") as f:
+    subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=True)
+  print(f"[ablation]   done in {time.time() - t0:.0f} s", flush=True)
+
+
+def _record(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  steps = 0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if r.get("split") == "train":
+        steps = max(steps, int(r["step"]))
+  return {"test_rsum": results["test"]["rsum"], "dev_rsum": results["dev"]["rsum"],
+          "best_step": results.get("best_step"), "steps": steps}
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+  mean = statistics.fmean(values)
+  return mean, (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def table(runs_dir: str, variants, seeds) -> tuple[dict, str]:
+  """-> ({variant: {"seeds": {seed: record}, ...}}, the Markdown table)."""
+  rows, lines = {}, [
+      "| variant | what it removes | seeds | test rSum (mean +- sd) | dev rSum | steps |",
+      "|---|---|---|---|---|---|"]
+  for variant, what in variants:
+    got = {s: r for s in seeds
+           if (r := _record(os.path.join(runs_dir, f"{variant}-s{s}"))) is not None}
+    rows[variant] = {"what": what, "seeds": got}
+    if not got:
+      lines.append(f"| `{variant}` | {what} | 0 | not run | | |")
+      continue
+    test, sd = _stats([r["test_rsum"] for r in got.values()])
+    dev, _ = _stats([r["dev_rsum"] for r in got.values()])
+    steps, _ = _stats([r["steps"] for r in got.values()])
+    rows[variant].update(test_mean=test, test_sd=sd, dev_mean=dev, steps_mean=steps)
+    lines.append(f"| `{variant}` | {what} | {len(got)} | {test:.1f} +- {sd:.1f} | "
+                 f"{dev:.1f} | {steps:.0f} |")
+  return rows, "\n".join(lines)
+
+
+def _machine() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return (f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"{jax.devices()[0].platform}; Python {platform.python_version()}, "
+          f"JAX {jax.__version__}; {time.strftime('%Y-%m-%d')}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--variants", default=",".join(v for v, _ in VARIANTS))
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--runs", default=os.path.join(REPO, "runs", "ablation"))
+  parser.add_argument("--seconds", type=float, default=DEMO_SECONDS,
+                      help="training time per run (0: the config's own num_steps)")
+  parser.add_argument("--data_root", default="", help="the synthetic set's folder")
+  parser.add_argument("--smoke", action="store_true", help="tiny runs (tests)")
+  parser.add_argument("--table_only", action="store_true")
+  parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "ablation"),
+                      help="writes OUT.md and OUT.json")
+  args = parser.parse_args()
+  known = dict(VARIANTS)
+  names = [v.strip() for v in args.variants.split(",") if v.strip()]
+  unknown = [v for v in names if v not in known]
+  if unknown:
+    sys.exit(f"Error: --variants: unknown {unknown}; expected some of {list(known)}.")
+  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  variants = [(v, known[v]) for v in names]
+  os.makedirs(args.runs, exist_ok=True)
+  if not args.table_only:
+    for seed in seeds:  # seed-major: a partial grid has every variant at seed 0 first
+      for variant, _ in variants:
+        workdir = os.path.join(args.runs, f"{variant}-s{seed}")
+        if _record(workdir) is None:
+          _run(variant, seed, workdir, args)
+  rows, markdown = table(args.runs, variants, seeds)
+  header = (f"Synthetic scenes set, {args.seconds:.0f} s of training per run "
+            f"(evaluations excluded), seeds {seeds}. Machine: {_machine()}.\n\n")
+  with open(args.out + ".md", "w") as f:
+    f.write(header + markdown + "\n")
+  with open(args.out + ".json", "w") as f:
+    json.dump({"seconds": args.seconds, "seeds": seeds, "machine": _machine(),
+               "rows": rows}, f, indent=1)
+  print(header + markdown)
+
+
+if __name__ == "__main__":
+  main()
