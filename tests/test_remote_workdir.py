@@ -17,6 +17,7 @@ import pytest
 
 from gralign_jax import paths
 from gralign_jax import run_dir
+from test_distributed import _free_port, final_params
 from test_train import kill_after_mid_run_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +25,6 @@ BUCKET = "gralign-test"
 FLAGS = ["--config=experiments/configs/demo.py:smoke", "--config.train.num_steps=12",
          "--config.train.ckpt_every=3", "--config.train.log_every=3",
          "--config.eval.every_steps=6"]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +119,6 @@ def _run(workdir, root, **popen):
 
 
 def _params(workdir):
-  from test_distributed import final_params  # pylint: disable=g-import-not-at-top
   return final_params(workdir, listdir=_fresh)
 
 
