@@ -5,13 +5,16 @@
   python benchmarks/ablation.py --table_only         # the table from the runs so far
 
 Each (variant, seed) is one demo run (experiments/configs/demo.py:VARIANT, config.seed
-= SEED; the data set is the same for all) in RUNS/VARIANT-sSEED, with the demo's
-training time (--config.train.max_train_seconds, evaluations excluded), so a cheaper
-variant gets more steps, as in the README's demo table. A run whose results.json exists
-is not run again, so the grid may be filled over several sittings; a run stopped
-half-way resumes from its checkpoint. The table (test rSum mean and sample standard
-deviation over seeds, dev rSum, steps) goes to benchmarks/ablation.md and .json,
-with the machine and versions.
+= SEED; the data set is the same for all) in RUNS/VARIANT-sSEED, with the demo's budget:
+its 1,200 steps, the same for every variant, as the paper's ablation trains every row
+for the same epochs. A step budget also makes each figure independent of what else
+the machine runs (--seconds=S gives each run S seconds of training instead, so a cheaper
+variant gets more steps, as in the README's demo table). A run whose results.json
+exists is not run again, so the grid may be filled over several sittings; a run stopped
+half-way resumes from its checkpoint. Two tables (test rSum mean and sample standard
+deviation over seeds, dev rSum, steps): the paper's ablation rows, and the adapters'
+gate form (method.md section 2, issue 12 item 9). They go to benchmarks/ablation.md
+and .json, with the machine and versions.
 """
 import argparse
 import json
@@ -35,7 +38,13 @@ VARIANTS = (
     ("ori", "S_ori only (no adapters, no regions)"),
     ("global", "global mean-pooled cosine (VSE baseline)"),
 )
-DEMO_SECONDS = 460  # the demo's training time on the CI machine kind (README)
+# The adapters' gate form in training (evaluation uses its noise-free form).
+GATE_FORMS = (
+    ("grm", "soft Gumbel-softmax at tau 1 (the default)"),
+    ("tau_anneal", "soft Gumbel-softmax, tau annealed 1 -> 0.1"),
+    ("hard_gates", "straight-through hard Gumbel (0/1 gates)"),
+)
+TABLES = (("The ablation rows", VARIANTS), ("The gate form", GATE_FORMS))
 
 
 def _run(variant: str, seed: int, workdir: str, args) -> None:
@@ -82,7 +91,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def table(runs_dir: str, variants, seeds) -> tuple[dict, str]:
   """-> ({variant: {"seeds": {seed: record}, ...}}, the Markdown table)."""
   rows, lines = {}, [
-      "| variant | what it removes | seeds | test rSum (mean +- sd) | dev rSum | steps |",
+      "| variant | what it is | seeds | test rSum (mean +- sd) | dev rSum | steps |",
       "|---|---|---|---|---|---|"]
   for variant, what in variants:
     got = {s: r for s in seeds
@@ -109,10 +118,11 @@ def _machine() -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--variants", default=",".join(v for v, _ in VARIANTS))
+  known = {v: what for _, rows in TABLES for v, what in rows}
+  parser.add_argument("--variants", default=",".join(known))
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--runs", default=os.path.join(REPO, "runs", "ablation"))
-  parser.add_argument("--seconds", type=float, default=DEMO_SECONDS,
+  parser.add_argument("--seconds", type=float, default=0,
                       help="training time per run (0: the config's own num_steps)")
   parser.add_argument("--data_root", default="", help="the synthetic set's folder")
   parser.add_argument("--smoke", action="store_true", help="tiny runs (tests)")
@@ -120,29 +130,36 @@ def main() -> None:
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "ablation"),
                       help="writes OUT.md and OUT.json")
   args = parser.parse_args()
-  known = dict(VARIANTS)
   names = [v.strip() for v in args.variants.split(",") if v.strip()]
   unknown = [v for v in names if v not in known]
   if unknown:
     sys.exit(f"Error: --variants: unknown {unknown}; expected some of {list(known)}.")
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-  variants = [(v, known[v]) for v in names]
   os.makedirs(args.runs, exist_ok=True)
   if not args.table_only:
     for seed in seeds:  # seed-major: a partial grid has every variant at seed 0 first
-      for variant, _ in variants:
+      for variant in names:
         workdir = os.path.join(args.runs, f"{variant}-s{seed}")
         if _record(workdir) is None:
           _run(variant, seed, workdir, args)
-  rows, markdown = table(args.runs, variants, seeds)
-  header = (f"Synthetic scenes set, {args.seconds:.0f} s of training per run "
-            f"(evaluations excluded), seeds {seeds}. Machine: {_machine()}.\n\n")
+  rows, markdown = {}, []
+  for title, variants in TABLES:
+    chosen = [(v, what) for v, what in variants if v in names]
+    if chosen:
+      got, md = table(args.runs, chosen, seeds)
+      rows.update(got)
+      markdown.append(f"### {title}\n\n{md}")
+  budget = (f"{args.seconds:.0f} s of training per run (evaluations excluded)"
+            if args.seconds > 0 else "the config's own steps per run")
+  header = (f"Synthetic scenes set, {budget}, seeds {seeds}. "
+            f"Machine: {_machine()}.\n\n")
+  text = header + "\n\n".join(markdown) + "\n"
   with open(args.out + ".md", "w") as f:
-    f.write(header + markdown + "\n")
+    f.write(text)
   with open(args.out + ".json", "w") as f:
     json.dump({"seconds": args.seconds, "seeds": seeds, "machine": _machine(),
                "rows": rows}, f, indent=1)
-  print(header + markdown)
+  print(text, end="")
 
 
 if __name__ == "__main__":

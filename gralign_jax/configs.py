@@ -37,7 +37,8 @@ def model_config() -> ml_collections.ConfigDict:
       visual_adapter=True,
       text_adapter=True,
       adapter_hidden=128,         # width of W1
-      gumbel_tau=1.0,
+      gumbel_tau=1.0,             # the adapters' Gumbel-softmax temperature at step 0,
+      gumbel_tau_final=1.0,       # annealed geometrically to this at the last step
       gumbel_hard=False,          # straight-through hard Gumbel
       gate_mode="weight",         # "weight": gates weight the aggregation; "scale": only
                                   # scale the tokens (literal paper form; cosine-inert)
@@ -171,6 +172,8 @@ VARIANTS = {
     "no_regions": {"model.regions": False},
     "no_uncertainty": {"model.uncertainty": False},
     "scale_gates": {"model.gate_mode": "scale"},
+    "tau_anneal": {"model.gumbel_tau_final": 0.1},    # soft gates, tau 1 -> 0.1
+    "hard_gates": {"model.gumbel_hard": True},        # straight-through hard Gumbel
     "no_recon": {"loss.recon_weight": 0.0},
     "no_kl": {"loss.kl": False},
     "no_ent": {"loss.ent": False},
@@ -447,8 +450,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("train.backbone_lr_mult", "a value >= 0")
   if m.score == "grm" and m.regions and m.num_regions < 1:
     fail("model.num_regions", "K >= 1 region prompts (or model.regions=False)")
-  if m.gumbel_tau <= 0:
-    fail("model.gumbel_tau", "a temperature > 0")
+  for key in ("gumbel_tau", "gumbel_tau_final"):
+    if m[key] <= 0:
+      fail(f"model.{key}", "a temperature > 0")
   if len(m.score_weights) != 3 or min(m.score_weights) < 0:
     fail("model.score_weights", "three weights >= 0 (ori, key, unc)")
   if config.loss.kind == "infonce" and config.loss.temperature <= 0:

@@ -88,7 +88,8 @@ def load_run(workdir: str, which: str = "best", log: Log = print) -> Run:
   if not paths.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: expected the run directory of a "
                             "training run (python -m experiments.demo --workdir=...).")
-  config = ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+  config = ml_collections.ConfigDict(
+      run_dir.with_keys_it_predates(json.loads(paths.read_text(path))))
   model = grm.build_model(config.model)
   mesh = sharding.make_mesh()
   like = train.abstract_state(model, optim.make_optimizer(config, 1), config, mesh)

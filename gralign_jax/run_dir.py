@@ -153,7 +153,21 @@ _ABSENT = "(absent)"
 BEFORE_THE_KEY_EXISTED = {
     "data.resize_method": "bilinear", "data.preprocessor": "config",
     "loss.regularizer_scale": 1.0, "loss.entropy_form": "paper",
+    "model.gumbel_tau_final": 1.0,
 }
+
+
+def with_keys_it_predates(saved: dict) -> dict:
+  """A saved config (nested dict) with every BEFORE_THE_KEY_EXISTED key it lacks set to
+  that value, so a run saved before a key existed loads as it trained."""
+  out = json.loads(json.dumps(saved))
+  for key, value in BEFORE_THE_KEY_EXISTED.items():
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node.setdefault(leaf, value)
+  return out
 
 
 def config_changes(saved: dict, new: dict) -> dict:

@@ -29,6 +29,7 @@ from gralign_jax.data import pipeline
 from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import recall
 from gralign_jax.models import grm
+from gralign_jax.models import saliency
 from gralign_jax.models import similarity
 
 
@@ -134,7 +135,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   state = create_state(model, tx, config, mesh, log)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   log(f"Model: {n_params / 1e6:.2f}M parameters, score={config.model.score}")
-  train_step = make_train_step(model, tx, config, mesh, hard_from)
+  train_step = make_train_step(model, tx, config, mesh, hard_from, total_steps)
 
   # ---------------------------------------------------------------- checkpoint and resume
   batches = pipeline.train_iterator(splits["train"], captions["train"], config,
@@ -292,22 +293,27 @@ def abstract_state(model, tx, config: ml_collections.ConfigDict, mesh) -> dict:
                       jax.eval_shape(init, jax.random.PRNGKey(config.seed)))
 
 
-def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_from: int):
+def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_from: int,
+                    total_steps: int | None = None):
   """(state, batch) -> (state, aux), jitted, state donated, batch split over 'data'.
 
   batch: image uint8 (B, S, S, 3), ids int32 (B, L), mask bool (B, L), image_id (B,).
-  Hardest negatives switch on at step `hard_from` without recompiling.
+  Hardest negatives switch on at step `hard_from` and the adapters' Gumbel temperature
+  follows its schedule over `total_steps` (default train.num_steps), without recompiling.
   """
+  total_steps = config.train.num_steps if total_steps is None else total_steps
   mean, std = config.data.pixel_mean, config.data.pixel_std
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     rngs = dict(zip(("gumbel", "sample", "dropout"), jax.random.split(rng, 3)))
+    tau = saliency.gumbel_tau_at(state["step"], config.model.gumbel_tau,
+                                 config.model.gumbel_tau_final, total_steps)
     pixels = images_lib.model_input(batch["image"], mean, std)  # precomp: features
 
     def loss_fn(params):
       img, txt = model.apply({"params": params}, pixels, batch["ids"], batch["mask"],
-                             train=True, rngs=rngs)
+                             train=True, gumbel_tau=tau, rngs=rngs)
       scores = similarity.pair_scores(img, txt, config.model)
       return losses.grm_loss(scores, img, batch["image_id"], config.loss,
                              hardest=state["step"] >= hard_from, txt=txt)

@@ -16,11 +16,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_the_grid_runs_each_seed_once_and_tables_mean_and_spread(smoke_root, tmp_path):
   runs, out = tmp_path / "runs", tmp_path / "ablation"
   cmd = [sys.executable, "benchmarks/ablation.py", "--smoke", "--seconds=0",
-         "--variants=grm,global", "--seeds=0,1", f"--runs={runs}", f"--out={out}",
+         "--variants=grm,tau_anneal", "--seeds=0,1", f"--runs={runs}", f"--out={out}",
          f"--data_root={smoke_root}"]
   subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
   table = json.loads((tmp_path / "ablation.json").read_text())
-  for variant in ("grm", "global"):
+  for variant in ("grm", "tau_anneal"):
     tests = []
     for seed in (0, 1):
       with open(runs / f"{variant}-s{seed}" / "results.json") as f:
@@ -31,7 +31,10 @@ def test_the_grid_runs_each_seed_once_and_tables_mean_and_spread(smoke_root, tmp
     assert row["test_sd"] == pytest.approx(statistics.stdev(tests))
   seeds = table["rows"]["grm"]["seeds"]
   assert seeds["0"] != seeds["1"]  # the seed reaches the run
-  assert "| `grm` | full GRM | 2 |" in (tmp_path / "ablation.md").read_text()
+  md = (tmp_path / "ablation.md").read_text()
+  ablation, gates = md.split("### The gate form")
+  assert "| `grm` | full GRM | 2 |" in ablation and "tau_anneal" not in ablation
+  assert "| `tau_anneal` | soft Gumbel-softmax, tau annealed 1 -> 0.1 | 2 |" in gates
 
   logs = {p: os.path.getsize(p) for p in runs.glob("*.log")}
   again = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)

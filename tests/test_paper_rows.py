@@ -44,6 +44,7 @@ COMMON = {
     "model.visual_adapter": True,
     "model.text_adapter": True,
     "model.gumbel_tau": 1.0,
+    "model.gumbel_tau_final": 1.0,
     "model.gumbel_hard": False,
     "model.gate_mode": "weight",
     "model.regions": True,

@@ -157,3 +157,43 @@ def test_hard_gates_at_evaluation_are_the_argmax_gate():
   soft = saliency.SaliencyAdapter(hidden=4, hard=False)
   np.testing.assert_allclose(soft.apply({"params": params}, x, mask),
                              np.exp(h[..., 0]) / np.exp(h).sum(-1) * mask, atol=1e-6)
+
+
+def test_gumbel_tau_schedule_is_geometric_then_held():
+  taus = [float(saliency.gumbel_tau_at(s, 1.0, 0.1, 100)) for s in (0, 50, 100, 150)]
+  np.testing.assert_allclose(taus, [1.0, 0.1 ** 0.5, 0.1, 0.1], rtol=1e-6)
+  # tau_final == tau (the default) is a constant temperature, exactly.
+  assert {float(saliency.gumbel_tau_at(s, 0.7, 0.7, 100)) for s in (0, 37, 100)} == {
+      np.float32(0.7)}
+
+
+def test_annealed_adapter_trains_at_the_step_tau_and_evaluates_at_the_final_one():
+  """Training: softmax((h + g) / tau_step)[keep] with the step's tau passed in, g the
+  Gumbel noise of the "gumbel" rng; evaluation: softmax(h / tau_final)[keep]."""
+  x, mask = adapter_inputs()
+  mod = saliency.SaliencyAdapter(hidden=4, tau=0.3)
+  params = mod.init(jax.random.key(0), x, mask)["params"]
+  h = np_dense(params["fc2"], np_gelu(np_dense(params["fc1"],
+                                               np_layernorm(params["ln"], x))))
+  rng = jax.random.key(4)
+  tau_step = 0.4
+  a = np.asarray(mod.apply({"params": params}, x, mask, train=True, tau=tau_step,
+                           rngs={"gumbel": rng}))
+  # The same rng gives the same noise g, so the gate's log-odds times tau,
+  # (h + g)[keep] - (h + g)[drop], does not depend on tau: compare two temperatures.
+  b = np.asarray(mod.apply({"params": params}, x, mask, train=True, tau=1.0,
+                           rngs={"gumbel": rng}))
+  # Without a step tau, training uses the module's own (final) temperature.
+  c = np.asarray(mod.apply({"params": params}, x, mask, train=True,
+                           rngs={"gumbel": rng}))
+  logit = lambda p: np.log(p) - np.log1p(-p)
+  m = mask.copy()
+  for gate in (a, b, c):  # where no float32 gate has saturated
+    m &= (gate > 1e-5) & (gate < 1 - 1e-5)
+  assert m.sum() >= 8
+  np.testing.assert_allclose(logit(a[m]) * tau_step, logit(b[m]), rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(logit(c[m]) * 0.3, logit(b[m]), rtol=2e-3, atol=2e-3)
+  e = np.asarray(mod.apply({"params": params}, x, mask))
+  z = h / 0.3
+  want = 1 / (1 + np.exp(z[..., 1] - z[..., 0]))
+  np.testing.assert_allclose(e, want * mask, atol=1e-6)

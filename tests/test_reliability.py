@@ -110,6 +110,15 @@ def test_a_run_saved_before_a_key_existed_resumes_with_what_it_did():
       "loss.regularizer_scale": (1.0, "batch")}
 
 
+def test_a_saved_config_loads_with_the_values_of_the_keys_it_predates():
+  saved = {"model": {"gumbel_tau": 1.0}, "loss": {"entropy_form": "mi"}}
+  full = run_dir.with_keys_it_predates(saved)
+  assert full["model"] == {"gumbel_tau": 1.0, "gumbel_tau_final": 1.0}
+  assert full["loss"]["entropy_form"] == "mi"  # a saved value is kept
+  assert full["data"]["resize_method"] == "bilinear"
+  assert saved == {"model": {"gumbel_tau": 1.0}, "loss": {"entropy_form": "mi"}}
+
+
 # ------------------------------------------------------------------------------------
 # 4. A damaged latest checkpoint
 # ------------------------------------------------------------------------------------

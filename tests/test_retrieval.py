@@ -54,6 +54,25 @@ def trained(smoke_root, tmp_path_factory):
   return workdir, datasets.read_split(config, "test"), results
 
 
+def test_a_run_saved_before_the_annealed_tau_existed_loads_as_it_trained(trained,
+                                                                          tmp_path):
+  workdir, test, _ = trained
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old)
+  with open(os.path.join(old, "config.json")) as f:
+    saved = json.load(f)
+  del saved["model"]["gumbel_tau_final"]
+  with open(os.path.join(old, "config.json"), "w") as f:
+    json.dump(saved, f)
+  run = retrieval.load_run(old)
+  assert run.config.model.gumbel_tau_final == 1.0
+  split = retrieval.gallery_split(list(test.image_paths)[:4])
+  got = retrieval.retrieve(run, split, list(test.captions)[:3], k=3)
+  want = retrieval.retrieve(retrieval.load_run(workdir), split,
+                            list(test.captions)[:3], k=3)
+  assert got["captions_to_images"] == want["captions_to_images"]
+
+
 def test_retrieval_reproduces_the_runs_test_recall(trained):
   workdir, test, results = trained
   run = retrieval.load_run(workdir)

@@ -114,7 +114,7 @@ class GRM(nn.Module):
     self.txt_proj = nn.Dense(cfg.embed_dim, dtype=dtype)
     # The global (VSE) baseline is the mean-pooled cosine: no adapters, no regions.
     fine = cfg.score == "grm"
-    adapter = lambda: saliency.SaliencyAdapter(cfg.adapter_hidden, cfg.gumbel_tau,
+    adapter = lambda: saliency.SaliencyAdapter(cfg.adapter_hidden, cfg.gumbel_tau_final,
                                                cfg.gumbel_hard, dtype)
     if fine and cfg.visual_adapter:
       self.visual_adapter = adapter()
@@ -127,8 +127,11 @@ class GRM(nn.Module):
   def _fine(self) -> bool:
     return self.config.score == "grm"
 
-  def encode_image(self, pixels: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+  def encode_image(self, pixels: jax.Array, train: bool = False,
+                   gumbel_tau: jax.Array | None = None) -> dict[str, jax.Array]:
     """pixels (B, H, W, 3) float32, normalised (or BUTD features (B, R, F)) -> dict.
+
+    gumbel_tau: the step's adapter temperature in training (None: model.gumbel_tau_final).
 
     "tokens" V (B, Lv, d) projected, not normalised, compute dtype; "mask" (B, Lv)
     bool; "gates" a_v (B, Lv) float32 (ones when the visual adapter is off); "global"
@@ -140,7 +143,7 @@ class GRM(nn.Module):
     mask = jnp.ones(v.shape[:2], bool)  # a ViT has no padding
     out = {"tokens": v, "mask": mask, "global": masked_mean(v, mask)}
     if self._fine() and cfg.visual_adapter:
-      out["gates"] = self.visual_adapter(v, mask, train=train)
+      out["gates"] = self.visual_adapter(v, mask, train=train, tau=gumbel_tau)
     else:
       out["gates"] = mask.astype(jnp.float32)
     if self._fine() and cfg.regions:
@@ -148,9 +151,9 @@ class GRM(nn.Module):
       out.update(self.regions(v_hat, mask, train=train))
     return out
 
-  def encode_text(self, ids: jax.Array, mask: jax.Array,
-                  train: bool = False) -> dict[str, jax.Array]:
-    """ids (B, L) int32, mask (B, L) bool -> dict.
+  def encode_text(self, ids: jax.Array, mask: jax.Array, train: bool = False,
+                  gumbel_tau: jax.Array | None = None) -> dict[str, jax.Array]:
+    """ids (B, L) int32, mask (B, L) bool -> dict (gumbel_tau as encode_image).
 
     "tokens" T (B, L, d) compute dtype; "mask" (B, L) bool; "gates" a_t (B, L) float32,
     0 at padding (mask as float when the text adapter is off); "global" (B, d) float32.
@@ -159,15 +162,17 @@ class GRM(nn.Module):
     t = self.txt_proj(self.text(ids, mask, train=train))
     out = {"tokens": t, "mask": mask, "global": masked_mean(t, mask)}
     if self._fine() and self.config.text_adapter:
-      out["gates"] = self.text_adapter(t, mask, train=train)
+      out["gates"] = self.text_adapter(t, mask, train=train, tau=gumbel_tau)
     else:
       out["gates"] = mask.astype(jnp.float32)
     return out
 
   def __call__(self, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
-               train: bool = False) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+               train: bool = False, gumbel_tau: jax.Array | None = None
+               ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Both encoders (used for init and training): (img_dict, txt_dict)."""
-    return self.encode_image(pixels, train), self.encode_text(ids, mask, train)
+    return (self.encode_image(pixels, train, gumbel_tau),
+            self.encode_text(ids, mask, train, gumbel_tau))
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> GRM:
