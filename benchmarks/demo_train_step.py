@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from experiments.configs import demo
+from gralign_jax import configs
 from gralign_jax import optim
 from gralign_jax import sharding
 from gralign_jax import train
@@ -36,12 +37,12 @@ def time_step(arg, overrides, repeats: int) -> float:
     for p in path:
       node = node[p]
     node[leaf] = value
-  config.model.text.vocab_size = 120
+  configs.finalize(config, vocab_size=120)
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=312)
   mesh = sharding.make_mesh(jax.devices()[:1])
   state = train.create_state(model, tx, config, mesh)
-  step = train.make_train_step(model, tx, config, mesh, hard_from=0)
+  step = train.make_train_step(model, tx, config, mesh)
   rng = np.random.default_rng(0)
   b, s, l = config.train.batch_size, config.data.image_size, config.data.max_len
   batch = sharding.global_batch({

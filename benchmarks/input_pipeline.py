@@ -23,6 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.configs import demo  # pylint: disable=wrong-import-position
+from gralign_jax import configs  # pylint: disable=wrong-import-position
 from gralign_jax.data import pipeline  # pylint: disable=wrong-import-position
 from gralign_jax.data import readers  # pylint: disable=wrong-import-position
 from gralign_jax.data import writers  # pylint: disable=wrong-import-position
@@ -94,7 +95,9 @@ def main():
                  rate(lambda i: psplit.load_image(i % (4 * n)), 4 * n)))
 
     config = demo.get_config("smoke")
-    config.data.update(image_size=224, num_workers=args.workers, crop_scale=(0.6, 1.0))
+    config.model.vision.image_size = 224  # data.image_size follows (finalize)
+    config.data.update(num_workers=args.workers, crop_scale=(0.6, 1.0))
+    configs.finalize(config)
     config.train.batch_size = 32
     it = pipeline.train_iterator(split, caps, config, seed=0)
     for _ in range(6):  # workers started, prefetch buffers drained: steady state next

@@ -5,7 +5,7 @@ Straightforward on purpose: image x caption blocks, one float32 cosine tensor
 (bi, bt, L_t, L_v) per block through NumPy's matmul (BLAS), masked maxima both ways,
 S_ori, S_key (gate-weighted means) and S_unc (text tokens against the K regions), then
 0.4 S_ori + 0.4 S_key + 0.2 S_unc. Written from method.md, not from the engine, so
-that it also cross-checks the engine (scoring.py --check).
+that it also cross-checks the engine (benchmarks/scoring.py --check).
 """
 import numpy as np
 

@@ -29,8 +29,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from gralign_jax import configs  # pylint: disable=wrong-import-position
-from gralign_jax.evaluation import pallas_scoring  # pylint: disable=wrong-import-position
-from gralign_jax.evaluation import scorer  # pylint: disable=wrong-import-position
+from gralign_jax.scores import pallas_kernels  # pylint: disable=wrong-import-position
+from gralign_jax.scores import scorer  # pylint: disable=wrong-import-position
 
 SHAPES = {  # n images, m captions, visual tokens, text tokens, d, K regions
     "coco5k": dict(n=5000, m=25000, lv=197, lt=32, d=512, k=5),
@@ -84,13 +84,13 @@ def versions() -> dict:
   return out
 
 
-def kernel_params(spec: str) -> pallas_scoring.KernelParams:
+def kernel_params(spec: str) -> pallas_kernels.KernelParams:
   """'tile_texts=4,num_warps=8' -> KernelParams (other fields default)."""
   kw = {}
   for item in filter(None, spec.split(",")):
     key, value = item.split("=")
     kw[key] = value.lower() in ("1", "true") if key == "reshape_reduce" else int(value)
-  return pallas_scoring.KernelParams(**kw)
+  return pallas_kernels.KernelParams(**kw)
 
 
 def main():
@@ -138,7 +138,6 @@ def main():
     if key not in prepared:  # prepared once per layout: 10 s of host NumPy at COCO 5K
       prepared[key] = sc.prepare(images, texts)
     img, txt = prepared[key]
-    sc.bind(img)
     prep = time.perf_counter() - t0
     name = f"{sc.backend} {args.dtype} {spec}".strip()
     try:

@@ -18,9 +18,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from gralign_jax import configs  # pylint: disable=wrong-import-position
-from gralign_jax.evaluation import pallas_scoring as ps  # pylint: disable=wrong-import-position
-from gralign_jax.evaluation import scorer  # pylint: disable=wrong-import-position
-from gralign_jax.models import similarity  # pylint: disable=wrong-import-position
+from gralign_jax.scores import pallas_kernels as ps  # pylint: disable=wrong-import-position
+from gralign_jax.scores import scorer  # pylint: disable=wrong-import-position
+from gralign_jax.scores import similarity  # pylint: disable=wrong-import-position
 
 TILINGS = [ps.KernelParams(), ps.KernelParams(reshape_reduce=True),
            ps.KernelParams(tile_texts=2, tile_images=2, max_chunk=64),

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.configs import common
+
 from gralign_jax import configs
 from gralign_jax import optim
 from gralign_jax import sharding
@@ -39,17 +41,17 @@ def matmul_rate(dtype, n: int, repeats: int = 10) -> float:
 
 
 def build(backbone: str, batch: int, dtype: str, remat: bool):
-  config = configs.paper_config("coco", backbone)
+  config = common.paper_config("coco", backbone)
   config.model.vision.weights = config.model.text.weights = ""
   config.model.compute_dtype = dtype
   config.model.vision.remat = config.model.text.remat = remat
-  config.model.text.vocab_size = 30522
   config.train.batch_size = batch
+  configs.finalize(config, vocab_size=30522)  # BERT's WordPiece vocabulary
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=1000)
   mesh = sharding.make_mesh(jax.devices()[:1])
   state = train.create_state(model, tx, config, mesh, log=lambda *_: None)
-  step = train.make_train_step(model, tx, config, mesh, hard_from=0)
+  step = train.make_train_step(model, tx, config, mesh)
   image = grm.example_inputs(config.model, config.data.max_len)[0]
   rng = np.random.default_rng(0)
   L = config.data.max_len
@@ -85,7 +87,7 @@ def measure(backbone, batch, dtype, remat, repeats):
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--backbone", default="vit224", choices=sorted(configs.BACKBONES))
+  parser.add_argument("--backbone", default="vit224", choices=sorted(common.BACKBONES))
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--repeats", type=int, default=5)

@@ -6,17 +6,17 @@
   python -m experiments.export_check --programs=score_pallas --smoke
   python -m experiments.export_check --tpu_compile=v5e:2x2 --platforms=tpu
 
-Per configuration (configs.BACKBONES, through experiments/configs/<dataset>.py, random
+Per configuration (common.BACKBONES, through experiments/configs/<dataset>.py, random
 init: no weights are read, and only shapes exist, never the parameters) and platform:
 
   train_step     train.make_train_step: the update at train.batch_size (128), bf16
                  compute, the batch split over the mesh
   encode_images  the evaluator's jitted image encoder (eval.batch_size images)
   encode_texts   the evaluator's jitted caption encoder
-  score_xla      the evaluator's score program (scoring.py's sharded blocks) with
-                 engine.xla_scores, the portable path, at the test split's size
+  score_xla      the evaluator's score program (blockwise.py's sharded blocks) with
+                 fused.xla_scores, the portable path, at the test split's size
   score_pallas   the same with the fused kernel for the platform: Triton for cuda,
-                 Mosaic (pallas_scoring.TpuKernelParams) for tpu
+                 Mosaic (pallas_kernels.TpuKernelParams) for tpu
 
 "Lowered" means traced and turned into StableHLO for the platform, Pallas kernels
 lowered to Triton IR or Mosaic; nothing is compiled for cuda here (XLA:GPU and the
@@ -43,15 +43,16 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from jax import export  # noqa: E402
 
+from experiments.configs import common  # noqa: E402
 from gralign_jax import configs  # noqa: E402
 from gralign_jax import optim  # noqa: E402
 from gralign_jax import sharding  # noqa: E402
 from gralign_jax import train  # noqa: E402
 from gralign_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
-from gralign_jax.evaluation import pallas_scoring  # noqa: E402
-from gralign_jax.evaluation import scorer as scorer_lib  # noqa: E402
-from gralign_jax.evaluation import scoring  # noqa: E402
 from gralign_jax.models import grm  # noqa: E402
+from gralign_jax.scores import blockwise  # noqa: E402
+from gralign_jax.scores import pallas_kernels  # noqa: E402
+from gralign_jax.scores import scorer as scorer_lib  # noqa: E402
 
 PROGRAMS = ("train_step", "encode_images", "encode_texts", "score_xla", "score_pallas")
 PLATFORMS = ("tpu", "cuda")
@@ -69,14 +70,12 @@ KERNEL_CALL = {"tpu": "tpu_custom_call", "cuda": TRITON_CALL}
 def build_config(dataset: str, backbone: str, *, smoke: bool = False,
                  batch: int = 128, dtype: str = "bfloat16"):
   """A paper config with random init (weights ""), bf16 compute, batch `batch`."""
-  config = configs.paper_config(dataset, backbone + (",smoke" if smoke else ""))
+  config = common.paper_config(dataset, backbone + (",smoke" if smoke else ""))
   config.model.vision.weights = config.model.text.weights = ""
   config.model.compute_dtype = dtype
-  if config.model.text.vocab_size <= 0:
-    config.model.text.vocab_size = 30522  # BERT's WordPiece vocabulary
   config.train.batch_size = batch
   config.eval.backend = "xla"  # the evaluator's own scorer is not used here
-  return config
+  return configs.finalize(config, vocab_size=30522)  # BERT's WordPiece vocabulary
 
 
 def _spec(shape, dtype, sharding_):
@@ -100,7 +99,7 @@ def programs(config, mesh, platform: str, dataset: str, score_dtype: str) -> dic
             "mask": _spec((n, lt), jnp.bool_, data),
             "image_id": _spec((n,), jnp.int32, data)}
 
-  out = {"train_step": (train.make_train_step(model, tx, config, mesh, hard_from=0),
+  out = {"train_step": (train.make_train_step(model, tx, config, mesh),
                         (state, batch(config.train.batch_size)))}
   ev = evaluator_lib.Evaluator(model, config, mesh)
   # The evaluator's jitted encoders (what Evaluator.encode_images / encode_texts call).
@@ -113,7 +112,7 @@ def programs(config, mesh, platform: str, dataset: str, score_dtype: str) -> dic
   txt = jax.eval_shape(enc_t, state["params"], b["ids"], b["mask"])
   n, n_dev = TEST_IMAGES[dataset], mesh.devices.size
   m = 5 * n
-  kernel = pallas_scoring.default_params("tpu" if platform == "tpu" else "gpu")
+  kernel = pallas_kernels.default_params("tpu" if platform == "tpu" else "gpu")
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
   one = lambda tree: {k: np.zeros((1,) + v.shape[1:], v.dtype) for k, v in tree.items()}
   for name, backend in (("score_xla", "xla"), ("score_pallas", "pallas")):
@@ -128,9 +127,9 @@ def programs(config, mesh, platform: str, dataset: str, score_dtype: str) -> dic
     n_pad = -(-n // (n_dev * bi)) * n_dev * bi
     images = {k: _spec((n_pad,) + v.shape[1:], v.dtype, rows) for k, v in pi.items()}
     texts = {k: _spec((bt,) + v.shape[1:], v.dtype, rep) for k, v in pt.items()}
-    # The program Scorer.matrix runs per text block (scoring.score_matrix).
-    key = scoring._FnKey(sc.score_fn)  # pylint: disable=protected-access
-    out[name] = (scoring._matrix_program(key, mesh, bi),  # pylint: disable=protected-access
+    # The program Scorer.matrix runs per text block (blockwise.score_matrix).
+    key = blockwise._FnKey(sc.score_fn)  # pylint: disable=protected-access
+    out[name] = (blockwise._matrix_program(key, mesh, bi),  # pylint: disable=protected-access
                  (images, texts))
   return out
 
@@ -256,8 +255,8 @@ def markdown(rows: list[dict], header: list[str]) -> str:
 
 _DATASET = flags.DEFINE_enum("dataset", "coco", ["coco", "flickr30k"],
                              "experiments/configs/<dataset>.py")
-_CONFIGS = flags.DEFINE_list("configs", list(configs.BACKBONES),
-                             f"Backbone arguments, of {list(configs.BACKBONES)}.")
+_CONFIGS = flags.DEFINE_list("configs", list(common.BACKBONES),
+                             f"Backbone arguments, of {list(common.BACKBONES)}.")
 _PLATFORMS = flags.DEFINE_list("platforms", list(PLATFORMS), "tpu and/or cuda.")
 _PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), f"Of {list(PROGRAMS)}.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "The configs' smoke size (tiny encoders).")
@@ -276,12 +275,12 @@ _OUT = flags.DEFINE_string("out", "benchmarks/export_check", "Writes OUT.json an
 
 def main(argv):
   del argv
-  bad = ([c for c in _CONFIGS.value if c not in configs.BACKBONES] +
+  bad = ([c for c in _CONFIGS.value if c not in common.BACKBONES] +
          [p for p in _PLATFORMS.value if p not in PLATFORMS] +
          [p for p in _PROGRAMS.value if p not in PROGRAMS])
   if bad:
     sys.exit(f"Unknown --configs/--platforms/--programs value(s) {bad}; expected "
-             f"{list(configs.BACKBONES)}, {list(PLATFORMS)}, {list(PROGRAMS)}.")
+             f"{list(common.BACKBONES)}, {list(PLATFORMS)}, {list(PROGRAMS)}.")
   command = " ".join(["python -m experiments.export_check"] + sys.argv[1:])
   print(command)
   print(f"jax {jax.__version__}, {os.cpu_count()} CPU cores, {len(jax.devices())} "

@@ -45,6 +45,11 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
+  from gralign_jax import configs  # pylint: disable=g-import-not-at-top
+  try:
+    configs.finalize(config)  # the image size and lengths the run would use
+  except configs.ConfigError as e:
+    sys.exit(f"Error: {e}")
   from gralign_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from gralign_jax.data import inspect  # pylint: disable=g-import-not-at-top
   # What a data set can get wrong (missing or unreadable files, bad content, a reader

@@ -1,12 +1,19 @@
-"""Shared config pieces: every experiment config starts from `base_config()`.
+"""The config schema: every experiment config starts from `base_config()`.
 
 Field names here are the contract between the configs, the model (models/grm.py), the
 losses (losses.py), the input pipeline (data/) and the trainer (train.py). Every open
 point of method.md is a field with its default; docs in-line say what each switch does.
+Presets, ablation variants and `smoke` are experiments/configs/common.py's.
+
+`finalize(config)` runs when a run starts, after the command line's overrides: it
+derives every value that must agree with another (so no one sets two fields to keep
+them equal) and validates the result.
 """
 import os
 
 import ml_collections
+
+from gralign_jax import logs
 
 
 def vit_tiny(image_size: int = 64) -> ml_collections.ConfigDict:
@@ -84,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Everything a run needs; experiment configs override pieces of it."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.finalized = False        # set by finalize(): the derived values are in place
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic",           # "synthetic", "flickr30k" or "coco"
       root="",                    # data set folder
@@ -94,7 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
                                   # "tfds" (a TFDS-prepared coco_captions, array_record)
       image_dir="images",         # image folder under root ("flickr30k-images" for F30K)
       karpathy_json="",           # file name under root for format "karpathy"
-      feature_shape=(36, 2048),   # format "precomp": (regions, dims) of {split}_ims.npy
+      feature_shape=(36, 2048),   # format "precomp": (regions, dims) of {split}_ims.npy;
+                                  # derived: the BUTD backbone's sizes (finalize)
       tfds_name="coco_captions",  # format "tfds": the data set under a TFDS data_dir
       skip_bad_images=False,      # True: an unreadable image is warned about, passed over
                                   # (train) or zeroed (eval), and counted in metrics
@@ -103,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
                                   # end (data/image_check.py): a truncated or unreadable
                                   # file is found in seconds, not when first sampled
       tokenizer="",               # HF tokenizer folder; "" = <root>/tokenizer
-      image_size=64,
+      image_size=64,              # derived: model.vision.image_size (finalize)
       crop_scale=(0.6, 1.0),      # RandomResizedCrop scale range for training
       hflip=True,                 # random horizontal flip for training
       # Pixels: x / 255, minus mean, over std, after a resize with resize_method (a PIL
@@ -160,187 +169,6 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-# Ablations (method.md section 6) as named config edits: `config.py:global`,
-# `config.py:ori,smoke`. Each entry sets dotted keys.
-VARIANTS = {
-    "grm": {},
-    "global": {"model.score": "global"},              # the VSE mean-pooled baseline
-    "ori": {"model.visual_adapter": False, "model.text_adapter": False,
-            "model.regions": False},                  # CHAN/LAPS-style max-mean only
-    "no_visual_adapter": {"model.visual_adapter": False},
-    "no_text_adapter": {"model.text_adapter": False},
-    "no_regions": {"model.regions": False},
-    "no_uncertainty": {"model.uncertainty": False},
-    "scale_gates": {"model.gate_mode": "scale"},
-    "tau_anneal": {"model.gumbel_tau_final": 0.1},    # soft gates, tau 1 -> 0.1
-    "hard_gates": {"model.gumbel_hard": True},        # straight-through hard Gumbel
-    "no_recon": {"loss.recon_weight": 0.0},
-    "no_kl": {"loss.kl": False},
-    "no_ent": {"loss.ent": False},
-    "infonce": {"loss.kind": "infonce"},
-    "triplet": {"loss.kind": "triplet"},
-}
-
-
-def parse_arg(arg: str | None) -> list[str]:
-  """'smoke,global' -> ['smoke', 'global']; unknown words are errors."""
-  words = [w.strip() for w in (arg or "").split(",") if w.strip()]
-  unknown = [w for w in words if w != "smoke" and w not in VARIANTS]
-  if unknown:
-    raise ValueError(f"Unknown config argument(s) {unknown}; expected 'smoke' and/or one "
-                     f"of {sorted(VARIANTS)}.")
-  return words
-
-
-def apply_variants(config: ml_collections.ConfigDict, words: list[str]):
-  for word in words:
-    for key, value in VARIANTS.get(word, {}).items():
-      node = config
-      *path, leaf = key.split(".")
-      for p in path:
-        node = node[p]
-      node[leaf] = value
-  return config
-
-
-def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks a config to a seconds-long run: tiny encoders, a few steps, small evals."""
-  vision, text = config.model.vision, config.model.text
-  if vision.name == "vit":
-    vision.update(width=32, depth=1, num_heads=2, mlp_dim=64)
-  elif vision.name == "swin":
-    vision.update(embed_dim=16, depths=(1, 1), num_heads=(2, 2), window_size=4)
-  elif vision.name == "butd":
-    vision.update(num_regions=6, feature_dim=64, width=32)
-  if text.name == "bert":
-    text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
-  elif text.name == "bigru":
-    text.update(word_dim=16, width=32)
-  config.model.update(embed_dim=32, adapter_hidden=16, logvar_hidden=32)
-  config.model.num_regions = min(config.model.num_regions, 4)
-  config.train.update(batch_size=16, num_steps=4, log_every=2, ckpt_every=2)
-  config.eval.update(every_steps=4, block_images=8, block_texts=32, batch_size=16)
-  return config
-
-
-# ---------------------------------------------------------------------------
-# The paper's backbones (method.md section 1). `weights` is a Hugging Face checkpoint:
-# a folder (config.json + model.safetensors), a HF cache folder, or a model id already
-# in the local HF cache; "" starts from random init. Nothing is downloaded.
-# ---------------------------------------------------------------------------
-def vit_b16(image_size: int = 224) -> dict:
-  """ViT-B/16; at 384 the in21k checkpoint's 14x14 position grid is resized to 24x24."""
-  return dict(name="vit", image_size=image_size, patch_size=16, width=768, depth=12,
-              num_heads=12, mlp_dim=3072, dropout=0.0, remat=False,
-              weights="google/vit-base-patch16-224-in21k" if image_size == 224
-              else "google/vit-base-patch16-384")
-
-
-def swin_b(image_size: int = 224) -> dict:
-  """Swin-B: window 7 at 224, 12 at 384 (ImageNet-22k checkpoints)."""
-  window = 12 if image_size == 384 else 7
-  return dict(name="swin", image_size=image_size, patch_size=4, embed_dim=128,
-              depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=window,
-              mlp_ratio=4.0, dropout=0.0, attention_dropout=0.0, drop_path=0.1,
-              remat=False,
-              weights=f"microsoft/swin-base-patch4-window{window}-{image_size}-in22k")
-
-
-def butd(num_regions: int = 36) -> dict:
-  """Precomputed bottom-up-attention region features (data.format "precomp")."""
-  return dict(name="butd", num_regions=num_regions, feature_dim=2048, width=1024,
-              mlp=True, dropout=0.0, weights="")
-
-
-BERT_WEIGHTS = "google-bert/bert-base-uncased"
-
-
-def bert_base(max_len: int = 90) -> dict:
-  """BERT-base; dropout 0.1 on the hidden states and the attention probabilities, as
-  HF's bert-base-uncased config (hidden_dropout_prob = attention_probs_dropout_prob =
-  0.1), in training only."""
-  return dict(name="bert", vocab_size=0, max_len=max_len, width=768, depth=12,
-              num_heads=12, mlp_dim=3072, dropout=0.1, remat=False, weights=BERT_WEIGHTS)
-
-
-def bigru(max_len: int = 90) -> dict:
-  """VSE-infinity's text GRU: 300-d word embeddings, 1 bidirectional layer of 1024."""
-  return dict(name="bigru", vocab_size=0, max_len=max_len, word_dim=300, width=1024,
-              depth=1, dropout=0.0, weights="")
-
-
-# How each vision backbone's checkpoint wants its pixels (the data.* keys): the
-# values of their Hugging Face image processors. ViT (google/vit-base-patch16-*):
-# mean = std = 0.5; Swin (microsoft/swin-*): the ImageNet statistics; both bicubic
-# (resample=3). A checkpoint's preprocessor_config.json, where present, wins
-# (resolve_preprocessing). BUTD features are not pixels: nothing to set.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PIXEL_PRESETS = {
-    "vit": dict(pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5),
-                resize_method="bicubic"),
-    "swin": dict(pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,
-                 resize_method="bicubic"),
-}
-
-# config argument word -> (vision preset, text preset, K = number of region prompts).
-BACKBONES = {
-    "vit224": (lambda: vit_b16(224), bert_base, 5),
-    "vit384": (lambda: vit_b16(384), bert_base, 5),
-    "swin224": (lambda: swin_b(224), bert_base, 50),
-    "swin384": (lambda: swin_b(384), bert_base, 50),
-    "butd_bigru": (butd, bigru, 5),
-    "butd_bert": (butd, bert_base, 5),
-}
-
-
-def paper_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """method.md defaults for a real data set (batch 128, 30 epochs, backbone lr x 0.1,
-  d = 512, dev selection), with the backbones named in `arg`: one of BACKBONES
-  (default vit224), plus "smoke" and ablation variants, e.g. "swin384",
-  "butd_bigru,smoke". Pixels are prepared as the vision checkpoint wants them
-  (PIXEL_PRESETS), smoke included."""
-  words = [w.strip() for w in (arg or "").split(",") if w.strip()]
-  chosen = [w for w in words if w in BACKBONES]
-  if len(chosen) > 1:
-    raise ValueError(f"Config argument names two backbones {chosen}; pick one of "
-                     f"{sorted(BACKBONES)}.")
-  words = parse_arg(",".join(w for w in words if w not in BACKBONES))
-  vision, text, num_regions = BACKBONES[chosen[0] if chosen else "vit224"]
-  config = base_config()
-  config.model.vision = ml_collections.ConfigDict(vision())
-  config.model.text = ml_collections.ConfigDict(text())
-  config.model.num_regions = num_regions
-  config.model.embed_dim = 512  # d, method.md (LAPS's joint width)
-  precomp = config.model.vision.name == "butd"
-  config.data.update(
-      name=dataset, root="", max_len=90, num_workers=8,
-      format="precomp" if precomp else "laps",
-      image_size=config.model.vision.get("image_size", 224),
-      image_dir="flickr30k-images" if dataset == "flickr30k" else "images",
-      # Captions are cut with the BERT WordPiece vocabulary (the BiGRU embeds it too).
-      tokenizer=BERT_WEIGHTS)
-  config.data.update(PIXEL_PRESETS.get(config.model.vision.name, {}))
-  config.eval.protocol = "coco" if dataset == "coco" else "1k"
-  if dataset == "coco":
-    config.data.test_split = "testall"
-  apply_variants(config, words)
-  if "smoke" in words:
-    smoke(config)
-    # Random init, 32 px images, 16 tokens: runs anywhere, downloads nothing.
-    config.model.vision.weights = config.model.text.weights = ""
-    config.data.update(image_size=32, max_len=16, num_workers=0, tokenizer="")
-    config.model.text.max_len = 16
-    if config.model.vision.name in ("vit", "swin"):
-      config.model.vision.image_size = 32
-    if config.model.vision.name == "vit":
-      config.model.vision.patch_size = 8
-  if config.model.vision.name == "butd":
-    config.data.feature_shape = (config.model.vision.num_regions,
-                                 config.model.vision.feature_dim)
-  return config
-
-
 # ---------------------------------------------------------------------------
 # Validation: every value checked before anything is built or written.
 # ---------------------------------------------------------------------------
@@ -381,7 +209,7 @@ def regularizer_scale(value) -> str | float | None:
   return number if number >= 0 else None
 
 
-def resolve_preprocessing(config: ml_collections.ConfigDict, log=print) -> dict:
+def resolve_preprocessing(config: ml_collections.ConfigDict, log: logs.Log = logs.info) -> dict:
   """With data.preprocessor="checkpoint", sets data.pixel_mean / pixel_std /
   resize_method (in place) from the vision weights' preprocessor_config.json where
   the checkpoint has one. -> {key: (old, new)} of what changed.
@@ -395,7 +223,7 @@ def resolve_preprocessing(config: ml_collections.ConfigDict, log=print) -> dict:
   from gralign_jax.data import images  # pylint: disable=g-import-not-at-top
   path = config.model.vision.get("weights", "")
   if (config.data.preprocessor != "checkpoint" or not path
-      or config.model.vision.name not in PIXEL_PRESETS):
+      or config.model.vision.name == "butd"):  # features, not pixels
     return {}
   folder = weights.resolve(path)
   found = weights.read_preprocessor_config(folder)
@@ -466,17 +294,63 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(key, "three values (R, G, B)")
   if min(config.data.pixel_std) <= 0:
     fail("data.pixel_std", "values > 0")
-  if v.name in ("vit", "swin"):
-    if v.image_size % v.patch_size:
-      fail("model.vision.image_size", f"a multiple of model.vision.patch_size="
-           f"{v.patch_size}")
-    if config.data.image_size != v.image_size:
-      fail("data.image_size", f"model.vision.image_size={v.image_size} (the images fed "
-           "to the vision encoder)")
-  if v.name == "butd" and tuple(config.data.feature_shape) != (v.num_regions,
-                                                               v.feature_dim):
-    fail("data.feature_shape", f"(model.vision.num_regions, model.vision.feature_dim) = "
-         f"({v.num_regions}, {v.feature_dim})")
+  if v.name in ("vit", "swin") and v.image_size % v.patch_size:
+    fail("model.vision.image_size", f"a multiple of model.vision.patch_size="
+         f"{v.patch_size}")
   if config.data.max_len > m.text.max_len:
     fail("data.max_len", f"at most the text encoder's position table, "
          f"model.text.max_len={m.text.max_len}")
+
+
+# ---------------------------------------------------------------------------
+# Derived values: set in one place when a run starts.
+# ---------------------------------------------------------------------------
+def _plain(value):
+  return tuple(value) if isinstance(value, (tuple, list)) else value
+
+
+def _derive(config, key: str, value, source: str) -> None:
+  """Sets `key` to `value`, derived from `source`. The key may hold its schema default
+  (base_config's: not set by hand) or `value`; anything else was set by hand to
+  disagree, an error that names both."""
+  current = _plain(_get(config, key))
+  if current not in (_plain(_get(base_config(), key)), _plain(value)):
+    raise ConfigError(f"config.{key}={current!r}: it follows {source} ({value!r}); "
+                      f"set {source} instead.")
+  *parents, leaf = key.split(".")
+  _get(config, ".".join(parents))[leaf] = value
+
+
+def finalize(config: ml_collections.ConfigDict,
+             vocab_size: int | None = None) -> ml_collections.ConfigDict:
+  """Derives, in place, every value that must agree with another, then validates.
+
+  - data.image_size <- model.vision.image_size (ViT, Swin: the pixels fed to it);
+  - data.feature_shape <- (model.vision.num_regions, feature_dim) (BUTD features);
+  - model.text.max_len <- data.max_len when 0 (a preset may set a longer table);
+  - model.text.vocab_size <- vocab_size (the tokenizer's) when given and 0.
+  Idempotent. -> config. Raises ConfigError for a derived value set otherwise by hand
+  and for anything validate() refuses.
+  """
+  v, text = config.model.vision, config.model.text
+  if v.name in ("vit", "swin"):
+    _derive(config, "data.image_size", v.image_size, "model.vision.image_size")
+  if v.name == "butd":
+    _derive(config, "data.feature_shape", (v.num_regions, v.feature_dim),
+            "(model.vision.num_regions, model.vision.feature_dim)")
+  if text.max_len <= 0:
+    text.max_len = config.data.max_len
+  if vocab_size is not None and text.vocab_size <= 0:
+    text.vocab_size = vocab_size
+  validate(config)
+  config.finalized = True
+  return config
+
+
+def require_final(config: ml_collections.ConfigDict, where: str) -> None:
+  """Raises for a config that finalize() has not seen: its derived values (image size,
+  feature shape, text length) would be the schema's defaults, not the model's."""
+  if not config.get("finalized", True):  # a saved config.json without the key: final
+    raise ConfigError(f"{where} needs a finalized config: call "
+                      "gralign_jax.configs.finalize(config) after setting its values "
+                      "(a run does this itself).")

@@ -58,7 +58,9 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
                log=print) -> bool:
   """Initialises jax.distributed per `mode` (see the module docstring). -> whether it
-  did. Flags that are None fall back to their environment variables.
+  did. Flags that are None fall back to their environment variables. `log` is plain
+  print, not logs.info: asking JAX for the process index here would start its
+  backends before jax.distributed.initialize may.
 
   Raises:
     DistributedError: an unknown mode, or `on` with no cluster and no coordinator.

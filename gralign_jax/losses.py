@@ -27,14 +27,18 @@ or global alone) and s = loss.regularizer_scale. Conventions settled here:
   to choose. aux reports per-prompt coverage and the mean per-token entropy either way,
   so a collapse of the regions is visible.
 """
+import dataclasses
+import math
 from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from gralign_jax.models import similarity
+from gralign_jax.models import layers
 from gralign_jax.models.regions import l2_normalize
+from gralign_jax.scores import similarity
 
 
 def _offdiag_negatives(positives: jax.Array) -> jax.Array:
@@ -71,7 +75,7 @@ def infonce(scores: jax.Array, positives: jax.Array, temperature: float) -> jax.
   logits = scores.astype(jnp.float32) / temperature
   b = scores.shape[0]
   others = positives & ~jnp.eye(b, dtype=bool)
-  logits = jnp.where(others, -1e9, logits)
+  logits = jnp.where(others, similarity.NEG, logits)
   i2t = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
   t2i = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=0)))
   return i2t + t2i
@@ -91,9 +95,7 @@ def reconstruction(mu: jax.Array, tokens: jax.Array, mask: jax.Array,
   and the batch of the squared difference; "cos" is mean_b (1 - cos).
   """
   pred = jnp.mean(mu.astype(jnp.float32), axis=1)
-  m = mask.astype(jnp.float32)[..., None]
-  target = jnp.sum(tokens.astype(jnp.float32) * m, axis=1) / jnp.maximum(
-      jnp.sum(m, axis=1), 1.0)
+  target = layers.masked_mean(tokens, mask)
   if kind == "mse":
     return jnp.mean(jnp.square(pred - target))
   if kind == "cos":
@@ -234,3 +236,67 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   aux["reg_scale"] = jnp.float32(reg_scale)
   aux["loss"] = loss
   return loss, aux
+
+
+# ---------------------------------------------------------------------------
+# The objective of a run: grm_loss over the run's schedule.
+# ---------------------------------------------------------------------------
+NEVER = int(np.iinfo(np.int32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """config.loss over a run: objective(scores, img, image_ids, step, txt) -> (loss, aux).
+
+  It owns what depends on the step and on the loss kind, so the trainer only passes the
+  step: the triplet's warm-up switch to hardest negatives (hard_from, a traced
+  comparison, no recompilation) and what a collapsed model's loss would be.
+  """
+  config: ml_collections.FrozenConfigDict  # config.loss
+  batch_size: int
+  hard_from: int          # the first step with hardest negatives (NEVER: none)
+  lr_warmup_steps: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  steps_per_epoch: int) -> "Objective":
+    """loss.warmup_epochs (< 0: never hardest) at steps_per_epoch -> the switch step."""
+    warmup = config.loss.warmup_epochs
+    hard_from = int(round(warmup * steps_per_epoch)) if warmup >= 0 else NEVER
+    return cls(ml_collections.FrozenConfigDict(config.loss), config.train.batch_size,
+               hard_from, config.train.warmup_steps)
+
+  def __call__(self, scores, img, image_ids, step, txt=None):
+    return grm_loss(scores, img, image_ids, self.config, hardest=step >= self.hard_from,
+                    txt=txt)
+
+  def describe(self, total_steps: int) -> str:
+    """'loss triplet, hardest negatives from step 312' (the switch when it comes)."""
+    hard = self.config.kind == "triplet" and self.hard_from < total_steps
+    return (f"loss {self.config.kind}"
+            + (f", hardest negatives from step {self.hard_from}" if hard else ""))
+
+  def watch_collapse(self, step: int) -> bool:
+    """Whether a collapse at `step` means something: after the switch to hardest
+    negatives (which is where a triplet collapses), else after the lr warm-up."""
+    start = self.hard_from if self.config.kind == "triplet" else self.lr_warmup_steps
+    return step > start
+
+  def collapsed_value(self, step: int) -> float:
+    """L_con of a model whose every score is equal: 2 x B x margin for the hardest-
+    negative triplet, 2 x (B - 1) x B x margin summed, about 2 ln B for InfoNCE (the
+    exact value is 2 ln of the number of negatives + 1 per anchor)."""
+    b = self.batch_size
+    if self.config.kind == "triplet":
+      per_anchor = 1 if step >= self.hard_from else b - 1
+      return 2.0 * b * per_anchor * float(self.config.margin)
+    return 2.0 * math.log(b)
+
+  def collapse_message(self, step: int, aux: Mapping[str, float]) -> str:
+    name = ("hardest-negative triplet" if self.config.kind == "triplet"
+            and step >= self.hard_from else
+            "summed triplet" if self.config.kind == "triplet" else "InfoNCE")
+    return (f"[train @ {step}] COLLAPSE: every score in the batch is equal (spread "
+            f"{aux['score_spread']:.1e}, contrastive loss {aux['l_con']:.2f}; a "
+            f"collapsed {name} sits at about {self.collapsed_value(step):.1f}). "
+            "See README, 'Collapse'.")

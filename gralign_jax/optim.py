@@ -2,7 +2,7 @@
 
 The multiplier belongs to the backbones made to start from pretrained weights: a
 top-level "vision" or "text" backbone of a kind that loads Hugging Face checkpoints
-(grm.loads_pretrained: ViT, Swin, BERT) learns at `train.backbone_lr_mult` x lr.
+(backbones.loads_pretrained: ViT, Swin, BERT) learns at `train.backbone_lr_mult` x lr.
 Everything trained from scratch learns at lr: projections, adapters, prompts, and
 the backbones that never load weights (the BUTD feature MLP, the BiGRU with its word
 embeddings), as VSE-infinity trains them at full rate.
@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gralign_jax.models import grm
+from gralign_jax.models import backbones
 
-BACKBONES = ("vision", "text")
+PARTS = ("vision", "text")
 
 
 def schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -41,8 +41,8 @@ def schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.S
 
 def pretrained_parts(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The top-level parameter names that learn at backbone_lr_mult x lr: the backbones
-  among BACKBONES of a kind that loads pretrained checkpoints."""
-  return tuple(p for p in BACKBONES if grm.loads_pretrained(config.model, p))
+  among PARTS of a kind that loads pretrained checkpoints."""
+  return tuple(p for p in PARTS if backbones.loads_pretrained(config.model, p))
 
 
 def param_groups(params, pretrained: Iterable[str]) -> dict:

@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import os
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from gralign_jax import checkpoint as ckpt_lib
+from gralign_jax import logs
 from gralign_jax import optim
 from gralign_jax import paths
 from gralign_jax import run_dir
@@ -48,10 +48,9 @@ from gralign_jax.data import text
 from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import gallery
 from gralign_jax.models import grm
-from gralign_jax.models import similarity
+from gralign_jax.scores import similarity
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-Log = Callable[[str], None]
 _CHUNK_IMAGES = 1024   # encoded at a time: a bad file costs a re-encode of its chunk only
 _SHOWN = 20            # skipped files listed in the log (all of them go to the JSON)
 
@@ -79,7 +78,7 @@ class GallerySplit(readers.Split):
   skipped: tuple[tuple[str, str], ...] = ()
 
 
-def load_run(workdir: str, which: str = "best", log: Log = print) -> Run:
+def load_run(workdir: str, which: str = "best", log: logs.Log = logs.info) -> Run:
   """The run in `workdir`: its best-on-dev checkpoint ("best") or its last ("latest").
 
   Only reads: a run on read-only storage loads as well.
@@ -230,7 +229,7 @@ class EncodedGallery:
   cache: str | None
 
 
-def encode_gallery(run: Run, split: readers.Split, log: Log = print) -> EncodedGallery:
+def encode_gallery(run: Run, split: readers.Split, log: logs.Log = logs.info) -> EncodedGallery:
   """The gallery's image token sets, from its cache when the same files were encoded
   by the same checkpoint before. Files that do not decode are left out (and listed)."""
   if not isinstance(split, GallerySplit):
@@ -363,7 +362,7 @@ def _start(caption: str, n: int = 40) -> str:
 
 
 def retrieve(run: Run, split: "readers.Split | EncodedGallery", captions: list[str],
-             k: int = 5, log: Log = print) -> dict:
+             k: int = 5, log: logs.Log = logs.info) -> dict:
   """Top-k images per caption (with the best pair's word alignment) and top-k captions
   per image. Scores are the model's total score (0.4 S_ori + 0.4 S_key + 0.2 S_unc).
   `split`: the images, or their encode_gallery() (to keep or export the encodings).
@@ -430,7 +429,7 @@ def retrieve(run: Run, split: "readers.Split | EncodedGallery", captions: list[s
           "captions_to_images": by_caption, "images_to_captions": by_image}
 
 
-def _encode(run: Run, captions: list[str], log: Log
+def _encode(run: Run, captions: list[str], log: logs.Log
             ) -> tuple[pipeline.EncodedCaptions, list[dict]]:
   """Tokenised captions, and one record (logged) per caption cut at data.max_len."""
   for m, c in enumerate(captions):
@@ -472,7 +471,7 @@ def export_gallery(found: EncodedGallery, path: str, step: int) -> str:
   return path
 
 
-def write_result(result: dict, path: str | None = None, log: Log = print) -> str:
+def write_result(result: dict, path: str | None = None, log: logs.Log = logs.info) -> str:
   """Writes result as JSON to path, by default <workdir>/retrieval.json, falling back
   to fallback_dir(workdir) when the workdir is not writable. -> the file written.
 

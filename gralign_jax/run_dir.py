@@ -153,7 +153,7 @@ _ABSENT = "(absent)"
 BEFORE_THE_KEY_EXISTED = {
     "data.resize_method": "bilinear", "data.preprocessor": "config",
     "loss.regularizer_scale": 1.0, "loss.entropy_form": "paper",
-    "model.gumbel_tau_final": 1.0,
+    "model.gumbel_tau_final": 1.0, "finalized": True,
 }
 
 

@@ -7,16 +7,15 @@ the same position, and ends with exactly the parameters of an uninterrupted run.
 """
 import contextlib
 import json
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gralign_jax import checkpoint as ckpt_lib
 from gralign_jax import configs
+from gralign_jax import logs
 from gralign_jax import losses
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import optim
@@ -30,18 +29,7 @@ from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import recall
 from gralign_jax.models import grm
 from gralign_jax.models import saliency
-from gralign_jax.models import similarity
-
-
-def log(*args) -> None:
-  """Process 0 prints; on a terminal through tqdm, so lines do not land on the bar."""
-  if jax.process_index() != 0:
-    return
-  if sys.stdout.isatty():
-    from tqdm import tqdm
-    tqdm.write(" ".join(map(str, args)))
-  else:
-    print(*args, flush=True)
+from gralign_jax.scores import similarity
 
 
 def is_collapsed(aux: dict) -> bool:
@@ -59,16 +47,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   On every exit path pending checkpoint saves finish and the lock is released.
   """
   config = ml_collections.ConfigDict(config.to_dict())  # a private, mutable copy
-  configs.validate(config)
+  configs.finalize(config)  # derived values set, everything checked
   run_dir.resolve_paths(config)  # config.json holds the paths as this run sees them
-  configs.resolve_preprocessing(config, log)  # pixels as the vision checkpoint wants
+  configs.resolve_preprocessing(config, logs.info)  # pixels as the checkpoint wants
   workdir = paths.resolve(workdir)  # a local folder or gs://bucket/run (paths.py)
   paths.makedirs(workdir)
   with contextlib.ExitStack() as cleanup:
     if jax.process_index() == 0:
       lock = cleanup.enter_context(run_dir.WorkdirLock(workdir))
       if lock.message:
-        log(lock.message)
+        logs.info(lock.message)
     return _train_and_evaluate(config, workdir, allow_config_changes, cleanup)
 
 
@@ -76,7 +64,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh()
   sharding.check_divisible(config.train.batch_size, mesh)
-  log(f"Devices: {mesh.devices.size} x {jax.devices()[0].platform} "
+  logs.info(f"Devices: {mesh.devices.size} x {jax.devices()[0].platform} "
       f"({jax.process_count()} host(s)); workdir {workdir}")
 
   # ---------------------------------------------------------------- input
@@ -84,15 +72,14 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   # per-host disks each writes its own (the same bytes).
   for turn in ((0,), range(1, jax.process_count())):
     if jax.process_index() in turn:
-      datasets.prepare(config, log)
+      datasets.prepare(config, logs.info)
     sharding.barrier("data prepared")
   tokenizer = datasets.load_tokenizer(config)
-  if config.model.text.vocab_size <= 0:
-    config.model.text.vocab_size = len(tokenizer)
+  configs.finalize(config, vocab_size=len(tokenizer))
   splits = {s: datasets.read_split(config, getattr(config.data, f"{s}_split"))
             for s in ("train", "dev", "test")}
   splits["dev"] = evaluator_lib.subset(splits["dev"], config.eval.dev_max_images)
-  datasets.check_images(config, splits, log)
+  datasets.check_images(config, splits, logs.info)
   if config.train.batch_size > splits["train"].num_captions:
     raise configs.ConfigError(
         f"config.train.batch_size={config.train.batch_size}: expected at most the "
@@ -103,15 +90,12 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   steps_per_epoch = splits["train"].num_captions // config.train.batch_size
   total_steps = (config.train.num_steps if config.train.num_steps > 0
                  else int(round(config.train.num_epochs * steps_per_epoch)))
-  hard_from = (int(round(config.loss.warmup_epochs * steps_per_epoch))
-               if config.loss.warmup_epochs >= 0 else np.iinfo(np.int32).max)
+  objective = losses.Objective.from_config(config, steps_per_epoch)
   for s, sp in splits.items():
-    log(f"  {s}: {sp.num_images} images, {sp.num_captions} captions"
+    logs.info(f"  {s}: {sp.num_images} images, {sp.num_captions} captions"
         f" ({captions[s].num_truncated} truncated to {config.data.max_len} tokens)")
-  negatives = (f", hardest negatives from step {hard_from}"
-               if config.loss.kind == "triplet" and hard_from < total_steps else "")
-  log(f"  {steps_per_epoch} steps per epoch, {total_steps} steps, loss {config.loss.kind}"
-      f"{negatives}")
+  logs.info(f"  {steps_per_epoch} steps per epoch, {total_steps} steps, "
+      f"{objective.describe(total_steps)}")
 
   # ---------------------------------------------------------------- run record
   # Pending saves finish (or their failure is said) before any error leaves the run.
@@ -125,30 +109,31 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
                                    checkpointer.has_checkpoints(), allow_config_changes,
                                    checkpointer.latest_step())
     for key, (old, new) in changes.items():
-      log(f"  config change on resume (allowed): {key}: {old!r} -> {new!r}")
+      logs.info(f"  config change on resume (allowed): {key}: {old!r} -> {new!r}")
 
   # ---------------------------------------------------------------- model and optimiser
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch)
 
   # ---------------------------------------------------------------- state and update step
-  state = create_state(model, tx, config, mesh, log)
+  state = create_state(model, tx, config, mesh, logs.info)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  log(f"Model: {n_params / 1e6:.2f}M parameters, score={config.model.score}")
-  train_step = make_train_step(model, tx, config, mesh, hard_from, total_steps)
+  logs.info(f"Model: {n_params / 1e6:.2f}M parameters, score={config.model.score}")
+  train_step = make_train_step(model, tx, config, mesh, objective, total_steps)
 
   # ---------------------------------------------------------------- checkpoint and resume
   batches = pipeline.train_iterator(splits["train"], captions["train"], config,
                                     seed=config.seed)
   meta = {"best_rsum": -1.0, "best_step": -1}
-  restored = checkpointer.restore_latest(state, log)
+  restored = checkpointer.restore_latest(state, logs.info)
   if restored is not None:
     state, meta = restored.state, restored.meta
     batches.set_state(restored.data)
-    best_meta = checkpointer.best_meta(log)
+    best_meta = checkpointer.best_meta(logs.info)
     if best_meta is not None:  # the best checkpoint's own record is the authoritative one
       meta.update({k: best_meta[k] for k in ("best_rsum", "best_step")})
-    log(f"Resumed from step {restored.step} (best dev rSum so far {meta['best_rsum']:.1f})")
+    logs.info(f"Resumed from step {restored.step} (best dev rSum so far "
+              f"{meta['best_rsum']:.1f})")
   start_step = int(state["step"])
 
   # ---------------------------------------------------------------- evaluation
@@ -164,12 +149,14 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     m = evaluator.evaluate(state["params"], splits["dev"], captions["dev"])
     writer.write(step, "dev", m)
     is_best = m["rsum"] > meta["best_rsum"]
-    log(f"[dev @ {step}] rSum {m['rsum']:.1f} (i2t R@1 {m['i2t_r1']:.1f}, t2i R@1 "
-        f"{m['t2i_r1']:.1f}){' best so far' if is_best else ''} [{time.time() - t0:.0f}s]"
-        + (f"; {m['nan_scores']} NaN scores, ranked lowest" if m.get("nan_scores") else ""))
+    nan = (f"; {m['nan_scores']} NaN scores, ranked lowest" if m.get("nan_scores")
+           else "")
+    logs.info(f"[dev @ {step}] rSum {m['rsum']:.1f} (i2t R@1 {m['i2t_r1']:.1f}, t2i R@1 "
+              f"{m['t2i_r1']:.1f}){' best so far' if is_best else ''} "
+              f"[{time.time() - t0:.0f}s]{nan}")
     if m["score_std"] < 1e-4:
-      log(f"[dev @ {step}] COLLAPSE: every dev score is equal (std {m['score_std']:.1e}); "
-          "the model ranks nothing. See README, 'Collapse'.")
+      logs.info(f"[dev @ {step}] COLLAPSE: every dev score is equal (std "
+                f"{m['score_std']:.1e}); the model ranks nothing. See README, 'Collapse'.")
     if is_best:
       meta.update(best_rsum=m["rsum"], best_step=step)
       checkpointer.save(step, state, batches.get_state(), dict(meta), best=True)
@@ -177,9 +164,9 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   # ---------------------------------------------------------------- loop
   # Training time (evaluations excluded) accumulates across resumptions in `meta`, so
   # that train.max_train_seconds can give two models the same wall-clock budget.
-  progress = _Progress(start_step, total_steps)
   budget = config.train.max_train_seconds
-  watch_from = hard_from if config.loss.kind == "triplet" else config.train.warmup_steps
+  progress = logs.Progress(start_step, total_steps, budget,
+                           meta.get("train_seconds", 0.0))
   collapse_reported, step = False, start_step
   if budget > 0 and meta.get("train_seconds", 0.0) >= budget:
     total_steps = start_step  # the budget was spent before the last stop
@@ -196,15 +183,10 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       aux = jax.device_get(aux)
       if config.data.skip_bad_images:
         aux["bad_images"] = sharding.sum_over_hosts(meta["bad_images"])
-      if step > watch_from and is_collapsed(aux) and not collapse_reported:
+      if objective.watch_collapse(step) and is_collapsed(aux) and not collapse_reported:
         collapse_reported = True
         aux["collapsed"] = 1
-        reference = (f"; a collapsed triplet sits at 2 x batch x margin = "
-                     f"{2 * config.train.batch_size * config.loss.margin:.1f}"
-                     if config.loss.kind == "triplet" else "")
-        log(f"[train @ {step}] COLLAPSE: every score in the batch is equal (spread "
-            f"{aux['score_spread']:.1e}, contrastive loss {aux['l_con']:.2f}{reference})."
-            " See README, 'Collapse'.")
+        logs.info(objective.collapse_message(step, aux))
       writer.write(step, "train", aux)
       progress.update(step, aux)
     else:
@@ -218,16 +200,17 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       clock = time.time()
       checkpointer.save(step, state, batches.get_state(), dict(meta))
     if out_of_time:
-      log(f"Stopping at step {step}: train.max_train_seconds={budget:.0f} reached.")
+      logs.info(f"Stopping at step {step}: train.max_train_seconds={budget:.0f} reached.")
       break
   progress.close()
   checkpointer.wait()
 
   # ---------------------------------------------------------------- final test
-  best = checkpointer.restore_best(state, log)
+  best = checkpointer.restore_best(state, logs.info)
   params, best_step = ((best.state["params"], best.step) if best
                        else (state["params"], step))
-  log(f"Testing the best-on-dev state (step {best_step}, dev rSum {meta['best_rsum']:.1f})")
+  logs.info(f"Testing the best-on-dev state (step {best_step}, dev rSum "
+            f"{meta['best_rsum']:.1f})")
   results = {"dev": evaluator.evaluate(params, splits["dev"], captions["dev"])}
   test_split = splits["test"]
   if config.eval.protocol == "coco":
@@ -240,7 +223,8 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       writer.write(best_step, split, m)
   if jax.process_index() == 0:
     paths.write_text(paths.join(workdir, "results.json"), json.dumps(results, indent=2))
-  log(recall.format_table({k: v for k, v in results.items() if isinstance(v, dict)}))
+  logs.info(recall.format_table({k: v for k, v in results.items()
+                                 if isinstance(v, dict)}))
   return results
 
 
@@ -255,7 +239,7 @@ def _finish_saves(checkpointer: ckpt_lib.Checkpointer):
     try:
       checkpointer.close()
     except ckpt_lib.CheckpointError as e:
-      log(str(e))
+      logs.info(str(e))
     return False
   return finish
 
@@ -273,7 +257,7 @@ def _state(params, tx, rng) -> dict:
 
 
 def create_state(model, tx, config: ml_collections.ConfigDict, mesh,
-                 log=print) -> dict:
+                 log: logs.Log = logs.info) -> dict:
   """The train state, a plain pytree replicated over the mesh:
   {params, opt_state, step: int32 (), rng: the run's base key (folded with the step)}.
   Backbones whose config names `weights` start from that checkpoint."""
@@ -293,14 +277,17 @@ def abstract_state(model, tx, config: ml_collections.ConfigDict, mesh) -> dict:
                       jax.eval_shape(init, jax.random.PRNGKey(config.seed)))
 
 
-def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_from: int,
+def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh,
+                    objective: losses.Objective | None = None,
                     total_steps: int | None = None):
   """(state, batch) -> (state, aux), jitted, state donated, batch split over 'data'.
 
   batch: image uint8 (B, S, S, 3), ids int32 (B, L), mask bool (B, L), image_id (B,).
-  Hardest negatives switch on at step `hard_from` and the adapters' Gumbel temperature
-  follows its schedule over `total_steps` (default train.num_steps), without recompiling.
+  The objective gets the step (its warm-up switch; default: config.loss with hardest
+  negatives from step 0) and the adapters' Gumbel temperature follows its schedule over
+  `total_steps` (default train.num_steps), without recompiling.
   """
+  objective = objective or losses.Objective.from_config(config, steps_per_epoch=0)
   total_steps = config.train.num_steps if total_steps is None else total_steps
   mean, std = config.data.pixel_mean, config.data.pixel_std
 
@@ -315,8 +302,7 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_fro
       img, txt = model.apply({"params": params}, pixels, batch["ids"], batch["mask"],
                              train=True, gumbel_tau=tau, rngs=rngs)
       scores = similarity.pair_scores(img, txt, config.model)
-      return losses.grm_loss(scores, img, batch["image_id"], config.loss,
-                             hardest=state["step"] >= hard_from, txt=txt)
+      return objective(scores, img, batch["image_id"], state["step"], txt=txt)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -333,33 +319,3 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh, hard_fro
 def _global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
                       for x in jax.tree.leaves(tree)))
-
-
-class _Progress:
-  """A tqdm bar on a terminal, plain periodic lines otherwise (logs, CI, notebooks)."""
-
-  def __init__(self, start: int, total: int):
-    self.start, self.total = start, total
-    self.t0 = time.time()
-    self.bar = None
-    if sys.stderr.isatty() and jax.process_index() == 0:
-      from tqdm import tqdm
-      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-  def tick(self, step: int) -> None:
-    if self.bar is not None:
-      self.bar.update(step - self.bar.n)
-
-  def update(self, step: int, aux: dict) -> None:
-    if self.bar is not None:
-      self.tick(step)
-      self.bar.set_postfix(loss=f"{aux['loss']:.3f}", spread=f"{aux['score_spread']:.3f}")
-      return
-    rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
-    eta = (self.total - step) / max(rate, 1e-9)
-    log(f"[train @ {step}/{self.total}] loss {aux['loss']:.4f}  score spread "
-        f"{aux['score_spread']:.3f}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()

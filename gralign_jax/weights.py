@@ -21,7 +21,6 @@ after dropping a model prefix ("bert.", "vit.", "swin.": task models such as
 ViTForImageClassification nest the backbone under one) and renaming the old
 TensorFlow-era LayerNorm "gamma"/"beta" to "weight"/"bias".
 """
-import importlib
 import json
 import os
 import re
@@ -29,7 +28,6 @@ from typing import Any, Callable, Mapping
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 # array from the checkpoint, shape the Flax parameter has -> array of that shape.
@@ -235,39 +233,8 @@ def convert(module: Any, state: Mapping[str, np.ndarray], *,
 
 
 # ---------------------------------------------------------------------------
-# The public entry point.
+# Params for a backbone (models/backbones.py finds the class: from_pretrained).
 # ---------------------------------------------------------------------------
-# HF config "model_type" -> the backbone module implementing the HF protocol.
-ARCHITECTURES = {"bert": "gralign_jax.models.bert.Bert",
-                 "vit": "gralign_jax.models.vit.ViT",
-                 "swin": "gralign_jax.models.swin.Swin"}
-
-
-def architecture(model_type: str, where: str) -> Any:
-  """The backbone class for a HF model_type (imported on demand: models import us)."""
-  if model_type not in ARCHITECTURES:
-    raise CheckpointMismatchError(f"{where} has model_type {model_type!r}; supported: "
-                                  f"{sorted(ARCHITECTURES)}.")
-  module_name, cls = ARCHITECTURES[model_type].rsplit(".", 1)
-  return getattr(importlib.import_module(module_name), cls)
-
-
-def from_pretrained(path: str, *, dtype: Any = jnp.float32,
-                    **overrides) -> tuple[Any, dict]:
-  """A local HF checkpoint folder -> (module, params).
-
-  `module.apply({'params': params}, ...)` gives the last hidden states (B, L, C): for
-  BERT from `(input_ids, attention_mask)`, for ViT and Swin from NHWC `pixel_values`.
-  `overrides` go to the module (e.g. `image_size=384` for a ViT checkpoint trained at
-  224: the position embeddings are interpolated; `max_len=32` for BERT).
-  """
-  folder = resolve(path)
-  hf_config = read_config(folder)
-  cls = architecture(hf_config.get("model_type", ""), f"{folder}/config.json")
-  module = cls.from_hf_config(hf_config, dtype=dtype, **overrides)
-  return module, jax.tree.map(jnp.asarray, load_backbone(folder, module))
-
-
 def load_backbone(path: str, module: Any) -> dict:
   """Params for an already-built backbone (the GRM's own) from a checkpoint folder."""
   folder = resolve(path)

@@ -121,7 +121,7 @@ from absl import logging
 from IPython.display import display
 
 from experiments.configs import demo
-from gralign_jax import paths, retrieval, train
+from gralign_jax import configs, paths, retrieval, train
 from gralign_jax import visualize as vis
 from gralign_jax.data import datasets
 from gralign_jax.evaluation import recall
@@ -152,6 +152,7 @@ if WORKDIR:
 else:
   config = demo.get_config("smoke" if SIZE == "smoke" else None)
   config.data.root = DATA_ROOT
+  configs.finalize(config)  # the values that follow others (image size, text length)
 datasets.prepare(config)
 train_split = datasets.read_split(config, config.data.train_split)
 test_split = datasets.read_split(config, config.data.test_split)

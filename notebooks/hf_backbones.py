@@ -15,7 +15,7 @@
 # # Hugging Face backbones in JAX: the same numbers as transformers
 #
 # GRM's encoders are a ViT or a Swin transformer for images and BERT for captions, all
-# started from public Hugging Face checkpoints. `gralign_jax.weights.from_pretrained`
+# started from public Hugging Face checkpoints. `gralign_jax.models.from_pretrained`
 # reads such a checkpoint (a folder with `config.json` and `model.safetensors` or
 # `pytorch_model.bin`, a Hugging Face cache folder, or a model id already in the local
 # cache) and returns a Flax module with its parameters:
@@ -111,6 +111,7 @@ import torch
 import transformers
 
 from gralign_jax import weights
+from gralign_jax.models import backbones
 
 transformers.logging.set_verbosity_error()  # unused pooler/classifier weights are fine
 transformers.logging.disable_progress_bar()  # plain text output, no widgets
@@ -137,7 +138,7 @@ def max_abs_difference(name, ours, theirs):
 
 def compare_image(name, path, hf_model, size, batch=2):
   """Random NHWC pixels through from_pretrained(path) and NCHW through hf_model."""
-  module, params = weights.from_pretrained(path)
+  module, params = backbones.from_pretrained(path)
   pixels = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
   ours = jax.jit(module.apply)({"params": params}, pixels)
   with torch.no_grad():
@@ -147,7 +148,7 @@ def compare_image(name, path, hf_model, size, batch=2):
 
 def compare_text(name, path, hf_model, ids, mask):
   """Token ids and their padding mask through from_pretrained(path) and hf_model."""
-  module, params = weights.from_pretrained(path)
+  module, params = backbones.from_pretrained(path)
   ours = jax.jit(module.apply)({"params": params}, ids, mask)
   with torch.no_grad():
     theirs = hf_model(input_ids=torch.tensor(ids, dtype=torch.long),

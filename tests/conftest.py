@@ -23,7 +23,8 @@ def smoke_root(tmp_path_factory):
   from experiments.configs import demo  # pylint: disable=g-import-not-at-top
   from gralign_jax.data import datasets  # pylint: disable=g-import-not-at-top
   root = str(tmp_path_factory.mktemp("data") / "synthetic_smoke")
-  config = demo.get_config("smoke")
+  from gralign_jax import configs  # pylint: disable=g-import-not-at-top
+  config = configs.finalize(demo.get_config("smoke"))
   config.data.root = root
   datasets.prepare(config, log=lambda *a: None)
   return root

@@ -6,6 +6,7 @@ TFDS-prepared coco_captions; `configure(config, fmt, roots)` points a config at 
 """
 import os
 
+from gralign_jax import configs
 from gralign_jax.data import images
 from gralign_jax.data import readers
 from gralign_jax.data import synthetic_scenes
@@ -37,4 +38,4 @@ def configure(config, fmt: str, roots: dict[str, str]):
                      tokenizer=os.path.join(roots["laps"], "tokenizer"),
                      feature_shape=FEATURE_SHAPE)
   config.data.synthetic.generate = False
-  return config
+  return configs.finalize(config)  # the image size the smoke model takes

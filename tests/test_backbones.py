@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import common
 from gralign_jax import configs
 from gralign_jax import optim
 from gralign_jax import sharding
 from gralign_jax import train
 from gralign_jax.models import bert
+from gralign_jax.models import backbones
 from gralign_jax.models import bigru
 from gralign_jax.models import grm
 from gralign_jax.models import region_features
@@ -92,11 +94,11 @@ def test_remat_gives_the_same_outputs_and_gradients(name):
                outs[0][1], outs[1][1])
 
 
-@pytest.mark.parametrize("backbone", configs.BACKBONES)
+@pytest.mark.parametrize("backbone", common.BACKBONES)
 def test_coco_and_flickr30k_configs_differ_only_in_data_and_protocol(backbone):
   """So the training step below, run on the Flickr30K form, covers the COCO one too."""
   for arg in (backbone, f"{backbone},smoke"):
-    f30k, coco = (configs.paper_config(d, arg) for d in ("flickr30k", "coco"))
+    f30k, coco = (common.paper_config(d, arg) for d in ("flickr30k", "coco"))
     assert f30k.model.to_dict() == coco.model.to_dict()
     assert f30k.train.to_dict() == coco.train.to_dict()
     assert (f30k.eval.protocol, coco.eval.protocol) == ("1k", "coco")
@@ -114,16 +116,16 @@ def _random_batch(config, image_input, batch_size):
           "image_id": np.arange(batch_size, dtype=np.int32)}
 
 
-@pytest.mark.parametrize("backbone", configs.BACKBONES)
+@pytest.mark.parametrize("backbone", common.BACKBONES)
 def test_every_grid_config_runs_a_training_step_at_smoke_size(backbone):
   dataset = "flickr30k"
-  config = configs.paper_config(dataset, f"{backbone},smoke")
+  config = common.paper_config(dataset, f"{backbone},smoke")
   assert config.model.vision.weights == "" and config.model.text.weights == ""
-  full = configs.paper_config(dataset, backbone)
+  full = common.paper_config(dataset, backbone)
   assert full.model.num_regions == (50 if backbone.startswith("swin") else 5)
   assert (full.train.batch_size, full.train.num_epochs, full.train.backbone_lr_mult) == (
       128, 30.0, 0.1)
-  config.model.text.vocab_size = 100
+  configs.finalize(config, vocab_size=100)
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=10)
   mesh = sharding.make_mesh(jax.devices()[:1])
@@ -131,7 +133,7 @@ def test_every_grid_config_runs_a_training_step_at_smoke_size(backbone):
   before = jax.device_get(state["params"])
   image_input = grm.example_inputs(config.model, config.data.max_len)[0]
   batch = _random_batch(config, image_input, config.train.batch_size)
-  step = train.make_train_step(model, tx, config, mesh, hard_from=0)
+  step = train.make_train_step(model, tx, config, mesh)
   state, aux = step(state, sharding.global_batch(batch, mesh))
   assert np.isfinite(float(aux["loss"])) and float(aux["loss"]) > 0
   after = jax.device_get(state["params"])
@@ -166,12 +168,12 @@ def test_real_size_backbone_loads_the_hf_layout_and_matches_it(backbone, tmp_pat
   torch.manual_seed(0)
   hf = _hf_model(backbone).eval()
   hf.save_pretrained(str(tmp_path))
-  config = configs.paper_config("coco", "vit224" if backbone == "bert" else backbone)
+  config = common.paper_config("coco", "vit224" if backbone == "bert" else backbone)
   part = "text" if backbone == "bert" else "vision"
   config.model.vision.weights = config.model.text.weights = ""
   config.model[part].weights = str(tmp_path)
-  config.model.text.vocab_size = 30522
-  module = grm.backbone(config.model, part)
+  configs.finalize(config, vocab_size=30522)
+  module = backbones.build(config.model, part)
   params = grm.load_pretrained({}, config.model.lock(), log=lambda *_: None)[part]
   n_ours = sum(x.size for x in jax.tree.leaves(params))
   n_hf = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith("pooler"))
@@ -196,8 +198,8 @@ def test_real_size_backbone_loads_the_hf_layout_and_matches_it(backbone, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["butd_bigru"])
 def test_real_size_detector_baseline_forward(backbone):
-  config = configs.paper_config("flickr30k", backbone)
-  config.model.text.vocab_size = 30522
+  config = common.paper_config("flickr30k", backbone)
+  configs.finalize(config, vocab_size=30522)
   model = grm.build_model(config.model)
   inputs = grm.example_inputs(config.model, config.data.max_len)
   variables = jax.jit(model.init)(jax.random.key(0), *inputs)

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from experiments.configs import demo
+from gralign_jax import configs
 from gralign_jax.data import datasets
 from gralign_jax.data import synthetic_scenes as ss
 
@@ -16,7 +17,15 @@ def _config(root, generate=True):
   config = demo.get_config("smoke")  # 32 px images
   config.data.root = str(root)
   config.data.synthetic.update(generate=generate, **TINY)
-  return config
+  return configs.finalize(config)
+
+
+def test_an_unfinalized_config_is_refused_before_anything_is_written(tmp_path):
+  config = demo.get_config("smoke")  # its data.image_size is still the schema's 64
+  config.data.root = str(tmp_path / "data")
+  with pytest.raises(configs.ConfigError, match="datasets.prepare needs a finalized"):
+    datasets.prepare(config, log=lambda *a: None)
+  assert os.listdir(tmp_path) == []
 
 
 def _files(root):

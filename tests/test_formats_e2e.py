@@ -14,7 +14,6 @@ import format_fixtures
 from experiments.configs import demo
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import train
-from gralign_jax.models import grm
 
 RECALL_KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
 
@@ -30,8 +29,6 @@ def config_for(fmt, roots):
   config.train.update(batch_size=8, num_steps=2, log_every=1, ckpt_every=2)
   config.eval.update(every_steps=2)
   if fmt == "precomp":
-    if "butd" not in grm.VISION_BACKBONES:
-      pytest.skip("models/region_features.py (vision backbone 'butd') is not there yet")
     r, d = format_fixtures.FEATURE_SHAPE
     config.model.vision = ml_collections.ConfigDict(dict(
         name="butd", num_regions=r, feature_dim=d, width=32, mlp=True, dropout=0.0,

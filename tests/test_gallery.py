@@ -10,7 +10,7 @@ import pytest
 
 from gralign_jax import configs
 from gralign_jax.evaluation import gallery
-from gralign_jax.evaluation import scorer
+from gralign_jax.scores import scorer
 
 
 def _sides(seed=0, n=6, m=10):
@@ -109,28 +109,6 @@ def test_replace_is_atomic_and_bad_input_leaves_old_cache(tmp_path):
   assert meta == {"v": 2}
   _assert_same(_sides(seed=3), got)
   assert sorted(os.listdir(tmp_path)) == ["g"]       # no temporary folders left
-
-
-def test_evaluator_encodes_once_then_reads_the_cache(tmp_path):
-  from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
-  from gralign_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-  sides = _sides(seed=5)
-  calls = []
-  ev = object.__new__(evaluator.Evaluator)    # only encode() is needed
-  ev.encode = lambda *a: calls.append(a) or (sides["images"][0], sides["texts"][0])
-  split = SimpleNamespace(name="test", image_ids=tuple(range(100, 106)))
-  captions = SimpleNamespace(ids=np.zeros((10, 4), np.int32))
-  folder, meta = str(tmp_path / "g"), {"step": 7}
-  first = ev.encode_cached(None, split, captions, folder, meta)
-  second = ev.encode_cached(None, split, captions, folder, meta)
-  assert len(calls) == 1
-  for a, b in zip(first, second):
-    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
-  with pytest.raises(ValueError, match="Stale"):
-    ev.encode_cached(None, split, captions, folder, {"step": 8})
-  other = SimpleNamespace(name="dev", image_ids=tuple(range(6)))
-  with pytest.raises(ValueError, match="other images than split 'dev'"):
-    ev.encode_cached(None, other, captions, folder, meta)
 
 
 def test_first_writable_place_and_first_valid_cache(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image, ImageFile
 import pytest
 
+from experiments.configs import common
 from gralign_jax.data import images
 
 
@@ -242,7 +243,7 @@ def _checkpoint(folder, preprocessor=None):
 
 def test_the_checkpoint_preprocessor_config_wins(tmp_path):
   from gralign_jax import configs
-  config = configs.paper_config("flickr30k", "swin224")
+  config = configs.finalize(common.paper_config("flickr30k", "swin224"))
   # Something else in the config, to see the file win.
   config.data.update(pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5),
                      resize_method="bilinear")
@@ -253,7 +254,7 @@ def test_the_checkpoint_preprocessor_config_wins(tmp_path):
       (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
   assert set(changes) == {"data.pixel_mean", "data.pixel_std", "data.resize_method"}
   assert len(notes) == 3
-  configs.validate(config)
+  configs.finalize(config)
   # Again: nothing left to change.
   assert configs.resolve_preprocessing(config, notes.append) == {}
   # At 384 the size differs from the file's: only said.
@@ -264,7 +265,7 @@ def test_the_checkpoint_preprocessor_config_wins(tmp_path):
 
 def test_without_a_file_or_with_preprocessor_config_the_presets_stay(tmp_path):
   from gralign_jax import configs
-  config = configs.paper_config("flickr30k", "vit224")
+  config = common.paper_config("flickr30k", "vit224")
   config.model.vision.weights = _checkpoint(tmp_path / "vit")
   before = config.data.to_dict()
   assert configs.resolve_preprocessing(config) == {}
@@ -295,7 +296,9 @@ def test_the_pipeline_resizes_with_data_resize_method():
   split = _FakeSplit()
   for method, flt in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
     config = configs.base_config()
-    config.data.update(image_size=24, resize_method=method, num_workers=0)
+    config.model.vision.image_size = 24  # data.image_size follows
+    config.data.update(resize_method=method, num_workers=0)
+    assert configs.finalize(config).data.image_size == 24
     batch = next(pipeline.eval_image_batches(split, config, batch_size=3))
     for i in range(3):
       want = Image.fromarray(split.images[i]).resize((24, 24), flt)
@@ -317,7 +320,7 @@ def test_run_directories_without_resize_method_resize_bilinearly():
   from gralign_jax import configs
   from gralign_jax.data import pipeline
   d = configs.base_config().to_dict()
-  del d["data"]["resize_method"]
+  del d["data"]["resize_method"], d["finalized"]  # neither key existed then
   config = ml_collections.ConfigDict(d)
   config.data.update(image_size=24, num_workers=0)
   split = _FakeSplit()

@@ -286,3 +286,42 @@ def test_aux_reports_prompt_coverage_and_token_entropy():
   cfg.entropy_form = "mutual_information"
   _, aux_mi = losses.grm_loss(scores, img, jnp.asarray(IDS), cfg, jnp.asarray(True))
   np.testing.assert_allclose(aux_mi["l_ent"], np_mutual_information(a, mask), rtol=1e-5)
+
+
+def _config(kind, warmup_epochs=1.0, batch_size=6):
+  config = configs.base_config()
+  config.loss.update(kind=kind, warmup_epochs=warmup_epochs, margin=0.2)
+  config.train.update(batch_size=batch_size, warmup_steps=7)
+  return config
+
+
+def test_the_objective_switches_to_hardest_negatives_at_its_warmup_step():
+  objective = losses.Objective.from_config(_config("triplet", 1.5), steps_per_epoch=10)
+  assert objective.hard_from == 15
+  assert objective.describe(100) == "loss triplet, hardest negatives from step 15"
+  assert objective.describe(15) == "loss triplet"  # the switch never comes
+  assert losses.Objective.from_config(_config("triplet", -1), 10).hard_from == losses.NEVER
+  s = np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32)
+  ids, img = jnp.arange(6), {"gates": jnp.ones((6, 3)), "mask": jnp.ones((6, 3), bool)}
+  for step, hardest in ((14, False), (15, True)):
+    got, _ = jax.jit(objective.__call__)({"ori": jnp.asarray(s)}, img, ids,
+                                         jnp.int32(step))
+    np.testing.assert_allclose(got, np_triplet(s, list(range(6)), 0.2, hardest),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,step", [("triplet", 3), ("triplet", 20), ("infonce", 3)])
+def test_the_collapse_reference_is_the_loss_of_a_collapsed_model(kind, step):
+  """Every score equal, distinct images: L_con is exactly the objective's reference."""
+  objective = losses.Objective.from_config(_config(kind), steps_per_epoch=10)
+  scores = {"ori": jnp.full((6, 6), 0.3)}
+  img = {"gates": jnp.ones((6, 3)), "mask": jnp.ones((6, 3), bool)}
+  _, aux = objective(scores, img, jnp.arange(6), jnp.int32(step))
+  assert float(aux["l_con"]) == pytest.approx(objective.collapsed_value(step), rel=1e-5)
+  message = objective.collapse_message(step, jax.device_get(aux))
+  name = {("triplet", 3): "summed triplet", ("triplet", 20): "hardest-negative triplet",
+          ("infonce", 3): "InfoNCE"}[kind, step]
+  assert f"a collapsed {name} sits at about {objective.collapsed_value(step):.1f}" in message
+  # Watched after the switch (step 10) for the triplet, after the lr warm-up (7) else.
+  assert objective.watch_collapse(9) == (kind == "infonce")
+  assert objective.watch_collapse(11)

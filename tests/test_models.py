@@ -8,10 +8,13 @@ import pytest
 
 from gralign_jax import configs
 from gralign_jax import losses
+from gralign_jax import weights
+from gralign_jax.models import backbones
 from gralign_jax.models import bert
 from gralign_jax.models import grm
-from gralign_jax.models import similarity
+from gralign_jax.models import swin
 from gralign_jax.models import vit
+from gralign_jax.scores import similarity
 
 B, LT = 2, 32
 
@@ -123,8 +126,12 @@ def test_global_and_ablation_switches():
 
 
 def test_backbone_registry_and_errors():
-  assert grm.VISION_BACKBONES["vit"] is vit.ViT
-  assert grm.TEXT_BACKBONES["bert"] is bert.Bert
+  assert backbones.lookup("vision", "vit") is vit.ViT
+  assert backbones.lookup("text", "bert") is bert.Bert
+  # A checkpoint's model_type finds the same class; a BiGRU has no HF checkpoints.
+  assert backbones.for_hf_model_type("swin", "here") is swin.Swin
+  with pytest.raises(weights.CheckpointMismatchError, match="'bigru'.*supported"):
+    backbones.for_hf_model_type("bigru", "here")
   cfg = model_cfg()
   cfg.text.vocab_size = 0
   with pytest.raises(ValueError, match="vocab_size"):

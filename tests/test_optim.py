@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from experiments.configs import common
 from gralign_jax import configs
 from gralign_jax import optim
 
@@ -76,15 +77,15 @@ def test_only_backbones_that_load_weights_get_the_multiplier():
   BiGRU (which never load weights) at lr, like the heads."""
   assert optim.pretrained_parts(config()) == ("vision", "text")  # ViT + BERT
   c = config(backbone_lr_mult=0.1)
-  c.model.text = configs.ml_collections.ConfigDict(configs.bigru())
+  c.model.text = configs.ml_collections.ConfigDict(common.bigru())
   assert optim.pretrained_parts(c) == ("vision",)
-  c.model.vision = configs.ml_collections.ConfigDict(configs.butd())
+  c.model.vision = configs.ml_collections.ConfigDict(common.butd())
   assert optim.pretrained_parts(c) == ()
   p = params()
   assert optim.param_groups(p, ("vision",)) == {
       "vision": {"w": "backbone"}, "text": {"w": "head"}, "img_proj": {"w": "head"}}
   c = config(backbone_lr_mult=0.1)
-  c.model.vision = configs.ml_collections.ConfigDict(configs.butd())
+  c.model.vision = configs.ml_collections.ConfigDict(common.butd())
   tx = optim.make_optimizer(c, steps_per_epoch=10)
   u, _ = tx.update(jax.tree.map(jnp.ones_like, p), tx.init(p), p)
   np.testing.assert_allclose(u["vision"]["w"], -1e-3, rtol=1e-4)   # BUTD MLP: lr

@@ -1,6 +1,6 @@
-"""The paper rows (experiments/configs/flickr30k.py and coco.py through
-configs.paper_config), pinned: every value that decides what a paper run trains is
-written out here, literally, so that no later change can move one silently.
+"""The paper rows (experiments/configs/flickr30k.py and coco.py, as a run finalizes
+them), pinned: every value that decides what a paper run trains is written out here,
+literally, so that no later change can move one silently.
 
 Where the values come from: method.md (sections 1-7: triplet with hardest negatives,
 margin 0.2, one warm-up epoch, d = 512, K = 5 for ViT and 50 for Swin, AdamW 2e-4 with
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import coco
+from experiments.configs import common
 from experiments.configs import flickr30k
 from gralign_jax import configs
 from gralign_jax import optim
@@ -129,21 +130,21 @@ def _get(config, key):
 
 
 def test_the_table_covers_every_backbone():
-  assert set(ROWS) == set(configs.BACKBONES)
+  assert set(ROWS) == set(common.BACKBONES)
 
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_paper_row_is_pinned(dataset, row):
-  config = DATASETS[dataset].get_config(row)
+  config = configs.finalize(DATASETS[dataset].get_config(row), vocab_size=30522)
   want = {**COMMON, **ROWS[row][0], **PER_DATASET[dataset]}
   got = {k: _get(config, k) for k in want}
   wrong = {k: (got[k], v) for k, v in want.items() if got[k] != v}
   assert not wrong, f"{dataset}:{row} moved (got, pinned): {wrong}"
-  configs.validate(config)
   # The default argument is the vit224 row.
   if row == "vit224":
-    assert DATASETS[dataset].get_config("").to_dict() == config.to_dict()
+    default = configs.finalize(DATASETS[dataset].get_config(""), vocab_size=30522)
+    assert default.to_dict() == config.to_dict()
 
 
 @pytest.mark.parametrize("row", sorted(ROWS))
@@ -152,8 +153,7 @@ def test_backbone_lr_goes_to_pretrained_parts_only(row):
   checkpoints (ViT / Swin / BERT); projections, adapters, prompts, the BUTD MLP and
   the BiGRU with its embeddings learn at lr (VSE-infinity trains them at full rate).
   Shapes only: nothing is initialised."""
-  config = configs.paper_config("flickr30k", row)
-  config.model.text.vocab_size = 30522
+  config = configs.finalize(common.paper_config("flickr30k", row), vocab_size=30522)
   assert optim.pretrained_parts(config) == ROWS[row][1]
   model = grm.build_model(config.model)
   inputs = grm.example_inputs(config.model, config.data.max_len)
@@ -170,7 +170,7 @@ def _one_step_updates(config):
   """One optimiser step on the model's real params with every gradient = 1: Adam's
   first step moves each leaf by -(its lr) (clipping scales the gradient, not Adam's
   normalised step)."""
-  config.model.text.vocab_size = 50
+  configs.finalize(config, vocab_size=50)
   config.train.weight_decay = 0.0
   model = grm.build_model(config.model)
   inputs = grm.example_inputs(config.model, config.data.max_len)
@@ -190,7 +190,7 @@ def _one_step_updates(config):
 def test_one_update_step_gives_each_leaf_its_lr(row, pretrained):
   """The smoke variants keep the full rows' groups (the groups follow the backbone's
   kind, so random init does not change them)."""
-  config = configs.paper_config("flickr30k", row)
+  config = common.paper_config("flickr30k", row)
   assert optim.pretrained_parts(config) == pretrained
   assert pretrained == ROWS[row.split(",")[0]][1]
   updates = _one_step_updates(config)
@@ -203,7 +203,7 @@ def test_one_update_step_gives_each_leaf_its_lr(row, pretrained):
 
 def test_schedule_of_the_paper_rows():
   """lr 2e-4, x 0.3 at epochs 9, 15, 20, 25 (here 10 steps per epoch)."""
-  config = configs.paper_config("flickr30k", "vit224")
+  config = common.paper_config("flickr30k", "vit224")
   lr = optim.schedule(config, steps_per_epoch=10)
   got = [float(lr(s)) for s in (0, 89, 90, 149, 150, 199, 200, 249, 250, 299)]
   want = [2e-4, 2e-4, 6e-5, 6e-5, 1.8e-5, 1.8e-5, 5.4e-6, 5.4e-6, 1.62e-6, 1.62e-6]
@@ -213,8 +213,8 @@ def test_schedule_of_the_paper_rows():
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_smoke_rows_keep_pixels_and_dropout(row):
   """The smoke variants shrink the model, not the choices a run depends on."""
-  full = configs.paper_config("coco", row)
-  smoke = configs.paper_config("coco", f"{row},smoke")
+  full = common.paper_config("coco", row)
+  smoke = common.paper_config("coco", f"{row},smoke")
   for key in ("data.pixel_mean", "data.pixel_std", "data.resize_method",
               "model.text.dropout", "loss.kind", "loss.regularizer_scale"):
     assert _get(smoke, key) == _get(full, key), key

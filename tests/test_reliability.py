@@ -294,7 +294,7 @@ def test_every_config_holds_the_keys_the_readme_documents():
                        (demo.get_config("smoke"), documented | blocks),
                        (coco.get_config(), documented | blocks),
                        (flickr30k.get_config("butd_bigru,smoke"), documented)):
-    configs.validate(config)
+    configs.finalize(config)
     flat = run_dir.flatten(config.to_dict())
     assert keys <= set(flat), keys - set(flat)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gralign_jax import configs
-from gralign_jax.models import similarity
+from gralign_jax.scores import similarity
 
 SLOPE = 0.1
 

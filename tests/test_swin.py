@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from gralign_jax import configs
+from experiments.configs import common
 from gralign_jax import weights
-from gralign_jax.models import grm, swin
+from gralign_jax.models import backbones
+from gralign_jax.models import swin
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -68,7 +69,7 @@ CASES = {
 def test_parity_with_transformers(case, tmp_path):
   config, sizes = CASES[case]
   hf_model = _hf_checkpoint(tmp_path, **config)
-  module, params = weights.from_pretrained(tmp_path)
+  module, params = backbones.from_pretrained(tmp_path)
   assert isinstance(module, swin.Swin)
   for h, w in sizes:
     err = _compare(hf_model, module, params, (2, h, w, 3))
@@ -87,7 +88,7 @@ def test_parity_image_classification_checkpoint(tmp_path):
     name = f"swin.encoder.layers.{i}.blocks.{j}.attention.self.relative_position_index"
     state[name] = swin.relative_position_index(7, 7).reshape(-1).astype(np.int64)
   safetensors.numpy.save_file(state, path, metadata={"format": "pt"})
-  module, params = weights.from_pretrained(tmp_path)
+  module, params = backbones.from_pretrained(tmp_path)
   assert _compare(hf_model, module, params, (1, 56, 56, 3), seed=1) < 1e-4
 
 
@@ -95,7 +96,7 @@ def test_mismatched_checkpoint_names_tensor_and_shapes(tmp_path):
   _hf_checkpoint(tmp_path, image_size=32, embed_dim=8, depths=[2], num_heads=[2],
                  window_size=4)
   with pytest.raises(weights.CheckpointMismatchError) as info:
-    weights.from_pretrained(tmp_path, window_size=3)
+    backbones.from_pretrained(tmp_path, window_size=3)
   msg = str(info.value)
   # Window 4 -> (2*4-1)^2 = 49 table rows, window 3 -> 25; heads stay 2.
   for j in (0, 1):
@@ -161,8 +162,8 @@ def test_dropout_and_drop_path_only_in_training(small_params):
 
 
 def test_registry_and_config():
-  assert grm.VISION_BACKBONES["swin"] is swin.Swin
-  cfg = ml_collections.ConfigDict(configs.swin_b(384))
+  assert backbones.lookup("vision", "swin") is swin.Swin
+  cfg = ml_collections.ConfigDict(common.swin_b(384))
   module = swin.Swin.from_config(cfg, jnp.float32)
   assert (module.window_size, module.depths, module.embed_dim) == (12, (2, 2, 18, 2), 128)
-  assert configs.swin_b(224)["window_size"] == 7
+  assert common.swin_b(224)["window_size"] == 7

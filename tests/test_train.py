@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import demo
+from gralign_jax import configs
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import optim
 from gralign_jax import sharding
@@ -61,7 +62,7 @@ def test_sharded_update_equals_single_device(smoke_root):
   assert jax.device_count() == 8
   config = smoke_config(smoke_root, batch_size=16)
   tokenizer = datasets.load_tokenizer(config)
-  config.model.text.vocab_size = len(tokenizer)
+  configs.finalize(config, vocab_size=len(tokenizer))
   split = datasets.read_split(config, "train")
   caps = pipeline.encode_captions(split.captions, tokenizer, config.data.max_len)
   batch = next(pipeline.train_iterator(split, caps, config, seed=0))
@@ -71,7 +72,7 @@ def test_sharded_update_equals_single_device(smoke_root):
   for n in (1, 8):
     mesh = sharding.make_mesh(jax.devices()[:n])
     state = train.create_state(model, tx, config, mesh)
-    step = train.make_train_step(model, tx, config, mesh, hard_from=0)
+    step = train.make_train_step(model, tx, config, mesh)
     state, aux = step(state, sharding.global_batch(batch, mesh))
     state, aux = step(state, sharding.global_batch(batch, mesh))
     out[n] = jax.device_get((state["params"], aux["loss"]))
@@ -92,7 +93,7 @@ def test_coco_protocol_reports_1k_folds_and_5k(smoke_root, tmp_path):
 
 def test_collapse_is_detected_and_reported(smoke_root, tmp_path, capsys, monkeypatch):
   """A model whose every score is equal: the log and metrics.jsonl say COLLAPSE."""
-  from gralign_jax.models import similarity
+  from gralign_jax.scores import similarity
   real = similarity.pair_scores
   monkeypatch.setattr(similarity, "pair_scores", lambda i, t, c: {
       k: 0.0 * v for k, v in real(i, t, c).items()})

@@ -17,6 +17,7 @@ from matplotlib import patches as mpatches
 from PIL import Image
 
 from experiments.configs import demo
+from experiments.configs import common
 from gralign_jax import configs
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import retrieval
@@ -26,7 +27,7 @@ from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import readers
 from gralign_jax.data import writers
-from gralign_jax.models import grm
+from gralign_jax.models import backbones
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURE_SHAPE = (6, 64)
@@ -112,10 +113,10 @@ def test_visual_layout_of_each_backbone():
     config = configs.base_config()
     config.model.vision.update(name=vision["name"])
     if vision["name"] == "swin":
-      config.model.vision = ml_collections.ConfigDict(configs.swin_b(224))
-    configs.smoke(config)
+      config.model.vision = ml_collections.ConfigDict(common.swin_b(224))
+    common.smoke(config)
     config.model.vision.update(vision)
-    module = grm.backbone(config.model, "vision")
+    module = backbones.build(config.model, "vision")
     (x,) = module.example_inputs()
     tokens = jax.eval_shape(lambda m=module, x=x: m.init_with_output(
         jax.random.key(0), x)[0]).shape[1]

@@ -1,17 +1,18 @@
 """GRM on the synthetic scenes set: the Quickstart's job, sized for a 2-core CPU.
 
-Arguments (comma-separated): a variant of gralign_jax.configs.VARIANTS ("global",
+Arguments (comma-separated): a variant of common.VARIANTS ("global",
 "ori", "no_regions", ...) and/or "smoke" (a tiny set and a few steps, for tests).
   python -m experiments.demo --config=experiments/configs/demo.py:global
 """
+from experiments.configs import common
 from gralign_jax import configs
 
 
 def get_config(arg: str | None = None):
-  words = configs.parse_arg(arg)
+  _, words = common.parse_arg(arg)
   config = configs.base_config()
   config.data.update(name="synthetic", root="data/synthetic", format="laps",
-                     image_dir="images", image_size=64, max_len=28, hflip=False,
+                     image_dir="images", max_len=28, hflip=False,
                      crop_scale=(0.8, 1.0))  # captions name left/right: no flips
   config.data.synthetic.generate = True
   # 16 px patches: 17 visual tokens. 8 px patches (65 tokens) cost 3x per step on a
@@ -26,10 +27,10 @@ def get_config(arg: str | None = None):
                       lr_decay_epochs=(3,), warmup_steps=100, log_every=50,
                       ckpt_every=300)
   config.eval.update(every_steps=300, block_images=40, block_texts=500, batch_size=256)
-  configs.apply_variants(config, words)
+  common.apply_variants(config, words)
   if "smoke" in words:
-    configs.smoke(config)
+    common.smoke(config)
     config.data.root = "data/synthetic_smoke"
     config.data.synthetic.update(num_train=64, num_dev=16, num_test=20)
-    config.data.image_size = config.model.vision.image_size = 32
+    config.model.vision.image_size = 32
   return config

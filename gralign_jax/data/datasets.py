@@ -9,6 +9,8 @@ import time
 
 import ml_collections
 
+from gralign_jax import configs
+from gralign_jax import logs
 from gralign_jax import weights
 from gralign_jax.data import image_check
 from gralign_jax.data import images
@@ -33,7 +35,7 @@ def _root_state(data) -> str:
                           f"denied); expected a readable folder holding {where}.") from e
 
 
-def prepare(config: ml_collections.ConfigDict, log=print) -> None:
+def prepare(config: ml_collections.ConfigDict, log: logs.Log = logs.info) -> None:
   """Checks data.root and, when the config asks for it, generates the synthetic set there.
 
   The set is generated only into a root that does not exist or is an empty folder. A
@@ -43,10 +45,12 @@ def prepare(config: ml_collections.ConfigDict, log=print) -> None:
   Raises:
     ValueError: data.root is empty.
     NotADirectoryError: data.root is a file.
+    ConfigError: the config is not finalized (configs.finalize).
     PermissionError: data.root cannot be listed.
     FileNotFoundError: data.root does not exist and is not to be generated.
     FileExistsError: another process is generating the synthetic set into data.root.
   """
+  configs.require_final(config, "datasets.prepare")
   data = config.data
   if not data.root:
     raise ValueError("config.data.root is empty: set it to the data set folder, e.g. "
@@ -85,7 +89,7 @@ def read_split(config: ml_collections.ConfigDict, split: str) -> readers.Split:
                             check_images="warn" if data.skip_bad_images else True)
 
 
-def check_images(config: ml_collections.ConfigDict, splits: dict, log=print) -> None:
+def check_images(config: ml_collections.ConfigDict, splits: dict, log: logs.Log = logs.info) -> None:
   """data.check_images: the header and end of every image file, before training.
 
   Raises:

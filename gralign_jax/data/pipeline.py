@@ -18,12 +18,13 @@ import dataclasses
 from typing import Iterator, Sequence
 
 from absl import flags
-from absl import logging
 import grain
 import jax
 import ml_collections
 import numpy as np
 
+from gralign_jax import configs
+from gralign_jax import logs
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import readers
 from gralign_jax.data import text
@@ -57,7 +58,7 @@ def _load_or_skip(split: readers.Split, i: int, skip: bool) -> np.ndarray | None
       raise
     if split.image_paths[i] not in _WARNED:
       _WARNED.add(split.image_paths[i])
-      logging.warning("Skipping a bad image (data.skip_bad_images=True): %s", e)
+      logs.warning(f"Skipping a bad image (data.skip_bad_images=True): {e}")
     return None
 
 
@@ -177,6 +178,7 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
   (images passed over, see _TrainExample), where b = train.batch_size / process_count.
   `get_state()` / `set_state()` give its position for checkpoints.
   """
+  configs.require_final(config, "pipeline.train_iterator")
   process_count = jax.process_count()
   global_batch = config.train.batch_size
   if global_batch % process_count:
@@ -210,6 +212,7 @@ def eval_image_batches(split: readers.Split, config: ml_collections.ConfigDict,
   batch_size (b = batch_size / process_count); rows past the last image are zeros
   with index -1, so every host yields the same number of full batches.
   """
+  configs.require_final(config, "pipeline.eval_image_batches")
   example = _EvalImage(split, config.data.image_size, bool(config.data.skip_bad_images),
                        tuple(config.data.feature_shape), _resize_method(config))
   if process_count == 1:

@@ -20,8 +20,8 @@ split.py and are re-exported here.
 """
 import os
 
-from absl import logging
 
+from gralign_jax import logs
 from gralign_jax.data import karpathy
 from gralign_jax.data import precomp
 from gralign_jax.data import split as split_lib
@@ -64,7 +64,7 @@ def _check_images(paths, split, where, image_folder, warn=False):
   if num_bad < len(paths):
     message += ", or set config.data.skip_bad_images=true to train without them"
   if warn and num_bad < len(paths):
-    logging.warning("%s.", message)
+    logs.warning(f"{message}.")
     return
   error = FileNotFoundError if list(problems) == [split_lib.MISSING] else DataPathError
   raise error(message + ".")

@@ -4,10 +4,9 @@ the whole split blockwise over the devices, then rank.
 The encoders run jitted with the batch split over the mesh; only the token sets the
 score needs (similarity.SCORE_KEYS) are kept on the host. The score matrix is built by
 scorer.Scorer (config.eval.backend: XLA blocks or the fused Pallas kernel) over
-scoring.py's blocks, so the images x captions x tokens x tokens tensor never exists.
+blockwise.py's blocks, so the images x captions x tokens x tokens tensor never exists.
 """
 import dataclasses
-import os
 
 import jax
 import ml_collections
@@ -17,11 +16,10 @@ from gralign_jax import sharding
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
-from gralign_jax.evaluation import gallery
 from gralign_jax.evaluation import recall
-from gralign_jax.evaluation import scorer as scorer_lib
-from gralign_jax.evaluation import scoring
-from gralign_jax.models import similarity
+from gralign_jax.scores import blockwise
+from gralign_jax.scores import scorer as scorer_lib
+from gralign_jax.scores import similarity
 
 
 def subset(split: readers.Split, num_images: int) -> readers.Split:
@@ -74,8 +72,8 @@ class Evaluator:
     for batch in pipeline.eval_image_batches(split, self.config, self.batch, *hosts):
       bad += int(batch["bad_images"].sum())  # data.skip_bad_images
       out = self._encode_images(params, sharding.global_batch(
-          scoring.pad_rows(batch["image"], self.batch // hosts[1]), self.mesh))
-      parts.append(jax.tree.map(scoring.to_host, out))
+          blockwise.pad_rows(batch["image"], self.batch // hosts[1]), self.mesh))
+      parts.append(jax.tree.map(blockwise.to_host, out))
     self.bad_images = sharding.sum_over_hosts(bad)
     return jax.tree.map(lambda x: x[:split.num_images], _concat(parts))
 
@@ -86,27 +84,11 @@ class Evaluator:
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     for start in range(0, len(captions.ids), self.batch):
       rows = slice(start, start + self.batch)
-      ids, mask = (scoring.pad_rows(x[rows], self.batch)[mine] for x in (captions.ids,
+      ids, mask = (blockwise.pad_rows(x[rows], self.batch)[mine] for x in (captions.ids,
                                                                          captions.mask))
       out = self._encode_texts(params, *sharding.global_batch((ids, mask), self.mesh))
-      parts.append(jax.tree.map(scoring.to_host, out))
+      parts.append(jax.tree.map(blockwise.to_host, out))
     return jax.tree.map(lambda x: x[:len(captions.ids)], _concat(parts))
-
-  def encode_cached(self, params, split, captions, folder: str, meta: dict):
-    """encode() through a gallery cache (gallery.py): read from folder when it holds
-    this split encoded under this meta (e.g. {"step": 30000, "split": "test"}), else
-    encoded and saved there. A cache with other meta or other ids is an error."""
-    if os.path.exists(os.path.join(folder, gallery.MANIFEST)):
-      sides, _ = gallery.load(folder, expect_meta=meta)
-      (imgs, img_ids), (txts, _) = sides["images"], sides["texts"]
-      if not np.array_equal(img_ids, np.asarray(split.image_ids)):
-        raise ValueError(f"Gallery cache {folder!r} holds other images than split "
-                         f"{split.name!r}; re-encode or point elsewhere.")
-      return imgs, txts
-    imgs, txts = self.encode(params, split, captions)
-    gallery.save(folder, {"images": (imgs, np.asarray(split.image_ids)),
-                          "texts": (txts, np.arange(len(captions.ids)))}, meta)
-    return imgs, txts
 
   def scores(self, params, split, captions) -> np.ndarray:
     """The (num_images, num_captions) score matrix of a split."""

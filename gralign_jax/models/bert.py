@@ -52,11 +52,9 @@ class Bert(nn.Module):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
                   **kwargs) -> "Bert":
-    """Builds from config.model.text (the registry in grm.py calls this)."""
+    """Builds from config.model.text (models/backbones.py calls this)."""
     return cls(vocab_size=layers.vocab_size(config), max_len=config.max_len,
-               width=config.width, depth=config.depth, num_heads=config.num_heads,
-               mlp_dim=config.mlp_dim, dropout=config.dropout,
-               remat=config.get("remat", False), dtype=dtype, **kwargs)
+               **layers.encoder_kwargs(config), dtype=dtype, **kwargs)
 
   @classmethod
   def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "Bert":

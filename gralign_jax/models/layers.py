@@ -79,6 +79,19 @@ class Mlp(nn.Module):
                     name="output")(gelu(y))
 
 
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """x (B, L, d), mask (B, L) -> (B, d) float32 mean over valid tokens."""
+  m = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(x.astype(jnp.float32) * m, axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+
+
+def encoder_kwargs(config) -> dict:
+  """The transformer-encoder fields ViT and BERT share, from their config.model part."""
+  return dict(width=config.width, depth=config.depth, num_heads=config.num_heads,
+              mlp_dim=config.mlp_dim, dropout=config.dropout,
+              remat=config.get("remat", False))
+
+
 def vocab_size(text_config) -> int:
   """config.model.text.vocab_size, which train.py sets from the tokenizer when 0."""
   if text_config.vocab_size <= 0:

@@ -183,17 +183,16 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-  """`depth` blocks, alternately plain and shifted, then PatchMerging if `downsample`."""
+  """`depth` blocks, alternately plain and shifted, then PatchMerging if `downsample`.
+
+  block_settings: SwinBlock's fields that every block of the model shares (window_size,
+  mlp_ratio, qkv_bias, dropout, attention_dropout, ln_eps), as (name, value) pairs.
+  """
   depth: int
   num_heads: int
-  window_size: int
   drop_paths: tuple[float, ...]
   downsample: bool
-  mlp_ratio: float = 4.0
-  qkv_bias: bool = True
-  dropout: float = 0.0
-  attention_dropout: float = 0.0
-  ln_eps: float = 1e-5
+  block_settings: tuple[tuple[str, Any], ...]
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -201,11 +200,11 @@ class SwinStage(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     # static_argnums counts self: (x, train) -> train is 2.
     block = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
+    settings = dict(self.block_settings)
     for j in range(self.depth):
-      shift = 0 if j % 2 == 0 else self.window_size // 2
-      x = block(self.num_heads, self.window_size, shift, self.mlp_ratio, self.qkv_bias,
-                self.dropout, self.attention_dropout, self.drop_paths[j], self.ln_eps,
-                self.dtype, name=f"block_{j}")(x, train)
+      shift = 0 if j % 2 == 0 else settings["window_size"] // 2
+      x = block(num_heads=self.num_heads, shift_size=shift, drop_path=self.drop_paths[j],
+                dtype=self.dtype, name=f"block_{j}", **settings)(x, train)
     if self.downsample:
       x = PatchMerging(self.dtype, name="downsample")(x)
     return x
@@ -240,7 +239,7 @@ class Swin(nn.Module):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
                   **kwargs) -> "Swin":
-    """Builds from config.model.vision (the registry in grm.py calls this)."""
+    """Builds from config.model.vision (models/backbones.py calls this)."""
     return cls(image_size=config.image_size, patch_size=config.patch_size,
                embed_dim=config.embed_dim, depths=tuple(config.depths),
                num_heads=tuple(config.num_heads), window_size=config.window_size,
@@ -312,14 +311,16 @@ class Swin(nn.Module):
                        (1, grid[0] * grid[1], self.embed_dim))
       x = x + pos.reshape(1, *grid, self.embed_dim).astype(x.dtype)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    settings = (("window_size", self.window_size), ("mlp_ratio", self.mlp_ratio),
+                ("qkv_bias", self.qkv_bias), ("dropout", self.dropout),
+                ("attention_dropout", self.attention_dropout), ("ln_eps", self.ln_eps))
     # Stochastic depth grows linearly from 0 to drop_path over all blocks (as HF).
     total = sum(self.depths)
     rates = [self.drop_path * k / max(total - 1, 1) for k in range(total)]
     for i, depth in enumerate(self.depths):
       start = sum(self.depths[:i])
-      x = SwinStage(depth, self.num_heads[i], self.window_size,
-                    tuple(rates[start:start + depth]), i < len(self.depths) - 1,
-                    self.mlp_ratio, self.qkv_bias, self.dropout, self.attention_dropout,
-                    self.ln_eps, self.remat, self.dtype, name=f"stage_{i}")(x, train)
+      x = SwinStage(depth, self.num_heads[i], tuple(rates[start:start + depth]),
+                    i < len(self.depths) - 1, settings, self.remat, self.dtype,
+                    name=f"stage_{i}")(x, train)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
     return x.reshape(b, -1, x.shape[-1])

@@ -79,11 +79,9 @@ class ViT(nn.Module):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
                   **kwargs) -> "ViT":
-    """Builds from config.model.vision (the registry in grm.py calls this)."""
+    """Builds from config.model.vision (models/backbones.py calls this)."""
     return cls(image_size=config.image_size, patch_size=config.patch_size,
-               width=config.width, depth=config.depth, num_heads=config.num_heads,
-               mlp_dim=config.mlp_dim, dropout=config.dropout,
-               remat=config.get("remat", False), dtype=dtype, **kwargs)
+               **layers.encoder_kwargs(config), dtype=dtype, **kwargs)
 
   @classmethod
   def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "ViT":

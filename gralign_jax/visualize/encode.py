@@ -20,7 +20,7 @@ import numpy as np
 
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
-from gralign_jax.models import similarity
+from gralign_jax.scores import similarity
 from gralign_jax.visualize import numeric
 
 _TEXT_BATCH = 256  # captions encoded at a time

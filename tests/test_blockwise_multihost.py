@@ -10,11 +10,11 @@ import textwrap
 import numpy as np
 
 from gralign_jax import configs
-from gralign_jax.models import similarity
+from gralign_jax.scores import similarity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_scoring import grm_inputs  # noqa: E402  pylint: disable=g-import-not-at-top
+from test_scorer import grm_inputs  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def test_two_hosts_score_the_same_matrix_and_top_k():
@@ -27,13 +27,13 @@ def test_two_hosts_score_the_same_matrix_and_top_k():
       jax.distributed.initialize(coordinator_address="localhost:{port}",
                                  num_processes=2, process_id=int(sys.argv[1]))
       sys.path.insert(0, "tests")
-      from test_scoring import grm_inputs
+      from test_scorer import grm_inputs
       from gralign_jax import configs
-      from gralign_jax.evaluation import scorer, scoring
+      from gralign_jax.scores import blockwise, scorer
       assert jax.process_count() == 2 and jax.device_count() == 4
       img, txt = grm_inputs(seed=11, ni=13, nt=23)   # ragged for 4 devices
       sc = scorer.Scorer(configs.model_config(), backend="xla", block_images=2,
-                         block_texts=5, mesh=scoring.default_mesh())
+                         block_texts=5, mesh=blockwise.default_mesh())
       full = sc.matrix(img, txt)
       tv, ti = sc.topk_texts(img, txt, 4)
       iv, ii = sc.topk_images(img, txt, 3)

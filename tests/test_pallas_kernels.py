@@ -1,5 +1,5 @@
 """The fused Pallas scoring kernel, run by Pallas's interpreter on the CPU, against a
-NumPy loop over pairs and tokens, against the XLA path (engine.xla_scores) and against
+NumPy loop over pairs and tokens, against the XLA path (fused.xla_scores) and against
 the model's own definition (similarity.pair_scores) through the Scorer."""
 import jax
 import jax.numpy as jnp
@@ -8,15 +8,15 @@ import pytest
 from jax.sharding import Mesh
 
 from gralign_jax import configs
-from gralign_jax.evaluation import pallas_scoring as ps
-from gralign_jax.evaluation import scorer
-from gralign_jax.models import similarity
+from gralign_jax.scores import pallas_kernels as ps
+from gralign_jax.scores import scorer
+from gralign_jax.scores import similarity
 
 SLOPE = 0.1
 
 
 def loop_reference(t, trow, v, vcol, lt, lc):
-  """The kernel's contract (pallas_scoring docstring), one pair and token at a time."""
+  """The kernel's contract (pallas_kernels docstring), one pair and token at a time."""
   n, m = v.shape[0] // lc, t.shape[0] // lt
   groups = trow.shape[0] - 1
   out = np.zeros((n, m))
@@ -115,10 +115,26 @@ def _grm_inputs(seed, ni, nt, lv=9, lt=5, d=20, k=3, s=1):
            for k, x in txt.items()})
 
 
+def _config_for(img):
+  """The model config whose embed_dim is the encodings' d (what a kernel is built for)."""
+  cfg = configs.model_config()
+  cfg.embed_dim = img["tokens"].shape[-1]
+  return cfg
+
+
+def test_a_kernel_scorer_refuses_encodings_of_another_width():
+  img, txt = _grm_inputs(1, ni=4, nt=5)
+  cfg = _config_for(img)
+  cfg.embed_dim += 16
+  sc = scorer.Scorer(cfg, backend="pallas", params=ps.KernelParams(tile_texts=2))
+  with pytest.raises(ValueError, match=f"built for model.embed_dim={cfg.embed_dim}"):
+    sc.matrix(img, txt)
+
+
 @pytest.mark.parametrize("n_dev,bi,bt,samples", [(8, 1, 3, 1), (1, 5, 7, 2), (8, 2, 13, 1)])
 def test_scorer_pallas_equals_xla_and_definition(n_dev, bi, bt, samples):
-  cfg = configs.model_config()
   img, txt = _grm_inputs(n_dev + bi, ni=10, nt=13, s=samples)   # ragged last blocks
+  cfg = _config_for(img)
   mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("data",))
   kw = dict(block_images=bi, block_texts=bt, mesh=mesh)
   params = ps.KernelParams(tile_texts=2, tile_images=2, max_chunk=16, block_k=16)
@@ -135,8 +151,8 @@ def _assert_equals_xla_and_definition(got, cfg, img, txt, scorer_kw):
 
 
 def test_scorer_pallas_topk():
-  cfg = configs.model_config()
   img, txt = _grm_inputs(3, ni=7, nt=9)
+  cfg = _config_for(img)
   sc = scorer.Scorer(cfg, backend="pallas", block_images=2, block_texts=4,
                      params=ps.KernelParams(tile_texts=2, block_k=16))
   full = sc.matrix(img, txt)
@@ -203,8 +219,8 @@ def test_tpu_kernel_refuses_unpadded_inputs():
 
 @pytest.mark.parametrize("n_dev,bi,bt,samples", [(8, 1, 3, 1), (1, 5, 7, 2)])
 def test_scorer_tpu_kernel_equals_xla_and_definition(n_dev, bi, bt, samples):
-  cfg = configs.model_config()
   img, txt = _grm_inputs(n_dev + bi, ni=10, nt=13, s=samples)
+  cfg = _config_for(img)
   mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("data",))
   kw = dict(block_images=bi, block_texts=bt, mesh=mesh)
   sc = scorer.Scorer(cfg, backend="pallas", params=ps.TpuKernelParams(tile_texts=4,

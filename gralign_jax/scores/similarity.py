@@ -34,8 +34,9 @@ SCORE_KEYS = ("tokens", "mask", "gates", "regions", "global")
 WEIGHT_INDEX = {"ori": 0, "key": 1, "unc": 2}
 
 # Fill for masked entries before a max: far below any leaky_relu(cos) >= -slope, and
-# finite so that a zero weight times it is still 0.
-_NEG = -1e9
+# finite so that a zero weight times it is still 0 (the kernels and InfoNCE's masked
+# logits use it too).
+NEG = -1e9
 
 
 def token_cosine(t: jax.Array, v: jax.Array, slope: float) -> jax.Array:
@@ -66,8 +67,8 @@ def max_mean(c: jax.Array, t_mask: jax.Array, v_mask: jax.Array,
   """
   t_mask = t_mask.astype(bool)
   v_mask = v_mask.astype(bool)
-  t2v = jnp.max(jnp.where(v_mask[:, None, None, :], c, _NEG), axis=-1)  # (Ni, Nt, Lt)
-  v2t = jnp.max(jnp.where(t_mask[None, :, :, None], c, _NEG), axis=-2)  # (Ni, Nt, Lv)
+  t2v = jnp.max(jnp.where(v_mask[:, None, None, :], c, NEG), axis=-1)  # (Ni, Nt, Lt)
+  v2t = jnp.max(jnp.where(t_mask[None, :, :, None], c, NEG), axis=-2)  # (Ni, Nt, Lv)
   s_t = _wmean(t2v, t_mask[None], None if t_weight is None else t_weight[None])
   s_v = _wmean(v2t, v_mask[:, None], None if v_weight is None else v_weight[:, None])
   return s_t + s_v

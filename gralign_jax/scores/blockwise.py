@@ -23,7 +23,7 @@ Arrays closed over by score_fn are baked into the program as constants; pass
 everything that varies as leaves of `images` / `texts` instead.
 
 GRM's score functions (one cosine pass for S_ori, S_key and S_unc; XLA blocks or the
-fused Pallas kernel) are in engine.py and pallas_scoring.py; scorer.py picks one for
+fused Pallas kernel) are in fused.py and pallas_kernels.py; scorer.py picks one for
 the device and sizes the blocks.
 """
 import functools
@@ -39,7 +39,7 @@ ScoreFn = Callable[[Tree, Tree], jax.Array]
 
 
 # ---------------------------------------------------------------------------
-# Plumbing: mesh, shard_map across JAX versions, host <-> device, cache keys.
+# Plumbing: mesh, shard_map, host <-> device, cache keys.
 # ---------------------------------------------------------------------------
 def default_mesh() -> Mesh:
   """A 1-D mesh over every device (of every host), axis name 'data'."""
@@ -48,12 +48,9 @@ def default_mesh() -> Mesh:
 
 def _shard_map(f, mesh, in_specs, out_specs):
   # The bodies below only use collectives whose replication is known by construction,
-  # so the replication checker (named differently across versions) is switched off.
-  if hasattr(jax, "shard_map"):
-    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                         check_vma=False)
-  from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top
-  return shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+  # so the replication checker is switched off.
+  return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                       check_vma=False)
 
 
 def _leading_dim(tree: Tree, name: str) -> int:
@@ -88,7 +85,7 @@ def to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _round_up(x: int, m: int) -> int:
+def round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
@@ -130,8 +127,8 @@ class _Prepared:
     # Block sizes are upper bounds: a small gallery is not padded up to a full block.
     self.bi = max(1, min(block_images, -(-self.n // n_dev)))
     self.bt = max(1, min(block_texts, self.m))
-    self.n_pad = _round_up(self.n, n_dev * self.bi)
-    self.m_pad = _round_up(self.m, self.bt)
+    self.n_pad = round_up(self.n, n_dev * self.bi)
+    self.m_pad = round_up(self.m, self.bt)
     self.rows = P(self.mesh.axis_names)  # item axis split over every mesh axis
     self.images = jax.device_put(
         jax.tree.map(lambda x: pad_rows(np.asarray(x), self.n_pad), images),
@@ -221,6 +218,16 @@ def score_matrix(score_fn: ScoreFn, images: Tree, texts: Tree, *,
 # ---------------------------------------------------------------------------
 # Streaming top-k: memory proportional to (items x k), not N x M.
 # ---------------------------------------------------------------------------
+def _prepared_for_topk(images: Tree, texts: Tree, k: int, ranked: str, block_images: int,
+                       block_texts: int, mesh: Mesh | None) -> "_Prepared":
+  """_Prepared, after checking that k is between 1 and the number of `ranked` items."""
+  prep = _Prepared(images, texts, block_images, block_texts, mesh)
+  count = prep.m if ranked == "texts" else prep.n
+  if not 1 <= k <= count:
+    raise ValueError(f"k={k} must be between 1 and the number of {ranked} ({count}).")
+  return prep
+
+
 @functools.lru_cache(maxsize=32)
 def _texts_topk_program(fn_key: _FnKey, mesh: Mesh, block_images: int, k: int):
   rows = P(mesh.axis_names)
@@ -248,9 +255,7 @@ def topk_texts_per_image(score_fn: ScoreFn, images: Tree, texts: Tree, k: int, *
   Returns:
     values (N, k) float32 (best first) and indices (N, k) int32 into texts.
   """
-  prep = _Prepared(images, texts, block_images, block_texts, mesh)
-  if not 1 <= k <= prep.m:
-    raise ValueError(f"k={k} must be between 1 and the number of texts ({prep.m}).")
+  prep = _prepared_for_topk(images, texts, k, "texts", block_images, block_texts, mesh)
   program = _texts_topk_program(_FnKey(score_fn), prep.mesh, prep.bi, k)
   sharded = NamedSharding(prep.mesh, prep.rows)
   vals = jax.device_put(np.full((prep.n_pad, k), -np.inf, np.float32), sharded)
@@ -292,9 +297,7 @@ def topk_images_per_text(score_fn: ScoreFn, images: Tree, texts: Tree, k: int, *
   Returns:
     values (M, k) float32 (best first) and indices (M, k) int32 into images.
   """
-  prep = _Prepared(images, texts, block_images, block_texts, mesh)
-  if not 1 <= k <= prep.n:
-    raise ValueError(f"k={k} must be between 1 and the number of images ({prep.n}).")
+  prep = _prepared_for_topk(images, texts, k, "images", block_images, block_texts, mesh)
   program = _images_topk_program(_FnKey(score_fn), prep.mesh, prep.bi, k)
   row_ids = jax.device_put(np.arange(prep.n_pad, dtype=np.int32),
                            NamedSharding(prep.mesh, prep.rows))

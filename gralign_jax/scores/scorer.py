@@ -1,5 +1,5 @@
 """The scorer: picks the backend and the block sizes for the hardware, prepares the
-encoded token sets (engine.py) and runs scoring.py's blockwise, sharded matrix or
+encoded token sets (fused.py) and runs blockwise.py's sharded matrix or
 streaming top-k with the matching block score function.
 
   scorer = Scorer.from_config(config, mesh)
@@ -11,16 +11,16 @@ similarity.SCORE_KEYS, as the evaluator and gallery.py keep them).
 """
 import dataclasses
 import functools
-import logging
 
 import jax
 import ml_collections
 import numpy as np
 
-from gralign_jax.evaluation import engine
-from gralign_jax.evaluation import pallas_scoring
-from gralign_jax.evaluation import scoring
-from gralign_jax.models import similarity
+from gralign_jax import logs
+from gralign_jax.scores import blockwise
+from gralign_jax.scores import fused
+from gralign_jax.scores import pallas_kernels
+from gralign_jax.scores import similarity
 
 
 # ---------------------------------------------------------------------------
@@ -34,22 +34,22 @@ def pallas_works(params) -> bool:
   enc_i = {"tokens": rng.normal(size=(3, 20, 64)), "mask": np.ones((3, 20), bool)}
   enc_t = {"tokens": rng.normal(size=(5, 7, 64)),
            "mask": np.arange(7)[None] < rng.integers(1, 8, size=(5, 1))}
-  layout = engine.kernel_layout(params)
+  layout = fused.kernel_layout(params)
   if params.platform == "gpu":
     layout = dataclasses.replace(layout, d_multiple=max(16, params.block_k))
-  img = engine.prepare_images(enc_i, {"ori": 1.0}, layout=layout)
-  txt = engine.prepare_texts(enc_t, {"ori": 1.0}, layout=layout)
+  img = fused.prepare_images(enc_i, {"ori": 1.0}, layout=layout)
+  txt = fused.prepare_texts(enc_t, {"ori": 1.0}, layout=layout)
   try:
-    got = jax.jit(functools.partial(engine.pallas_scores, slope=0.1, params=params,
+    got = jax.jit(functools.partial(fused.pallas_scores, slope=0.1, params=params,
                                     interpret=False))(img, txt)
-    want = engine.xla_scores(img, txt, slope=0.1)
+    want = fused.xla_scores(img, txt, slope=0.1)
     ok = bool(np.allclose(np.asarray(got), np.asarray(want), atol=1e-3))
     if not ok:
-      logging.warning("The Pallas scoring kernel disagrees with XLA here; using XLA.")
+      logs.warning("The Pallas scoring kernel disagrees with XLA here; using XLA.")
     return ok
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning("The Pallas scoring kernel does not compile on %s (%s: %s); using "
-                    "XLA.", jax.default_backend(), type(e).__name__, str(e)[:300])
+    logs.warning(f"The Pallas scoring kernel does not compile on "
+                 f"{jax.default_backend()} ({type(e).__name__}: {str(e)[:300]}); using XLA.")
     return False
 
 
@@ -63,8 +63,8 @@ def resolve_backend(backend: str, model_config, params,
   lowers everywhere. "pallas" with a kernel for another accelerator is an error; on a
   CPU either kernel runs interpreted.
   """
-  if backend not in engine.BACKENDS:
-    raise ValueError(f"config.eval.backend must be one of {engine.BACKENDS}, got {backend!r}.")
+  if backend not in fused.BACKENDS:
+    raise ValueError(f"config.eval.backend must be one of {fused.BACKENDS}, got {backend!r}.")
   if model_config.score == "global":
     return "global"
   if model_config.gate_mode == "scale":
@@ -78,7 +78,7 @@ def resolve_backend(backend: str, model_config, params,
   if backend == "pallas" and platform != "cpu" and platform != params.platform:
     raise ValueError(f"eval.backend='pallas' with a kernel for {params.platform} "
                      f"({type(params).__name__}) on {platform}: it does not lower there. "
-                     f"Use {type(pallas_scoring.default_params(platform)).__name__} or "
+                     f"Use {type(pallas_kernels.default_params(platform)).__name__} or "
                      "backend 'auto' / 'xla'.")
   return backend
 
@@ -110,6 +110,17 @@ def auto_blocks(backend: str, n_local: int, m: int, lt: int, lc: int,
   return _even(n_local, max(1, budget // (12 * lt * lc * bt))), bt
 
 
+def _fit_to_width(params, d: int):
+  """Triton's K step must divide d: the largest power-of-two step <= params.block_k
+  that does (Mosaic's kernel takes d whole)."""
+  if params.platform != "gpu":
+    return params
+  block_k = params.block_k
+  while d % block_k:
+    block_k //= 2
+  return dataclasses.replace(params, block_k=block_k)
+
+
 # ---------------------------------------------------------------------------
 # The scorer.
 # ---------------------------------------------------------------------------
@@ -118,12 +129,12 @@ class Scorer:
 
   Args:
     model_config: config.model (score, gate_mode, adapters, regions, leaky_slope).
-    backend: "auto" | "xla" | "pallas" | "reference" (engine.py).
+    backend: "auto" | "xla" | "pallas" | "reference" (fused.py).
     dtype: "float32" | "bfloat16": the stored unit tokens; sums are float32 always.
     block_images, block_texts: upper bounds of a block; <= 0: auto_blocks.
     weights: {score name: weight}; None: model.score_weights over the present scores
       (e.g. {"ori": 1} gives S_ori alone).
-    params: the kernel and its tiling: pallas_scoring.KernelParams (Triton, GPU) or
+    params: the kernel and its tiling: pallas_kernels.KernelParams (Triton, GPU) or
       TpuKernelParams (Mosaic, TPU); None: the one for the mesh's platform.
     interpret: run it interpreted (default: on a CPU).
   """
@@ -131,31 +142,34 @@ class Scorer:
   def __init__(self, model_config, *, backend: str = "auto", dtype: str = "float32",
                block_images: int = 0, block_texts: int = 0, mesh=None, weights=None,
                params=None, interpret: bool | None = None):
-    if dtype not in engine.DTYPES:
-      raise ValueError(f"score dtype must be one of {sorted(engine.DTYPES)}, got {dtype!r}.")
+    if dtype not in fused.DTYPES:
+      raise ValueError(f"score dtype must be one of {sorted(fused.DTYPES)}, got {dtype!r}.")
     self.config = model_config
-    self.dtype = engine.DTYPES[dtype]
+    self.dtype = fused.DTYPES[dtype]
     self.blocks = (block_images, block_texts)
-    self.mesh = mesh if mesh is not None else scoring.default_mesh()
+    self.mesh = mesh if mesh is not None else blockwise.default_mesh()
     platform = self.mesh.devices.flat[0].platform
     if params is None:
-      params = pallas_scoring.default_params(platform)
+      params = pallas_kernels.default_params(platform)
     self.backend = resolve_backend(backend, model_config, params, platform)
-    self.mix = engine.score_mix(model_config, weights) if model_config.score == "grm" else {}
+    self.mix = fused.score_mix(model_config, weights) if model_config.score == "grm" else {}
     if interpret is None:
       interpret = platform == "cpu"
     slope = float(model_config.leaky_slope)
+    self.layout = (fused.kernel_layout(params) if self.backend == "pallas"
+                   else fused.Layout())
+    # The width d of the prepared tokens: model.embed_dim padded as the layout asks.
+    self.width = blockwise.round_up(int(model_config.embed_dim), self.layout.d_multiple)
     if self.backend == "pallas":
-      self.layout = engine.kernel_layout(params)
-      self.params, self.interpret = params, interpret
-      self.score_fn = None  # needs d: built in prepare
+      self.score_fn = functools.partial(
+          fused.pallas_scores, slope=slope, params=_fit_to_width(params, self.width),
+          interpret=interpret)
     else:
-      self.layout = engine.Layout()
       self.score_fn = {
-          "xla": functools.partial(engine.xla_scores, slope=slope),
-          "global": engine.global_scores,
+          "xla": functools.partial(fused.xla_scores, slope=slope),
+          "global": fused.global_scores,
           "reference": functools.partial(
-              engine.reference_scores, mix=self.mix,
+              fused.reference_scores, mix=self.mix,
               model_config=ml_collections.FrozenConfigDict(model_config)),
       }[self.backend]
 
@@ -169,31 +183,20 @@ class Scorer:
   def prepare(self, images, texts) -> tuple[dict, dict]:
     """Encodings -> the trees the block score function reads (host arrays)."""
     if self.backend == "global":
-      unit = lambda e: {"global": engine._unit(e["global"])}  # pylint: disable=protected-access
+      unit = lambda e: {"global": fused._unit(e["global"])}  # pylint: disable=protected-access
       return unit(images), unit(texts)
     if self.backend == "reference":
       keep = lambda e: {k: np.asarray(v) for k, v in e.items() if k in similarity.SCORE_KEYS}
       return keep(images), keep(texts)
     samples = np.shape(images["regions"])[1] if "unc" in self.mix else 1
-    img = engine.prepare_images(images, self.mix, self.dtype, self.layout)
-    txt = engine.prepare_texts(texts, self.mix, samples, self.dtype, self.layout)
-    self.bind(img)
+    img = fused.prepare_images(images, self.mix, self.dtype, self.layout)
+    txt = fused.prepare_texts(texts, self.mix, samples, self.dtype, self.layout)
+    d = img["tokens"].shape[-1]
+    if self.backend == "pallas" and d != self.width:  # the kernel's K step is set for d
+      raise ValueError(f"The image encodings have d={np.shape(images['tokens'])[-1]} "
+                       f"(padded to {d}); this scorer was built for model.embed_dim="
+                       f"{self.config.embed_dim} (padded to {self.width}).")
     return img, txt
-
-  def bind(self, img: dict) -> None:
-    """Pallas: the kernel for prepared images (their padded d sets the K step), so
-    prepared arrays can be reused by another Scorer of the same layout."""
-    if self.backend != "pallas":
-      return
-    params = self.params
-    if params.platform == "gpu":  # Triton: the K step must divide d
-      d, block_k = img["tokens"].shape[-1], params.block_k
-      while d % block_k:
-        block_k //= 2
-      params = dataclasses.replace(params, block_k=block_k)
-    self.score_fn = functools.partial(
-        engine.pallas_scores, slope=float(self.config.leaky_slope), params=params,
-        interpret=self.interpret)
 
   def _blocks(self, img, txt) -> dict:
     n, m = len(jax.tree.leaves(img)[0]), len(jax.tree.leaves(txt)[0])
@@ -211,12 +214,12 @@ class Scorer:
 
   def matrix(self, images, texts, *, prepared: bool = False) -> np.ndarray:
     """(N, M) float32 scores. prepared=True: images/texts come from self.prepare."""
-    return self._run(scoring.score_matrix, images, texts, prepared=prepared)
+    return self._run(blockwise.score_matrix, images, texts, prepared=prepared)
 
   def topk_texts(self, images, texts, k: int, *, prepared: bool = False):
     """The k best texts per image: values (N, k) float32, indices (N, k) int32."""
-    return self._run(scoring.topk_texts_per_image, images, texts, k, prepared=prepared)
+    return self._run(blockwise.topk_texts_per_image, images, texts, k, prepared=prepared)
 
   def topk_images(self, images, texts, k: int, *, prepared: bool = False):
     """The k best images per text: values (M, k) float32, indices (M, k) int32."""
-    return self._run(scoring.topk_images_per_text, images, texts, k, prepared=prepared)
+    return self._run(blockwise.topk_images_per_text, images, texts, k, prepared=prepared)

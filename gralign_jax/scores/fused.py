@@ -14,12 +14,12 @@ gives the weighted sum of all three scores (or any one of them, with one weight 
 
 Block score functions (scorer.py picks one): xla_scores (the reference and the
 portable fallback: blocks of (bi, bt, L_t, L_c) in memory; lowers for every platform),
-pallas_scores (pallas_scoring.py: tiles never leave the chip; the Triton kernel for
+pallas_scores (pallas_kernels.py: tiles never leave the chip; the Triton kernel for
 KernelParams, the Mosaic TPU kernel for TpuKernelParams, each padded by kernel_layout;
 interpreted on a CPU), reference_scores
 (similarity.pair_scores itself, the definition; what gate_mode "scale" runs on) and
 global_scores (model.score "global": cosine of the pooled vectors). Blocks and devices
-are scoring.py's: images split over the mesh, texts streamed.
+are blockwise.py's: images split over the mesh, texts streamed.
 """
 import dataclasses
 from typing import Mapping
@@ -28,12 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gralign_jax.evaluation import pallas_scoring
-from gralign_jax.models import similarity
+from gralign_jax.scores import blockwise
+from gralign_jax.scores import pallas_kernels
+from gralign_jax.scores import similarity
 
 BACKENDS = ("auto", "xla", "pallas", "reference")
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
-NEG = pallas_scoring.NEG
+NEG = similarity.NEG
 
 
 # ---------------------------------------------------------------------------
@@ -77,10 +78,6 @@ def _pad_axis(x: np.ndarray, axis: int, size: int, value=0) -> np.ndarray:
   return np.pad(x, pad, constant_values=value)
 
 
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
-
-
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Padding of the prepared arrays: L_t to a power of two or a multiple, L_c and d to
@@ -116,8 +113,8 @@ def prepare_images(enc: Mapping[str, np.ndarray], mix: Mapping[str, float],
     gid.append(np.broadcast_to(1.0 + np.repeat(np.arange(s), k), (n, s * k)))
     wcol.append(np.full((n, s * k), mix["unc"] / (s * k), np.float32))
   cols, gid, wcol = (np.concatenate(x, 1) for x in (cols, gid, wcol))
-  lc = _round_up(cols.shape[1], layout.col_multiple)
-  d = _round_up(cols.shape[2], layout.d_multiple)
+  lc = blockwise.round_up(cols.shape[1], layout.col_multiple)
+  d = blockwise.round_up(cols.shape[2], layout.d_multiple)
   tokens = _pad_axis(_pad_axis(cols, 1, lc), 2, d).astype(dtype)
   col = np.stack([_pad_axis(gid, 1, lc, -1.0), _pad_axis(wcol, 1, lc)], 1)
   return {"tokens": tokens, "col": col.astype(np.float32)}
@@ -138,15 +135,15 @@ def prepare_texts(enc: Mapping[str, np.ndarray], mix: Mapping[str, float],
     rows += [w_unc] * num_samples
   lt = t.shape[1]
   lt = (1 << (lt - 1).bit_length() if layout.pow2_text
-        else _round_up(lt, layout.text_multiple))
-  d = _round_up(t.shape[2], layout.d_multiple)
+        else blockwise.round_up(lt, layout.text_multiple))
+  d = blockwise.round_up(t.shape[2], layout.d_multiple)
   row = _pad_axis(np.stack(rows, 1), 2, lt)
   return {"tokens": _pad_axis(_pad_axis(t, 1, lt), 2, d).astype(dtype),
           "row": row.astype(np.float32)}
 
 
 # ---------------------------------------------------------------------------
-# Block score functions (pure; scoring.py calls them per image x text block).
+# Block score functions (pure; blockwise.py calls them per image x text block).
 # ---------------------------------------------------------------------------
 def xla_scores(img, txt, *, slope: float) -> jax.Array:
   """Prepared blocks (bi, L_c, d) x (bt, L_t, d) -> (bi, bt); the XLA reference.
@@ -176,9 +173,9 @@ def pallas_scores(img, txt, *, slope: float, params, interpret: bool) -> jax.Arr
   (KernelParams: Triton, flat layouts; TpuKernelParams: Mosaic), inputs padded to its
   tiles."""
   (bi, lc, d), (bt, lt, _) = img["tokens"].shape, txt["tokens"].shape
-  ni, mt = _round_up(bi, params.tile_images), _round_up(bt, params.tile_texts)
+  ni, mt = blockwise.round_up(bi, params.tile_images), blockwise.round_up(bt, params.tile_texts)
   if params.platform == "tpu":
-    out = pallas_scoring.max_mean_scores_tpu(
+    out = pallas_kernels.max_mean_scores_tpu(
         _pad_items(txt["tokens"], mt), _pad_items(txt["row"], mt).transpose(0, 2, 1),
         _pad_items(img["tokens"], ni), _pad_items(img["col"], ni),
         groups=txt["row"].shape[1] - 1, slope=slope, params=params, interpret=interpret)
@@ -188,7 +185,7 @@ def pallas_scores(img, txt, *, slope: float, params, interpret: bool) -> jax.Arr
   t = _pad_items(txt["tokens"], mt).reshape(mt * lt, d)
   r = txt["row"].shape[1]
   trow = _pad_items(txt["row"], mt).transpose(1, 0, 2).reshape(r, mt * lt)
-  out = pallas_scoring.max_mean_scores(t, trow, v, vcol, lt=lt, lc=lc, groups=r - 1,
+  out = pallas_kernels.max_mean_scores(t, trow, v, vcol, lt=lt, lc=lc, groups=r - 1,
                                        slope=slope, params=params, interpret=interpret)
   return out[:bi, :bt]
 

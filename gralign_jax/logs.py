@@ -1,0 +1,76 @@
+"""The one logger: what the library tells its user, and the training progress display.
+
+  info(*args)       a line on stdout, from process 0 only (every host runs the same
+                    program; one copy of each line is enough), through tqdm.write on a
+                    terminal so that it does not break the progress bar
+  warning(message)  a line from any process (a bad image, a kernel that does not
+                    compile, are facts about that host), through the stdlib logger
+                    "gralign_jax": absl's handler under the experiments' mains,
+                    Python's own stderr handler elsewhere, pytest's caplog in tests
+  Progress          a tqdm bar on a terminal, periodic lines otherwise
+
+Library functions that talk take `log: Log = info`: a caller may pass another sink (a
+list's append in a test, a notebook's display).
+"""
+import logging
+import sys
+import time
+from typing import Callable
+
+Log = Callable[[str], None]
+_LOGGER = logging.getLogger("gralign_jax")
+
+
+def info(*args) -> None:
+  """Process 0 prints; on a terminal through tqdm, so lines do not land on the bar."""
+  import jax  # pylint: disable=g-import-not-at-top  (configs import this module)
+  if jax.process_index() != 0:
+    return
+  if sys.stdout.isatty():
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    tqdm.write(" ".join(map(str, args)))
+  else:
+    print(*args, flush=True)
+
+
+def warning(message: str) -> None:
+  """Said by whichever process meets it (grain workers included: no JAX call here)."""
+  _LOGGER.warning(message)
+
+
+class Progress:
+  """Training progress from `start` to `total` steps: a tqdm bar on a terminal (process
+  0), else a line per update. `budget_seconds` > 0 (train.max_train_seconds) caps the
+  ETA at the training time left."""
+
+  def __init__(self, start: int, total: int, budget_seconds: float = -1.0,
+               spent_seconds: float = 0.0):
+    self.start, self.total = start, total
+    self.budget_left = budget_seconds - spent_seconds if budget_seconds > 0 else None
+    self.t0 = time.time()
+    self.bar = None
+    import jax  # pylint: disable=g-import-not-at-top
+    if sys.stderr.isatty() and jax.process_index() == 0:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+  def tick(self, step: int) -> None:
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+
+  def update(self, step: int, aux: dict) -> None:
+    if self.bar is not None:
+      self.tick(step)
+      self.bar.set_postfix(loss=f"{aux['loss']:.3f}", spread=f"{aux['score_spread']:.3f}")
+      return
+    elapsed = max(time.time() - self.t0, 1e-9)
+    rate = (step - self.start) / elapsed
+    eta = (self.total - step) / max(rate, 1e-9)
+    if self.budget_left is not None:  # evaluations count here, not in the budget
+      eta = min(eta, max(self.budget_left - elapsed, 0.0))
+    info(f"[train @ {step}/{self.total}] loss {aux['loss']:.4f}  score spread "
+         f"{aux['score_spread']:.3f}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
