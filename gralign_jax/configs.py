@@ -182,8 +182,6 @@ CHOICES = {
     "model.score": ("grm", "global"),
     "model.gate_mode": ("weight", "scale"),
     "model.compute_dtype": ("float32", "bfloat16"),
-    "model.vision.name": ("vit", "swin", "butd"),
-    "model.text.name": ("bert", "bigru"),
     "loss.kind": ("triplet", "infonce"),
     "loss.recon": ("mse", "cos"),
     "loss.entropy_form": ("paper", "mutual_information"),
@@ -259,7 +257,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(key, allowed):
     raise ConfigError(f"config.{key}={_get(config, key)!r}: expected {allowed}.")
 
-  for key, allowed in CHOICES.items():
+  from gralign_jax.models import backbones  # pylint: disable=g-import-not-at-top
+  choices = dict(CHOICES, **{f"model.{part}.name": tuple(registry)  # the one registry
+                             for part, registry in backbones.BACKBONES.items()})
+  for key, allowed in choices.items():
     if _get(config, key) not in allowed:
       fail(key, "one of " + ", ".join(repr(a) for a in allowed))
   t, m, v = config.train, config.model, config.model.vision

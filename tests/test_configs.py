@@ -108,3 +108,12 @@ def test_finalize_derives_what_must_agree_and_refuses_a_second_hand_set_value():
                            r"model.vision.image_size \(224\); set "
                            r"model.vision.image_size instead"):
     configs.finalize(config)
+
+
+def test_a_backbone_name_is_checked_against_the_registry():
+  config = common.paper_config("coco", "vit224")
+  config.model.vision.name = "resnet"
+  with pytest.raises(configs.ConfigError,
+                     match=r"config.model.vision.name='resnet': expected one of 'vit', "
+                           r"'swin', 'butd'"):
+    configs.finalize(config)
