@@ -154,9 +154,16 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     logs.info(f"[dev @ {step}] rSum {m['rsum']:.1f} (i2t R@1 {m['i2t_r1']:.1f}, t2i R@1 "
               f"{m['t2i_r1']:.1f}){' best so far' if is_best else ''} "
               f"[{time.time() - t0:.0f}s]{nan}")
+    chance = recall.chance_rsum(splits["dev"].num_images,
+                                splits["dev"].captions_per_image)
     if m["score_std"] < 1e-4:
       logs.info(f"[dev @ {step}] COLLAPSE: every dev score is equal (std "
                 f"{m['score_std']:.1e}); the model ranks nothing. See README, 'Collapse'.")
+    elif step > config.train.warmup_steps and m["rsum"] < 2 * chance:
+      # Nearly equal scores (a spread above the equality threshold) rank at chance too.
+      logs.info(f"[dev @ {step}] AT CHANCE: dev rSum {m['rsum']:.1f} is under twice "
+                f"that of random scores ({chance:.1f} on {splits['dev'].num_images} "
+                f"images; score std {m['score_std']:.1e}). See README, 'Collapse'.")
     if is_best:
       meta.update(best_rsum=m["rsum"], best_step=step)
       checkpointer.save(step, state, batches.get_state(), dict(meta), best=True)

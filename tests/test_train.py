@@ -7,6 +7,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -108,6 +109,24 @@ def test_collapse_is_detected_and_reported(smoke_root, tmp_path, capsys, monkeyp
   assert any(r.get("collapsed") == 1 for r in records)
   losses = [r["l_ori"] for r in records if r["split"] == "train" and "l_ori" in r]
   assert losses and all(l == pytest.approx(2 * 16 * 0.2) for l in losses)
+
+
+def test_a_dev_rsum_at_chance_is_reported(smoke_root, tmp_path, capsys, monkeypatch):
+  """Scores that differ (no equality collapse) but rank as randomly as noise: the dev
+  line says AT CHANCE, with the chance level of the dev split's size."""
+  from gralign_jax.evaluation import recall
+  from gralign_jax.scores import similarity
+  real = similarity.pair_scores
+  monkeypatch.setattr(similarity, "pair_scores", lambda i, t, c: {
+      k: 0.05 * jnp.sin(1e4 * v) for k, v in real(i, t, c).items()})
+  config = smoke_config(smoke_root, num_steps=4, warmup_steps=0, log_every=2)
+  config.eval.backend = "reference"  # evaluation through pair_scores too (patched above)
+  train.train_and_evaluate(config, str(tmp_path / "noise"))
+  out = capsys.readouterr().out
+  chance = recall.chance_rsum(16)  # the smoke dev split
+  assert "[dev @ 4] AT CHANCE: dev rSum" in out
+  assert f"that of random scores ({chance:.1f} on 16 images" in out
+  assert "[dev @ 4] COLLAPSE" not in out  # the scores are not all equal
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path):

@@ -145,6 +145,22 @@ def recall_metrics(sims: np.ndarray, captions_per_image: int = 5) -> dict[str, f
   return out
 
 
+def chance_rsum(num_images: int, captions_per_image: int = 5) -> float:
+  """The expected rSum of random scores on N images and cpi x N captions: an image
+  finds one of its cpi captions in the top K of M with probability
+  1 - C(M - cpi, K) / C(M, K); a caption finds its image in the top K of N with
+  probability K / N. A model near this ranks nothing."""
+  n, cpi = num_images, captions_per_image
+  m = cpi * n
+  total = 0.0
+  for k in _RECALL_KS:
+    miss = 1.0  # C(M - cpi, K) / C(M, K), as a product
+    for i in range(min(k, m)):
+      miss *= max(m - cpi - i, 0) / (m - i)
+    total += 100.0 * ((1.0 - miss) + min(k, n) / n)
+  return total
+
+
 def coco_folds(sims: np.ndarray, captions_per_image: int = 5,
                num_folds: int = 5) -> list[np.ndarray]:
   """The COCO 1K folds of an (N, cpi x N) matrix: fold f is images f*F .. (f+1)*F - 1
