@@ -207,7 +207,8 @@ def regularizer_scale(value) -> str | float | None:
   return number if number >= 0 else None
 
 
-def resolve_preprocessing(config: ml_collections.ConfigDict, log: logs.Log = logs.info) -> dict:
+def resolve_preprocessing(config: ml_collections.ConfigDict,
+                          log: logs.Log = logs.info) -> dict:
   """With data.preprocessor="checkpoint", sets data.pixel_mean / pixel_std /
   resize_method (in place) from the vision weights' preprocessor_config.json where
   the checkpoint has one. -> {key: (old, new)} of what changed.

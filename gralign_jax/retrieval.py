@@ -229,7 +229,8 @@ class EncodedGallery:
   cache: str | None
 
 
-def encode_gallery(run: Run, split: readers.Split, log: logs.Log = logs.info) -> EncodedGallery:
+def encode_gallery(run: Run, split: readers.Split,
+                   log: logs.Log = logs.info) -> EncodedGallery:
   """The gallery's image token sets, from its cache when the same files were encoded
   by the same checkpoint before. Files that do not decode are left out (and listed)."""
   if not isinstance(split, GallerySplit):
@@ -471,7 +472,8 @@ def export_gallery(found: EncodedGallery, path: str, step: int) -> str:
   return path
 
 
-def write_result(result: dict, path: str | None = None, log: logs.Log = logs.info) -> str:
+def write_result(result: dict, path: str | None = None,
+                 log: logs.Log = logs.info) -> str:
   """Writes result as JSON to path, by default <workdir>/retrieval.json, falling back
   to fallback_dir(workdir) when the workdir is not writable. -> the file written.
 

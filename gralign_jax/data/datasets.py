@@ -89,7 +89,8 @@ def read_split(config: ml_collections.ConfigDict, split: str) -> readers.Split:
                             check_images="warn" if data.skip_bad_images else True)
 
 
-def check_images(config: ml_collections.ConfigDict, splits: dict, log: logs.Log = logs.info) -> None:
+def check_images(config: ml_collections.ConfigDict, splits: dict,
+                 log: logs.Log = logs.info) -> None:
   """data.check_images: the header and end of every image file, before training.
 
   Raises:

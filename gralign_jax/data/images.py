@@ -9,7 +9,8 @@ How pixels are resized (`data.resize_method`, a PIL filter named as in RESAMPLE)
 normalised (`data.pixel_mean`, `data.pixel_std`) follows the vision checkpoint: the
 paper configs preset them per backbone (PIXEL_PRESETS in experiments/configs/
 common.py) and a checkpoint's own preprocessor_config.json wins where present
-(configs.resolve_preprocessing, through `preprocessor_settings` here). The demo keeps mean = std = 0.5 and bilinear.
+(configs.resolve_preprocessing, through `preprocessor_settings` here). The demo keeps
+mean = std = 0.5 and bilinear.
 """
 import io
 import math

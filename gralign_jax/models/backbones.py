@@ -5,8 +5,9 @@ A backbone is a Linen module with `from_config(config, dtype)` and `example_inpu
 One that can start from a Hugging Face checkpoint also implements the HF protocol
 (weights.py: `from_hf_config`, `hf_name`, `HF_IGNORED`) and is registered under its HF
 `model_type` ("vit", "swin", "bert"), so that a checkpoint folder finds its class here
-too (`from_pretrained`). Adding a backbone: its module, one line below, its preset in
-configs.py.
+too (`from_pretrained`). Adding a backbone: its module, one line below, and its preset
+(and `smoke` shrink) in experiments/configs/common.py; configs.validate takes the
+names from here.
 """
 from typing import Any
 

@@ -173,7 +173,8 @@ def pallas_scores(img, txt, *, slope: float, params, interpret: bool) -> jax.Arr
   (KernelParams: Triton, flat layouts; TpuKernelParams: Mosaic), inputs padded to its
   tiles."""
   (bi, lc, d), (bt, lt, _) = img["tokens"].shape, txt["tokens"].shape
-  ni, mt = blockwise.round_up(bi, params.tile_images), blockwise.round_up(bt, params.tile_texts)
+  ni = blockwise.round_up(bi, params.tile_images)
+  mt = blockwise.round_up(bt, params.tile_texts)
   if params.platform == "tpu":
     out = pallas_kernels.max_mean_scores_tpu(
         _pad_items(txt["tokens"], mt), _pad_items(txt["row"], mt).transpose(0, 2, 1),
