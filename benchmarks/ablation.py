@@ -88,24 +88,39 @@ def _stats(values: list[float]) -> tuple[float, float]:
   return mean, (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-def table(runs_dir: str, variants, seeds) -> tuple[dict, str]:
-  """-> ({variant: {"seeds": {seed: record}, ...}}, the Markdown table)."""
+def table(runs_dir: str, variants, seeds, reference: str = "grm") -> tuple[dict, str]:
+  """-> ({variant: {"seeds": {seed: record}, ...}}, the Markdown table).
+
+  Besides each variant's mean and spread, the change against `reference` is taken seed
+  by seed (the same seed, so the same data order) and then averaged: the spread of
+  that paired difference, not of the two means, says whether a component matters.
+  """
+  ref = {s: r for s in seeds
+         if (r := _record(os.path.join(runs_dir, f"{reference}-s{s}"))) is not None}
   rows, lines = {}, [
-      "| variant | what it is | seeds | test rSum (mean +- sd) | dev rSum | steps |",
-      "|---|---|---|---|---|---|"]
+      f"| variant | what it is | seeds | test rSum per seed | test rSum (mean +- sd) | "
+      f"vs `{reference}`, paired (mean +- sd) | dev rSum | steps |",
+      "|---|---|---|---|---|---|---|---|"]
   for variant, what in variants:
     got = {s: r for s in seeds
            if (r := _record(os.path.join(runs_dir, f"{variant}-s{s}"))) is not None}
     rows[variant] = {"what": what, "seeds": got}
     if not got:
-      lines.append(f"| `{variant}` | {what} | 0 | not run | | |")
+      lines.append(f"| `{variant}` | {what} | 0 | not run | | | | |")
       continue
     test, sd = _stats([r["test_rsum"] for r in got.values()])
     dev, _ = _stats([r["dev_rsum"] for r in got.values()])
     steps, _ = _stats([r["steps"] for r in got.values()])
+    per_seed = ", ".join(f"{r['test_rsum']:.1f}" for r in got.values())
+    diffs = [r["test_rsum"] - ref[s]["test_rsum"] for s, r in got.items() if s in ref]
+    paired = ""
+    if variant != reference and diffs:
+      d_mean, d_sd = _stats(diffs)
+      rows[variant].update(vs_reference_mean=d_mean, vs_reference_sd=d_sd)
+      paired = f"{d_mean:+.1f} +- {d_sd:.1f}"
     rows[variant].update(test_mean=test, test_sd=sd, dev_mean=dev, steps_mean=steps)
-    lines.append(f"| `{variant}` | {what} | {len(got)} | {test:.1f} +- {sd:.1f} | "
-                 f"{dev:.1f} | {steps:.0f} |")
+    lines.append(f"| `{variant}` | {what} | {len(got)} | {per_seed} | {test:.1f} +- "
+                 f"{sd:.1f} | {paired} | {dev:.1f} | {steps:.0f} |")
   return rows, "\n".join(lines)
 
 

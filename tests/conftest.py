@@ -12,6 +12,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Caches the code keeps between runs (the TFDS caption index) go to a fresh folder.
 os.environ["GRALIGN_CACHE"] = tempfile.mkdtemp(prefix="gralign_cache_")
+# XLA's compiled programs are kept in a fresh folder for this test session, shared with
+# the subprocesses the tests start: most tests train the same smoke model, and compiling
+# it, not running it, is most of their time (the suite took about twice as long without).
+# A program read back from the cache is the one compiled, so no result changes.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gralign_xla_cache_")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 
 import pytest  # noqa: E402  (after the environment above is set)

@@ -20,15 +20,22 @@ def test_the_grid_runs_each_seed_once_and_tables_mean_and_spread(smoke_root, tmp
          f"--data_root={smoke_root}"]
   subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
   table = json.loads((tmp_path / "ablation.json").read_text())
+  tests = {}
   for variant in ("grm", "tau_anneal"):
-    tests = []
+    tests[variant] = []
     for seed in (0, 1):
       with open(runs / f"{variant}-s{seed}" / "results.json") as f:
-        tests.append(json.load(f)["test"]["rsum"])
+        tests[variant].append(json.load(f)["test"]["rsum"])
     row = table["rows"][variant]
     assert sorted(row["seeds"]) == ["0", "1"]
-    assert row["test_mean"] == pytest.approx(statistics.fmean(tests))
-    assert row["test_sd"] == pytest.approx(statistics.stdev(tests))
+    assert row["test_mean"] == pytest.approx(statistics.fmean(tests[variant]))
+    assert row["test_sd"] == pytest.approx(statistics.stdev(tests[variant]))
+  # The change against grm is taken seed by seed, then averaged.
+  diffs = [a - b for a, b in zip(tests["tau_anneal"], tests["grm"])]
+  row = table["rows"]["tau_anneal"]
+  assert row["vs_reference_mean"] == pytest.approx(statistics.fmean(diffs))
+  assert row["vs_reference_sd"] == pytest.approx(statistics.stdev(diffs))
+  assert "vs_reference_mean" not in table["rows"]["grm"]
   seeds = table["rows"]["grm"]["seeds"]
   assert seeds["0"] != seeds["1"]  # the seed reaches the run
   md = (tmp_path / "ablation.md").read_text()
