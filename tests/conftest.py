@@ -3,7 +3,9 @@
 XLA reads the flag when JAX initialises its backend, so it is set before anything
 imports jax. Tests that need one device build a mesh of `jax.devices()[:1]`.
 """
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -19,6 +21,9 @@ os.environ["GRALIGN_CACHE"] = tempfile.mkdtemp(prefix="gralign_cache_")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gralign_xla_cache_")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+# Both folders are this session's own: removed when it ends.
+for _folder in (os.environ["GRALIGN_CACHE"], os.environ["JAX_COMPILATION_CACHE_DIR"]):
+  atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 
 
 import pytest  # noqa: E402  (after the environment above is set)
