@@ -10,22 +10,35 @@ its 1,200 steps, the same for every variant, as the paper's ablation trains ever
 for the same epochs. A step budget also makes each figure independent of what else
 the machine runs (--seconds=S gives each run S seconds of training instead, so a cheaper
 variant gets more steps, as in the README's demo table). A run whose results.json
-exists is not run again, so the grid may be filled over several sittings; a run stopped
-half-way resumes from its checkpoint. Two tables (test rSum mean and sample standard
-deviation over seeds, dev rSum, steps): the paper's ablation rows, and the adapters'
-gate form (method.md section 2, issue 12 item 9). They go to benchmarks/ablation.md
-and .json, with the machine and versions.
+exists, or whose record is in the ledger, is not run again, so the grid may be filled over
+several sittings; a run stopped half-way resumes from its checkpoint. Two tables (test
+rSum mean and sample standard deviation over seeds, dev rSum, steps): the paper's
+ablation rows, and the adapters' gate form (method.md section 2, issue 12 item 9). They
+go to OUT.md and OUT.json (default benchmarks/ablation), with the machine and versions.
+
+The ledger, OUT_runs.json, keeps each finished run's record (figures, commit, machine,
+date) as soon as the run ends: RUNS/ holds checkpoints and is not kept in git, the
+ledger is, so a grid spread over several machines or sessions loses nothing. Delete a
+run's entry (or the file) to run it again.
+
+--jobs=N runs N runs at once, each on its own CPU core (N=2 on the 2-core CI machine
+gives about 1.5x the throughput of one run on both cores); all share one compilation
+cache (RUNS/.xla_cache), so a variant compiles once, not once per seed.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LEDGER_LOCK = threading.Lock()  # --jobs: the runs' threads add to one ledger
 
 # (variant, what it removes): the paper's ablation rows (method.md section 6).
 VARIANTS = (
@@ -47,7 +60,7 @@ GATE_FORMS = (
 TABLES = (("The ablation rows", VARIANTS), ("The gate form", GATE_FORMS))
 
 
-def _run(variant: str, seed: int, workdir: str, args) -> None:
+def _run(variant: str, seed: int, workdir: str, args, cores=None) -> None:
   cmd = [sys.executable, "-m", "experiments.demo",
          f"--config=experiments/configs/demo.py:{variant}{',smoke' if args.smoke else ''}",
          f"--config.seed={seed}", f"--workdir={workdir}"]
@@ -58,10 +71,17 @@ def _run(variant: str, seed: int, workdir: str, args) -> None:
     cmd.append(f"--config.data.root={args.data_root}")
   log = os.path.join(os.path.dirname(workdir), f"{os.path.basename(workdir)}.log")
   print(f"[ablation] {variant} seed {seed} -> {workdir} (log {log})", flush=True)
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(args.runs, ".xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   t0 = time.time()
+  if cores:  # taskset, not a preexec_fn: forking a process that runs JAX is unsafe
+    cmd = ["taskset", "--cpu-list", ",".join(map(str, sorted(cores)))] + cmd
   with open(log, "a") as f:
-    subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=True)
-  print(f"[ablation]   done in {time.time() - t0:.0f} s", flush=True)
+    done = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+  if done.returncode:
+    sys.exit(f"Error: the run {variant} seed {seed} failed (exit {done.returncode}); "
+             f"expected it to write {workdir}/results.json. Its log: {log}")
+  print(f"[ablation]   {variant} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
 
 
 def _record(workdir: str) -> dict | None:
@@ -83,27 +103,56 @@ def _record(workdir: str) -> dict | None:
           "best_step": results.get("best_step"), "steps": steps}
 
 
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def load_ledger(path: str) -> dict:
+  """-> {"VARIANT-sSEED": record}, from the ledger at `path` ({} when absent)."""
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)["runs"]
+
+
+def _add_to_ledger(path: str, name: str, record: dict, cores: int) -> None:
+  """Adds one finished run's record; written whole to a temporary file, then renamed."""
+  with _LEDGER_LOCK:
+    runs = load_ledger(path)
+    runs[name] = dict(record, commit=_commit(), machine=_machine(), cores_per_run=cores,
+                      finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump({"what": "benchmarks/ablation.py: one record per finished run",
+                 "runs": dict(sorted(runs.items()))}, f, indent=1)
+      f.write("\n")
+    os.replace(tmp, path)
+
+
 def _stats(values: list[float]) -> tuple[float, float]:
   mean = statistics.fmean(values)
   return mean, (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-def table(runs_dir: str, variants, seeds, reference: str = "grm") -> tuple[dict, str]:
-  """-> ({variant: {"seeds": {seed: record}, ...}}, the Markdown table).
+def table(records: dict, variants, seeds, reference: str = "grm") -> tuple[dict, str]:
+  """records: {"VARIANT-sSEED": record}. -> ({variant: {"seeds": {seed: record}, ...}},
+  the Markdown table).
 
   Besides each variant's mean and spread, the change against `reference` is taken seed
   by seed (the same seed, so the same data order) and then averaged: the spread of
   that paired difference, not of the two means, says whether a component matters.
   """
-  ref = {s: r for s in seeds
-         if (r := _record(os.path.join(runs_dir, f"{reference}-s{s}"))) is not None}
+  ref = {s: r for s in seeds if (r := records.get(f"{reference}-s{s}")) is not None}
   rows, lines = {}, [
       f"| variant | what it is | seeds | test rSum per seed | test rSum (mean +- sd) | "
       f"vs `{reference}`, paired (mean +- sd) | dev rSum | steps |",
       "|---|---|---|---|---|---|---|---|"]
   for variant, what in variants:
-    got = {s: r for s in seeds
-           if (r := _record(os.path.join(runs_dir, f"{variant}-s{s}"))) is not None}
+    got = {s: r for s in seeds if (r := records.get(f"{variant}-s{s}")) is not None}
     rows[variant] = {"what": what, "seeds": got}
     if not got:
       lines.append(f"| `{variant}` | {what} | 0 | not run | | | | |")
@@ -124,6 +173,20 @@ def table(runs_dir: str, variants, seeds, reference: str = "grm") -> tuple[dict,
   return rows, "\n".join(lines)
 
 
+def _prepare_data(args) -> None:
+  """Generates the synthetic set (when absent) as each run would, but once."""
+  sys.path.insert(0, REPO)
+  from experiments.configs import demo  # pylint: disable=g-import-not-at-top
+  from gralign_jax import configs  # pylint: disable=g-import-not-at-top
+  from gralign_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  config = demo.get_config("smoke" if args.smoke else None)
+  if args.data_root:
+    config.data.root = args.data_root
+  if not os.path.isabs(config.data.root):
+    config.data.root = os.path.join(REPO, config.data.root)
+  datasets.prepare(configs.finalize(config), log=print)
+
+
 def _machine() -> str:
   import jax  # pylint: disable=g-import-not-at-top
   return (f"{platform.machine()}, {os.cpu_count()} CPU cores, "
@@ -141,27 +204,55 @@ def main() -> None:
                       help="training time per run (0: the config's own num_steps)")
   parser.add_argument("--data_root", default="", help="the synthetic set's folder")
   parser.add_argument("--smoke", action="store_true", help="tiny runs (tests)")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="runs at once, each on its own core (1: one run, all cores)")
   parser.add_argument("--table_only", action="store_true")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "ablation"),
-                      help="writes OUT.md and OUT.json")
+                      help="writes OUT.md, OUT.json and the ledger OUT_runs.json")
   args = parser.parse_args()
   names = [v.strip() for v in args.variants.split(",") if v.strip()]
   unknown = [v for v in names if v not in known]
   if unknown:
     sys.exit(f"Error: --variants: unknown {unknown}; expected some of {list(known)}.")
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  cores = (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else list(range(os.cpu_count() or 1)))
+  if not 1 <= args.jobs <= len(cores):
+    sys.exit(f"Error: --jobs={args.jobs}: expected 1 to {len(cores)} (this process may "
+             f"use {len(cores)} cores).")
+  if args.jobs > 1 and not shutil.which("taskset"):
+    sys.exit(f"Error: --jobs={args.jobs} pins each run to a core with taskset (Linux "
+             "util-linux), which is not on PATH; run with --jobs=1.")
+  ledger = args.out + "_runs.json"
   os.makedirs(args.runs, exist_ok=True)
   if not args.table_only:
-    for seed in seeds:  # seed-major: a partial grid has every variant at seed 0 first
-      for variant in names:
-        workdir = os.path.join(args.runs, f"{variant}-s{seed}")
+    # Seed-major: a partial grid has every variant at seed 0 first.
+    todo = [(v, s) for s in seeds for v in names
+            if f"{v}-s{s}" not in load_ledger(ledger)]
+    if todo and args.jobs > 1:
+      _prepare_data(args)  # once, before the runs that would race to generate it
+    free = [{c} for c in cores[:args.jobs]] if args.jobs > 1 else [None]
+
+    def one(variant, seed):
+      workdir = os.path.join(args.runs, f"{variant}-s{seed}")
+      core = free.pop()
+      try:
         if _record(workdir) is None:
-          _run(variant, seed, workdir, args)
+          _run(variant, seed, workdir, args, core)
+      finally:
+        free.append(core)
+      _add_to_ledger(ledger, f"{variant}-s{seed}", _record(workdir),
+                     len(core) if core else len(cores))
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+      for done in [pool.submit(one, v, s) for v, s in todo]:
+        done.result()
+  records = load_ledger(ledger)
   rows, markdown = {}, []
   for title, variants in TABLES:
     chosen = [(v, what) for v, what in variants if v in names]
     if chosen:
-      got, md = table(args.runs, chosen, seeds)
+      got, md = table(records, chosen, seeds)
       rows.update(got)
       markdown.append(f"### {title}\n\n{md}")
   budget = (f"{args.seconds:.0f} s of training per run (evaluations excluded)"
