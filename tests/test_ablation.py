@@ -1,8 +1,9 @@
 """benchmarks/ablation.py at smoke size: each (variant, seed) is a run of its own, the
-table's figures are the mean and spread of the runs' results.json, and a finished run
-is not run again."""
+table's figures are the mean and spread of the runs' results.json, each finished run is
+recorded in the ledger, and a recorded run is not run again."""
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,9 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_the_grid_runs_each_seed_once_and_tables_mean_and_spread(smoke_root, tmp_path):
   runs, out = tmp_path / "runs", tmp_path / "ablation"
+  jobs = min(2, len(os.sched_getaffinity(0)))
   cmd = [sys.executable, "benchmarks/ablation.py", "--smoke", "--seconds=0",
          "--variants=grm,tau_anneal", "--seeds=0,1", f"--runs={runs}", f"--out={out}",
-         f"--data_root={smoke_root}"]
+         f"--data_root={smoke_root}", f"--jobs={jobs}"]
   subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
   table = json.loads((tmp_path / "ablation.json").read_text())
   tests = {}
@@ -43,7 +45,29 @@ def test_the_grid_runs_each_seed_once_and_tables_mean_and_spread(smoke_root, tmp
   assert "| `grm` | full GRM | 2 |" in ablation and "tau_anneal" not in ablation
   assert "| `tau_anneal` | soft Gumbel-softmax, tau annealed 1 -> 0.1 | 2 |" in gates
 
-  logs = {p: os.path.getsize(p) for p in runs.glob("*.log")}
+  ledger = json.loads((tmp_path / "ablation_runs.json").read_text())["runs"]
+  assert sorted(ledger) == ["grm-s0", "grm-s1", "tau_anneal-s0", "tau_anneal-s1"]
+  assert [ledger[f"grm-s{s}"]["test_rsum"] for s in (0, 1)] == tests["grm"]
+  assert ledger["grm-s0"]["cores_per_run"] == len(os.sched_getaffinity(0)) // jobs
+
+  # The ledger, not the runs folder, is the record: without RUNS/ nothing is run again
+  # and the table is the same.
+  shutil.rmtree(runs)
   again = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
-  assert "[ablation]" not in again.stdout  # nothing was run again
-  assert {p: os.path.getsize(p) for p in runs.glob("*.log")} == logs
+  assert "[ablation]" not in again.stdout
+  assert not runs.exists() or not any(runs.iterdir())
+  body = lambda text: text.split("\n\n", 1)[1]  # after the header, which has the date
+  assert body((tmp_path / "ablation.md").read_text()) == body(md)
+
+
+def test_an_unknown_variant_or_too_many_jobs_is_refused(tmp_path):
+  base = [sys.executable, "benchmarks/ablation.py", f"--runs={tmp_path}/runs",
+          f"--out={tmp_path}/ablation", "--table_only"]
+  bad = subprocess.run(base + ["--variants=grm,no_such"], cwd=REPO, capture_output=True,
+                       text=True)
+  assert bad.returncode != 0
+  assert "unknown ['no_such']" in bad.stderr.strip().splitlines()[-1]
+  many = len(os.sched_getaffinity(0)) + 1
+  bad = subprocess.run(base + [f"--jobs={many}"], cwd=REPO, capture_output=True, text=True)
+  assert bad.returncode != 0
+  assert f"--jobs={many}: expected 1 to {many - 1}" in bad.stderr.strip().splitlines()[-1]
