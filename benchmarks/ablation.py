@@ -25,7 +25,9 @@ run's entry (or the file) to run it again.
 machine, where one small run cannot use every core, that multiplies the throughput; on
 the 2-core CI machine, two one-core runs train at 1.28 steps/s each against 2.6 for one
 run on both, the same figure (2026-12-01). All runs share one compilation cache
-(RUNS/.xla_cache), so a variant compiles once, not once per seed.
+(RUNS/.xla_cache), so a variant compiles once, not once per seed. Keep one --jobs for
+a whole grid: a run's figures can move with the number of threads XLA's CPU code gets
+(the ledger records each run's cores_per_run).
 """
 import argparse
 import concurrent.futures
