@@ -137,9 +137,14 @@ def _add_to_ledger(path: str, name: str, record: dict, cores: int) -> None:
     os.replace(tmp, path)
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
+def _stats(values: list[float]) -> tuple[float, float | None]:
+  """-> (mean, sample standard deviation; None for a single value)."""
   mean = statistics.fmean(values)
-  return mean, (statistics.stdev(values) if len(values) > 1 else float("nan"))
+  return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _spread(mean: float, sd: float | None, sign: str = "") -> str:
+  return f"{mean:{sign}.1f}" + ("" if sd is None else f" +- {sd:.1f}")
 
 
 def table(records: dict, variants, seeds, reference: str = "grm") -> tuple[dict, str]:
@@ -170,10 +175,10 @@ def table(records: dict, variants, seeds, reference: str = "grm") -> tuple[dict,
     if variant != reference and diffs:
       d_mean, d_sd = _stats(diffs)
       rows[variant].update(vs_reference_mean=d_mean, vs_reference_sd=d_sd)
-      paired = f"{d_mean:+.1f} +- {d_sd:.1f}"
+      paired = _spread(d_mean, d_sd, "+")
     rows[variant].update(test_mean=test, test_sd=sd, dev_mean=dev, steps_mean=steps)
-    lines.append(f"| `{variant}` | {what} | {len(got)} | {per_seed} | {test:.1f} +- "
-                 f"{sd:.1f} | {paired} | {dev:.1f} | {steps:.0f} |")
+    lines.append(f"| `{variant}` | {what} | {len(got)} | {per_seed} | {_spread(test, sd)} "
+                 f"| {paired} | {dev:.1f} | {steps:.0f} |")
   return rows, "\n".join(lines)
 
 

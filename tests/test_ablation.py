@@ -1,6 +1,7 @@
 """benchmarks/ablation.py at smoke size: each (variant, seed) is a run of its own, the
 table's figures are the mean and spread of the runs' results.json, each finished run is
 recorded in the ledger, and a recorded run is not run again."""
+import importlib.util
 import json
 import os
 import shutil
@@ -71,3 +72,26 @@ def test_an_unknown_variant_or_too_many_jobs_is_refused(tmp_path):
   bad = subprocess.run(base + [f"--jobs={many}"], cwd=REPO, capture_output=True, text=True)
   assert bad.returncode != 0
   assert f"--jobs={many}: expected 1 to {many - 1}" in bad.stderr.strip().splitlines()[-1]
+
+
+def _ablation_module():
+  path = os.path.join(REPO, "benchmarks", "ablation.py")
+  spec = importlib.util.spec_from_file_location("ablation", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_table_gives_a_spread_only_where_there_are_two_seeds():
+  ablation = _ablation_module()
+  record = lambda test: {"test_rsum": test, "dev_rsum": test + 30, "steps": 1200}
+  records = {"grm-s0": record(430.0), "grm-s1": record(440.0),
+             "ori-s0": record(420.0), "ori-s1": record(426.0), "global-s0": record(300.0)}
+  variants = (("grm", "full"), ("ori", "S_ori"), ("global", "VSE"))
+  rows, md = ablation.table(records, variants, seeds=[0, 1])
+  lines = {line.split("|")[1].strip(): line for line in md.splitlines()[2:]}
+  assert "| 435.0 +- 7.1 |  |" in lines["`grm`"]
+  assert "| 423.0 +- 4.2 | -12.0 +- 2.8 |" in lines["`ori`"]  # -10 and -14, paired
+  assert "| 300.0 | -130.0 |" in lines["`global`"]  # one seed: no spread, no nan
+  assert rows["global"]["test_sd"] is None and rows["global"]["vs_reference_sd"] is None
+  assert "nan" not in md
