@@ -82,7 +82,9 @@ def test_safe_changes_resume_only_when_allowed_and_are_logged_beside_the_record(
   with pytest.raises(run_dir.RunDirError, match="--allow_config_changes"):
     train.train_and_evaluate(config, workdir)
   results = train.train_and_evaluate(config, workdir, allow_config_changes=True)
-  assert results["test"] == trained[1]["test"]
+  # Another eval batch size is another per-device shape, so other XLA code: the scores
+  # may move by rounding (CI saw score_std 0.12154679 vs 0.12154678), the rankings not.
+  assert results["test"] == pytest.approx(trained[1]["test"], rel=1e-6)
   with open(os.path.join(workdir, "config.json"), "rb") as f:
     assert f.read() == saved
   with open(os.path.join(workdir, "config_changes.jsonl")) as f:
