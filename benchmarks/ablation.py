@@ -31,6 +31,7 @@ a whole grid: a run's figures can move with the number of threads XLA's CPU code
 """
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import platform
@@ -107,6 +108,7 @@ def _record(workdir: str) -> dict | None:
           "best_step": results.get("best_step"), "steps": steps}
 
 
+@functools.cache
 def _commit() -> str:
   try:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
@@ -196,6 +198,7 @@ def _prepare_data(args) -> None:
   datasets.prepare(configs.finalize(config), log=print)
 
 
+@functools.cache
 def _machine() -> str:
   import jax  # pylint: disable=g-import-not-at-top
   return (f"{platform.machine()}, {os.cpu_count()} CPU cores, "
@@ -236,8 +239,8 @@ def main() -> None:
   os.makedirs(args.runs, exist_ok=True)
   if not args.table_only:
     # Seed-major: a partial grid has every variant at seed 0 first.
-    todo = [(v, s) for s in seeds for v in names
-            if f"{v}-s{s}" not in load_ledger(ledger)]
+    recorded = load_ledger(ledger)
+    todo = [(v, s) for s in seeds for v in names if f"{v}-s{s}" not in recorded]
     if todo and args.jobs > 1:
       _prepare_data(args)  # once, before the runs that would race to generate it
     per_job = len(cores) // args.jobs
