@@ -47,23 +47,36 @@ SAFE_ON_RESUME = (
 # ------------------------------------------------------------------------------------
 # The lock
 # ------------------------------------------------------------------------------------
-def _process_start(pid: int) -> str:
-  """The kernel's start time of `pid` (distinguishes a reused pid), or "" if unknown."""
+def _proc_stat(pid: int) -> list[str]:
+  """The fields of /proc/<pid>/stat after the command name ([] if unknown): [0] is the
+  state (Z: a zombie), [19] the kernel's start time."""
   try:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-      return f.read().rsplit(")", 1)[1].split()[19]
+      return f.read().rsplit(")", 1)[1].split()
   except (OSError, IndexError):
-    return ""
+    return []
+
+
+def _process_start(pid: int) -> str:
+  """The kernel's start time of `pid` (distinguishes a reused pid), or "" if unknown."""
+  fields = _proc_stat(pid)
+  return fields[19] if len(fields) > 19 else ""
 
 
 def _alive(pid: int, start: str) -> bool:
+  """Whether `pid` (started at `start`) still runs. A zombie does not: it was killed or
+  exited, holds no files, and waits only for a parent (or init) to reap it, which a
+  killed launcher's orphans may wait on for a while."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:
     pass  # exists, owned by someone else
-  return not start or not _process_start(pid) or _process_start(pid) == start
+  fields = _proc_stat(pid)
+  if fields[:1] == ["Z"]:
+    return False
+  return not start or len(fields) <= 19 or fields[19] == start
 
 
 class WorkdirLock:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -235,6 +236,23 @@ def test_a_second_run_in_a_locked_workdir_is_refused_naming_the_holder(smoke_roo
   # The holder is gone: its lock is stale, taken over, and released at the end.
   train.train_and_evaluate(smoke_config(smoke_root), str(workdir))
   assert not (workdir / "run.lock").exists()
+
+
+def test_lock_of_a_zombie_is_stale(tmp_path):
+  """A killed run whose process is not yet reaped (a zombie) holds the workdir no more."""
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  deadline = time.time() + 60
+  while run_dir._proc_stat(child.pid)[:1] != ["Z"] and time.time() < deadline:
+    time.sleep(0.01)  # not reaped: exited, it stays a zombie until wait()
+  try:
+    assert run_dir._proc_stat(child.pid)[:1] == ["Z"]
+    (tmp_path / "run.lock").write_text(json.dumps({
+        "host": socket.gethostname(), "pid": child.pid,
+        "start": run_dir._process_start(child.pid), "since": "earlier"}))
+    with run_dir.WorkdirLock(str(tmp_path)) as lock:
+      assert lock.held and f"pid {child.pid}" in lock.message and "is gone" in lock.message
+  finally:
+    child.wait()
 
 
 def test_lock_of_another_host_is_respected_and_released_only_by_its_owner(tmp_path):

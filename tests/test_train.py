@@ -161,6 +161,15 @@ def kill_after_mid_run_checkpoint(proc, workdir, first: int, last: int,
     time.sleep(0.05)
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
+  # proc's children (a launcher's processes) die a moment later, and stay zombies until
+  # reaped: wait for the group to go (the lock takes a zombie's over anyway).
+  gone_by = time.time() + 30
+  while time.time() < gone_by:
+    try:
+      os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+      break
+    time.sleep(0.05)
   assert "results.json" not in listdir(workdir), "killed too late"
 
 
