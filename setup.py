@@ -42,6 +42,8 @@ setup(
         # The reference for parity tests only; pinned, because an unpinned torch makes
         # pip fetch a several-GB CUDA build where the CPU wheel of 2.13.0 is at hand.
         "parity": ["torch==2.13.0"],
+        # .onnx weights (gralign_jax/onnx_import.py) and their check against onnxruntime
+        "real": ["onnx>=1.16", "onnxruntime>=1.18"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]", "gcsfs>=2025.3"],
     },

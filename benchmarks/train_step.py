@@ -40,8 +40,14 @@ def matmul_rate(dtype, n: int, repeats: int = 10) -> float:
   return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
-def build(backbone: str, batch: int, dtype: str, remat: bool):
-  config = common.paper_config("coco", backbone)
+def build(backbone: str, batch: int, dtype: str, remat: bool, image_size: int = 0):
+  if backbone == "flickr8k":  # DINOv2-S/14 + MiniLM-L6, experiments/configs/flickr8k.py
+    from experiments.configs import flickr8k  # pylint: disable=g-import-not-at-top
+    config = flickr8k.get_config()
+  else:
+    config = common.paper_config("coco", backbone)
+  if image_size:
+    config.model.vision.image_size = image_size
   config.model.vision.weights = config.model.text.weights = ""
   config.model.compute_dtype = dtype
   config.model.vision.remat = config.model.text.remat = remat
@@ -62,8 +68,8 @@ def build(backbone: str, batch: int, dtype: str, remat: bool):
   return state, step, sharding.global_batch(host, mesh)
 
 
-def measure(backbone, batch, dtype, remat, repeats):
-  state, step, data = build(backbone, batch, dtype, remat)
+def measure(backbone, batch, dtype, remat, repeats, image_size=0):
+  state, step, data = build(backbone, batch, dtype, remat, image_size)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   compiled = step.lower(state, data).compile()
   cost = compiled.cost_analysis()
@@ -87,7 +93,13 @@ def measure(backbone, batch, dtype, remat, repeats):
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--backbone", default="vit224", choices=sorted(common.BACKBONES))
+  parser.add_argument("--backbone", default="vit224",
+                      choices=sorted(common.BACKBONES) + ["flickr8k"],
+                      help="a paper row's backbones, or flickr8k: the real-photo "
+                      "config's DINOv2-S/14 + MiniLM-L6")
+  parser.add_argument("--image_size", type=int, default=0, help="0: the config's")
+  parser.add_argument("--no_remat_row", action="store_true",
+                      help="measure without remat only")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--repeats", type=int, default=5)
@@ -97,12 +109,14 @@ def main():
   dev = jax.devices()[0]
   n = args.matmul or (2048 if dev.platform == "cpu" else 8192)
   rate = matmul_rate(jnp.dtype(args.dtype), n)
+  size = f" --image_size={args.image_size}" if args.image_size else ""
   print(f"python benchmarks/train_step.py --backbone={args.backbone} --batch={args.batch}"
-        f" --dtype={args.dtype} --repeats={args.repeats}")
+        f" --dtype={args.dtype} --repeats={args.repeats}{size}")
   print(f"device {dev.device_kind} ({dev.platform}), jax {jax.__version__}; measured "
         f"{args.dtype} matmul rate {rate / 1e12:.2f} TFLOP/s (n={n})")
-  rows = {remat: measure(args.backbone, args.batch, args.dtype, remat, args.repeats)
-          for remat in (False, True)}
+  rows = {remat: measure(args.backbone, args.batch, args.dtype, remat, args.repeats,
+                         args.image_size)
+          for remat in ((False,) if args.no_remat_row else (False, True))}
   model_flops = rows[False]["flops"]
   for remat, r in rows.items():
     floor = model_flops / rate

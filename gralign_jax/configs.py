@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
       prefetch=2,
       train_split="train",
       dev_split="dev",
-      test_split="test",
+      test_split="test",          # "": no final test (results.json holds dev only)
       # The synthetic scenes set, generated when root has none.
       synthetic=ml_collections.ConfigDict(dict(
           generate=False, num_train=8000, num_dev=500, num_test=1000, seed=0,
@@ -178,7 +178,7 @@ class ConfigError(ValueError):
 
 
 CHOICES = {
-    "data.format": ("laps", "karpathy", "precomp", "tfds"),
+    "data.format": ("laps", "karpathy", "flickr8k", "precomp", "tfds"),
     "model.score": ("grm", "global"),
     "model.gate_mode": ("weight", "scale"),
     "model.compute_dtype": ("float32", "bfloat16"),
@@ -270,6 +270,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "eval.batch_size"):
     if not _get(config, key) > 0:
       fail(key, "a value > 0")
+  for key in ("data.train_split", "data.dev_split"):
+    if not _get(config, key):
+      fail(key, "a split name (only data.test_split may be empty: no final test)")
   if t.num_steps == 0 or t.num_steps < -1:
     fail("train.num_steps", "a number of steps > 0, or -1 to train for "
          f"train.num_epochs={t.num_epochs}")
@@ -296,7 +299,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(key, "three values (R, G, B)")
   if min(config.data.pixel_std) <= 0:
     fail("data.pixel_std", "values > 0")
-  if v.name in ("vit", "swin") and v.image_size % v.patch_size:
+  if v.name in ("vit", "swin", "dinov2") and v.image_size % v.patch_size:
     fail("model.vision.image_size", f"a multiple of model.vision.patch_size="
          f"{v.patch_size}")
   if config.data.max_len > m.text.max_len:
@@ -335,7 +338,7 @@ def finalize(config: ml_collections.ConfigDict,
   and for anything validate() refuses.
   """
   v, text = config.model.vision, config.model.text
-  if v.name in ("vit", "swin"):
+  if v.name in ("vit", "swin", "dinov2"):
     _derive(config, "data.image_size", v.image_size, "model.vision.image_size")
   if v.name == "butd":
     _derive(config, "data.feature_shape", (v.num_regions, v.feature_dim),

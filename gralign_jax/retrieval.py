@@ -49,6 +49,7 @@ from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import gallery
 from gralign_jax.models import grm
 from gralign_jax.scores import similarity
+from gralign_jax.visualize import numeric
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CHUNK_IMAGES = 1024   # encoded at a time: a bad file costs a re-encode of its chunk only
@@ -78,17 +79,21 @@ class GallerySplit(readers.Split):
   skipped: tuple[tuple[str, str], ...] = ()
 
 
-def load_run(workdir: str, which: str = "best", log: logs.Log = logs.info) -> Run:
+def load_run(workdir: str, which: str = "best", log: logs.Log = logs.info,
+             config: ml_collections.ConfigDict | None = None) -> Run:
   """The run in `workdir`: its best-on-dev checkpoint ("best") or its last ("latest").
 
+  config: the run's saved config with changes that leave its parameters meaningful
+  (evaluation/on_split.py checks them); default: config.json as saved.
   Only reads: a run on read-only storage loads as well.
   """
-  path = paths.join(workdir, "config.json")
-  if not paths.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist: expected the run directory of a "
-                            "training run (python -m experiments.demo --workdir=...).")
-  config = ml_collections.ConfigDict(
-      run_dir.with_keys_it_predates(json.loads(paths.read_text(path))))
+  if config is None:
+    path = paths.join(workdir, "config.json")
+    if not paths.isfile(path):
+      raise FileNotFoundError(f"{path} does not exist: expected the run directory of a "
+                              "training run (python -m experiments.demo --workdir=...).")
+    config = ml_collections.ConfigDict(
+        run_dir.with_keys_it_predates(json.loads(paths.read_text(path))))
   model = grm.build_model(config.model)
   mesh = sharding.make_mesh()
   like = train.abstract_state(model, optim.make_optimizer(config, 1), config, mesh)
@@ -327,13 +332,12 @@ def _encode_rows(run: Run, split: readers.Split, rows: list[int]) -> dict:
 
 def _visual_token_names(config: ml_collections.ConfigDict, n: int) -> list[str]:
   """Visual token j -> "CLS", "patch (row, col)" or "region j"."""
-  vision = config.model.vision
-  if vision.name == "butd":
+  layout = numeric.visual_layout(config.model.vision, n)
+  if layout.kind == "regions":
     return [f"region {j}" for j in range(n)]
-  first = 1 if vision.name == "vit" else 0      # ViT puts CLS first; Swin has none
-  grid = int(round((n - first) ** 0.5))
-  patches = [f"patch ({j // grid}, {j % grid})" for j in range(n - first)]
-  return ["CLS"] * first + patches
+  cols = layout.grid[1]
+  patches = [f"patch ({j // cols}, {j % cols})" for j in range(n - layout.first)]
+  return ["CLS"] * layout.first + patches
 
 
 def alignment(run: Run, image: dict, text: dict, ids: np.ndarray) -> list[dict]:

@@ -76,8 +76,10 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     sharding.barrier("data prepared")
   tokenizer = datasets.load_tokenizer(config)
   configs.finalize(config, vocab_size=len(tokenizer))
+  # data.test_split "" = no test here (a held-out test set measured elsewhere, with
+  # experiments/evaluate.py): results.json then holds dev only.
   splits = {s: datasets.read_split(config, getattr(config.data, f"{s}_split"))
-            for s in ("train", "dev", "test")}
+            for s in ("train", "dev", "test") if getattr(config.data, f"{s}_split")}
   splits["dev"] = evaluator_lib.subset(splits["dev"], config.eval.dev_max_images)
   datasets.check_images(config, splits, logs.info)
   if config.train.batch_size > splits["train"].num_captions:
@@ -219,8 +221,11 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   logs.info(f"Testing the best-on-dev state (step {best_step}, dev rSum "
             f"{meta['best_rsum']:.1f})")
   results = {"dev": evaluator.evaluate(params, splits["dev"], captions["dev"])}
-  test_split = splits["test"]
-  if config.eval.protocol == "coco":
+  test_split = splits.get("test")
+  if test_split is None:
+    logs.info("No test split (config.data.test_split is empty): results.json holds "
+              "dev only; evaluate a test set with python -m experiments.evaluate.")
+  elif config.eval.protocol == "coco":
     results.update(evaluator.evaluate(params, test_split, captions["test"], "coco"))
   else:
     results["test"] = evaluator.evaluate(params, test_split, captions["test"])

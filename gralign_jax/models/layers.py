@@ -119,12 +119,17 @@ class TransformerBlock(nn.Module):
 
   pre:  x + Drop(Attn(LN1(x)));  then  x + Drop(MLP(LN2(x)))
   post: LN1(x + Drop(Attn(x)));  then  LN2(x + Drop(MLP(x)))
+
+  `layer_scale` (DINOv2's LayerScale) multiplies each branch's output by a learned
+  per-channel vector (C,) before the residual add: params "layer_scale_1" (attention)
+  and "layer_scale_2" (MLP), initialised to ones.
   """
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   pre_norm: bool = True
   ln_eps: float = 1e-12
+  layer_scale: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -134,9 +139,14 @@ class TransformerBlock(nn.Module):
     ln = functools.partial(nn.LayerNorm, epsilon=self.ln_eps, dtype=self.dtype)
     attn = SelfAttention(self.num_heads, self.dropout, self.dtype, name="attention")
     mlp = Mlp(self.mlp_dim, self.dtype, name="mlp")
-    drop = nn.Dropout(self.dropout, deterministic=not train)
+    dropout = nn.Dropout(self.dropout, deterministic=not train)
+    def drop(y, i):  # dropout of branch i's output, after its layer scale if any
+      if self.layer_scale:
+        y = y * self.param(f"layer_scale_{i}", nn.initializers.ones,
+                           (y.shape[-1],)).astype(y.dtype)
+      return dropout(y)
     if self.pre_norm:
-      x = x + drop(attn(ln(name="ln_1")(x), mask, train))
-      return x + drop(mlp(ln(name="ln_2")(x)))
-    x = ln(name="ln_1")(x + drop(attn(x, mask, train)))
-    return ln(name="ln_2")(x + drop(mlp(x)))
+      x = x + drop(attn(ln(name="ln_1")(x), mask, train), 1)
+      return x + drop(mlp(ln(name="ln_2")(x)), 2)
+    x = ln(name="ln_1")(x + drop(attn(x, mask, train), 1))
+    return ln(name="ln_2")(x + drop(mlp(x), 2))

@@ -4,8 +4,8 @@ Every drawing function in figures.py calls these, so that what a picture shows c
 tested without looking at it: a heat map's cells are `saliency_grid`, a box marks
 `best_patches`, a bar is `region_sigma`.
 
-Visual tokens are laid out by `visual_layout`: a ViT puts a CLS token first and then
-its patches row by row; Swin's tokens are its final stage's grid, row by row, with no
+Visual tokens are laid out by `visual_layout`: a ViT (and DINOv2) puts a CLS token
+first and then its patches row by row; Swin's tokens are its final stage's grid, row by row, with no
 CLS; BUTD region features have no grid (kind "regions").
 """
 import dataclasses
@@ -43,14 +43,15 @@ def visual_layout(vision: Mapping, num_tokens: int) -> TokenLayout:
   if name == "butd":
     return TokenLayout("regions", 0, None)
   size = _pair(vision["image_size"])
-  if name == "vit":
+  if name in ("vit", "dinov2"):  # CLS, then the patches
     first, cell = 1, int(vision["patch_size"])
     grid = (size[0] // cell, size[1] // cell)
   elif name == "swin":  # every stage after the first halves the grid (padding odd sizes)
     first, cell = 0, int(vision["patch_size"]) * 2 ** (len(vision["depths"]) - 1)
     grid = (math.ceil(size[0] / cell), math.ceil(size[1] / cell))
   else:
-    raise ValueError(f"unknown model.vision.name {name!r}; expected vit, swin or butd")
+    raise ValueError(f"unknown model.vision.name {name!r}; expected vit, dinov2, swin "
+                     "or butd")
   if first + grid[0] * grid[1] != num_tokens:
     raise ValueError(f"{name} at {size[0]}x{size[1]} px should give {first} + "
                      f"{grid[0]}x{grid[1]} visual tokens, the encoder gave {num_tokens}")

