@@ -89,12 +89,8 @@ def _run(variant: str, seed: int, workdir: str, args, cores=None) -> None:
   print(f"[ablation]   {variant} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
 
 
-def _record(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "results.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    results = json.load(f)
+def last_train_step(workdir: str) -> int:
+  """The last training step a run logged in its metrics.jsonl (0 when none)."""
   steps = 0
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
@@ -104,8 +100,17 @@ def _record(workdir: str) -> dict | None:
         continue
       if r.get("split") == "train":
         steps = max(steps, int(r["step"]))
+  return steps
+
+
+def _record(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
   return {"test_rsum": results["test"]["rsum"], "dev_rsum": results["dev"]["rsum"],
-          "best_step": results.get("best_step"), "steps": steps}
+          "best_step": results.get("best_step"), "steps": last_train_step(workdir)}
 
 
 @functools.cache
@@ -125,27 +130,29 @@ def load_ledger(path: str) -> dict:
     return json.load(f)["runs"]
 
 
-def _add_to_ledger(path: str, name: str, record: dict, cores: int) -> None:
+def add_to_ledger(path: str, name: str, record: dict, cores: int,
+                  what: str = "benchmarks/ablation.py: one record per finished run"
+                  ) -> None:
   """Adds one finished run's record; written whole to a temporary file, then renamed."""
   with _LEDGER_LOCK:
     runs = load_ledger(path)
-    runs[name] = dict(record, commit=_commit(), machine=_machine(), cores_per_run=cores,
+    runs[name] = dict(record, commit=_commit(), machine=machine(), cores_per_run=cores,
                       finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-      json.dump({"what": "benchmarks/ablation.py: one record per finished run",
+      json.dump({"what": what,
                  "runs": dict(sorted(runs.items()))}, f, indent=1)
       f.write("\n")
     os.replace(tmp, path)
 
 
-def _stats(values: list[float]) -> tuple[float, float | None]:
+def stats(values: list[float]) -> tuple[float, float | None]:
   """-> (mean, sample standard deviation; None for a single value)."""
   mean = statistics.fmean(values)
   return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _spread(mean: float, sd: float | None, sign: str = "") -> str:
+def spread(mean: float, sd: float | None, sign: str = "") -> str:
   return f"{mean:{sign}.1f}" + ("" if sd is None else f" +- {sd:.1f}")
 
 
@@ -168,18 +175,18 @@ def table(records: dict, variants, seeds, reference: str = "grm") -> tuple[dict,
     if not got:
       lines.append(f"| `{variant}` | {what} | 0 | not run | | | | |")
       continue
-    test, sd = _stats([r["test_rsum"] for r in got.values()])
-    dev, _ = _stats([r["dev_rsum"] for r in got.values()])
-    steps, _ = _stats([r["steps"] for r in got.values()])
+    test, sd = stats([r["test_rsum"] for r in got.values()])
+    dev, _ = stats([r["dev_rsum"] for r in got.values()])
+    steps, _ = stats([r["steps"] for r in got.values()])
     per_seed = ", ".join(f"{r['test_rsum']:.1f}" for r in got.values())
     diffs = [r["test_rsum"] - ref[s]["test_rsum"] for s, r in got.items() if s in ref]
     paired = ""
     if variant != reference and diffs:
-      d_mean, d_sd = _stats(diffs)
+      d_mean, d_sd = stats(diffs)
       rows[variant].update(vs_reference_mean=d_mean, vs_reference_sd=d_sd)
-      paired = _spread(d_mean, d_sd, "+")
+      paired = spread(d_mean, d_sd, "+")
     rows[variant].update(test_mean=test, test_sd=sd, dev_mean=dev, steps_mean=steps)
-    lines.append(f"| `{variant}` | {what} | {len(got)} | {per_seed} | {_spread(test, sd)} "
+    lines.append(f"| `{variant}` | {what} | {len(got)} | {per_seed} | {spread(test, sd)} "
                  f"| {paired} | {dev:.1f} | {steps:.0f} |")
   return rows, "\n".join(lines)
 
@@ -199,7 +206,7 @@ def _prepare_data(args) -> None:
 
 
 @functools.cache
-def _machine() -> str:
+def machine() -> str:
   import jax  # pylint: disable=g-import-not-at-top
   return (f"{platform.machine()}, {os.cpu_count()} CPU cores, "
           f"{jax.devices()[0].platform}; Python {platform.python_version()}, "
@@ -255,7 +262,7 @@ def main() -> None:
           _run(variant, seed, workdir, args, core)
       finally:
         free.append(core)
-      _add_to_ledger(ledger, f"{variant}-s{seed}", _record(workdir),
+      add_to_ledger(ledger, f"{variant}-s{seed}", _record(workdir),
                      len(core) if core else len(cores))
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -272,12 +279,12 @@ def main() -> None:
   budget = (f"{args.seconds:.0f} s of training per run (evaluations excluded)"
             if args.seconds > 0 else "the config's own steps per run")
   header = (f"Synthetic scenes set, {budget}, seeds {seeds}. "
-            f"Machine: {_machine()}.\n\n")
+            f"Machine: {machine()}.\n\n")
   text = header + "\n\n".join(markdown) + "\n"
   with open(args.out + ".md", "w") as f:
     f.write(text)
   with open(args.out + ".json", "w") as f:
-    json.dump({"seconds": args.seconds, "seeds": seeds, "machine": _machine(),
+    json.dump({"seconds": args.seconds, "seeds": seeds, "machine": machine(),
                "rows": rows}, f, indent=1)
   print(text, end="")
 

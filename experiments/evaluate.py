@@ -11,7 +11,7 @@ entries (i2t_r1 ... rsum) under the split's name, the checkpoint's step and the 
 read. --config.<key>=value changes the run's saved config where that leaves the
 checkpoint meaningful (the data's root, layout, folders and splits, eval.*); a change
 to the model, the pixels or the tokenizer is refused, naming the keys
-(gralign_jax/evaluation/on_split.py). --out never replaces a file this command did not
+(gralign_jax/evaluation/evaluate_split.py). --out never replaces a file this command did not
 write.
 """
 import json
@@ -64,9 +64,9 @@ def main() -> None:
   workdir = _workdir_from_argv(sys.argv[1:])
   if not workdir:
     sys.exit("Error: --workdir is required: the run directory of a training run.")
-  from gralign_jax.evaluation import on_split  # pylint: disable=g-import-not-at-top
+  from gralign_jax import evaluate_split  # pylint: disable=g-import-not-at-top
   try:
-    saved = on_split.saved_config(workdir)
+    saved = evaluate_split.saved_config(workdir)
   except main_lib.user_errors() as e:
     sys.exit(f"Error: {e}")
   flags.DEFINE_string("workdir", None, "Run directory of a training run.")
@@ -89,16 +89,16 @@ def main() -> None:
     from gralign_jax import run_dir  # pylint: disable=g-import-not-at-top
     try:
       config = config_flag.value
-      changes = on_split.check_overrides(saved, config)
+      changes = evaluate_split.check_overrides(saved, config)
       run_dir.resolve_paths(config)
       if out_flag.value:
         _check_out(out_flag.value)
-      result = on_split.evaluate_run(workdir, config, split_flag.value,
+      result = evaluate_split.evaluate_run(workdir, config, split_flag.value,
                                      which=which_flag.value)
     except main_lib.user_errors() as e:
       sys.exit(f"Error: {e}")
     result["config_changes"] = {k: list(v) for k, v in changes.items()}
-    print(on_split.table(result))
+    print(evaluate_split.table(result))
     if out_flag.value:
       result["written_by"] = _WRITTEN_BY
       paths.write_text(out_flag.value, json.dumps(result, indent=2) + "\n")

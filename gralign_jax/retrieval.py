@@ -84,7 +84,7 @@ def load_run(workdir: str, which: str = "best", log: logs.Log = logs.info,
   """The run in `workdir`: its best-on-dev checkpoint ("best") or its last ("latest").
 
   config: the run's saved config with changes that leave its parameters meaningful
-  (evaluation/on_split.py checks them); default: config.json as saved.
+  (evaluate_split.py checks them); default: config.json as saved.
   Only reads: a run on read-only storage loads as well.
   """
   if config is None:

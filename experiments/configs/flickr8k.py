@@ -28,6 +28,10 @@ from experiments.configs import common
 from gralign_jax import configs
 
 IMAGE_SIZE = 112  # 8 x 8 patches of 14 px + CLS = 65 visual tokens
+# `frozen` reads tokens extracted once at this size (16 x 16 patches + CLS = 257):
+#   python -m experiments.extract_features --config=experiments/configs/flickr8k.py \
+#       --config.model.vision.image_size=224 --config.data.root=... --out=FEATURES
+FROZEN_IMAGE_SIZE = 224
 
 
 def get_config(arg: str | None = None):
@@ -68,7 +72,7 @@ def get_config(arg: str | None = None):
 
   common.apply_variants(config, words)
   if "frozen" in words:
-    tokens = (IMAGE_SIZE // 14) ** 2 + 1
+    tokens = (FROZEN_IMAGE_SIZE // 14) ** 2 + 1
     config.model.vision = ml_collections.ConfigDict(common.precomputed_tokens(tokens, 384))
     config.data.update(format="precomp")  # data.root: experiments.extract_features' out
   if "smoke" in words:

@@ -22,10 +22,7 @@ a weights.Transform), so the module's own pos_embedding has the run's grid.
 import re
 from typing import Any
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from gralign_jax import weights
@@ -115,27 +112,15 @@ def check_hf_config(hf: dict) -> None:
                      "query/key/value biases is implemented.")
 
 
-class Dinov2(nn.Module):
-  """pixels (B, H, W, 3) -> tokens (B, 1 + P, C), P = (H / patch) * (W / patch)."""
-  image_size: int
-  patch_size: int
-  width: int
-  depth: int
-  num_heads: int
-  mlp_dim: int
-  dropout: float = 0.0
+class Dinov2(vit.ViT):
+  """pixels (B, H, W, 3) -> tokens (B, 1 + P, C), P = (H / patch) * (W / patch).
+
+  vit.ViT with layer scale and DINOv2's defaults; only the checkpoint's names and the
+  position grid's resizing rule differ."""
   ln_eps: float = 1e-6
-  remat: bool = False
-  dtype: Any = jnp.float32
+  layer_scale: bool = True
 
   HF_IGNORED = (r"^classifier\.", r"mask_token$")
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
-                  **kwargs) -> "Dinov2":
-    """Builds from config.model.vision (models/backbones.py calls this)."""
-    return cls(image_size=config.image_size, patch_size=config.patch_size,
-               **layers.encoder_kwargs(config), dtype=dtype, **kwargs)
 
   @classmethod
   def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "Dinov2":
@@ -150,9 +135,6 @@ class Dinov2(nn.Module):
               ln_eps=hf.get("layer_norm_eps", 1e-6), dtype=dtype)
     kw.update(overrides)
     return cls(**kw)
-
-  def example_inputs(self) -> tuple[jax.Array]:
-    return (jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32),)
 
   @staticmethod
   def hf_name(path: tuple[str, ...]) -> tuple[str, weights.Transform]:
@@ -173,27 +155,3 @@ class Dinov2(nn.Module):
       return f"encoder.layer.{i}.layer_scale{path[-1][-1]}.lambda1", weights.identity
     suffix, transform = layers.hf_leaf(path[-1])
     return f"encoder.layer.{i}.{_HF_BLOCK['/'.join(path[1:-1])]}.{suffix}", transform
-
-  @nn.compact
-  def __call__(self, pixels: jax.Array, train: bool = False) -> jax.Array:
-    b, h, w, _ = pixels.shape
-    if h != self.image_size or w != self.image_size:
-      raise ValueError(f"DINOv2 expects {self.image_size}x{self.image_size} images "
-                       f"(config model.vision.image_size), got {h}x{w}")
-    p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=layers.default_init, name="patch_embed")(
-                    pixels.astype(self.dtype))
-    x = x.reshape(b, -1, self.width)
-    cls = self.param("cls_token", layers.default_init, (1, 1, self.width))
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x],
-                        axis=1)
-    pos = self.param("pos_embedding", layers.default_init, (1, x.shape[1], self.width))
-    x = x + pos.astype(x.dtype)
-    x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    block = layers.block_class(self.remat)
-    for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, self.dropout, pre_norm=True,
-                ln_eps=self.ln_eps, layer_scale=True, dtype=self.dtype,
-                name=f"layer_{i}")(x, None, train)
-    return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)

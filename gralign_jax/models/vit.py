@@ -72,6 +72,7 @@ class ViT(nn.Module):
   dropout: float = 0.0
   ln_eps: float = 1e-12
   remat: bool = False
+  layer_scale: bool = False  # DINOv2's per-channel branch scales (dinov2.py)
   dtype: Any = jnp.float32
 
   HF_IGNORED = (r"^pooler\.", r"^classifier\.", r"mask_token$")
@@ -118,8 +119,9 @@ class ViT(nn.Module):
   def __call__(self, pixels: jax.Array, train: bool = False) -> jax.Array:
     b, h, w, _ = pixels.shape
     if h != self.image_size or w != self.image_size:
-      raise ValueError(f"ViT expects {self.image_size}x{self.image_size} images (config "
-                       f"model.vision.image_size), got {h}x{w}")
+      raise ValueError(f"{type(self).__name__} expects {self.image_size}x"
+                       f"{self.image_size} images (config model.vision.image_size), got "
+                       f"{h}x{w}")
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 kernel_init=layers.default_init, name="patch_embed")(
@@ -134,5 +136,6 @@ class ViT(nn.Module):
     block = layers.block_class(self.remat)
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, self.dropout, pre_norm=True,
-                ln_eps=self.ln_eps, dtype=self.dtype, name=f"layer_{i}")(x, None, train)
+                ln_eps=self.ln_eps, layer_scale=self.layer_scale, dtype=self.dtype,
+                name=f"layer_{i}")(x, None, train)
     return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)

@@ -22,6 +22,7 @@ import ml_collections
 from gralign_jax import configs
 from gralign_jax import logs
 from gralign_jax import paths
+from gralign_jax import retrieval
 from gralign_jax import run_dir
 from gralign_jax.data import datasets
 from gralign_jax.data import pipeline
@@ -77,7 +78,6 @@ def evaluate_run(workdir: str, config: ml_collections.ConfigDict, split: str,
   -> {"<split>": metrics} (COCO protocol: "<split>_1k", "<split>_5k"), plus "step",
   "split", "data_root", "data_format", "workdir" and "seconds".
   """
-  from gralign_jax import retrieval  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   run = retrieval.load_run(workdir, which, log, config=config)
   data = run.config.data

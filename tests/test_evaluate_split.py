@@ -1,4 +1,4 @@
-"""experiments.evaluate and evaluation/on_split.py: a run's checkpoint on any split."""
+"""experiments.evaluate and evaluation/evaluate_split.py: a run's checkpoint on any split."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 from experiments.configs import demo
 from gralign_jax import configs
 from gralign_jax import train
-from gralign_jax.evaluation import on_split
+from gralign_jax import evaluate_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -28,24 +28,24 @@ def run(smoke_root, tmp_path_factory):
 
 def test_evaluate_reproduces_the_runs_own_test_figures(run):
   workdir, results = run
-  saved = on_split.saved_config(workdir)
+  saved = evaluate_split.saved_config(workdir)
   config = ml_collections.ConfigDict(saved)
-  assert on_split.check_overrides(saved, config) == {}
-  got = on_split.evaluate_run(workdir, config, "test", log=lambda *a: None)
+  assert evaluate_split.check_overrides(saved, config) == {}
+  got = evaluate_split.evaluate_run(workdir, config, "test", log=lambda *a: None)
   assert got["step"] == results["best_step"]
   for key in KEYS:  # the trainer's final test, computed again from the checkpoint
     assert got["test"][key] == pytest.approx(results["test"][key]), key
-  dev = on_split.evaluate_run(workdir, config, "dev", log=lambda *a: None)
+  dev = evaluate_split.evaluate_run(workdir, config, "dev", log=lambda *a: None)
   assert dev["dev"]["rsum"] == pytest.approx(results["dev"]["rsum"])
 
 
 def test_model_changes_are_refused_data_changes_accepted(run, tmp_path):
   workdir, _ = run
-  saved = on_split.saved_config(workdir)
+  saved = evaluate_split.saved_config(workdir)
   config = ml_collections.ConfigDict(saved)
   config.data.root = str(tmp_path)
   config.eval.block_texts = 7
-  changes = on_split.check_overrides(saved, config)
+  changes = evaluate_split.check_overrides(saved, config)
   assert set(changes) == {"data.root", "eval.block_texts"}
   for key, value in (("model.embed_dim", 64), ("data.image_size", 48),
                      ("data.pixel_mean", (0.0, 0.0, 0.0)), ("data.max_len", 8)):
@@ -55,7 +55,7 @@ def test_model_changes_are_refused_data_changes_accepted(run, tmp_path):
       node = node[part]
     node[leaf[-1]] = value
     with pytest.raises(configs.ConfigError, match=key.replace(".", r"\.")):
-      on_split.check_overrides(saved, bad)
+      evaluate_split.check_overrides(saved, bad)
 
 
 def _evaluate(*flags):

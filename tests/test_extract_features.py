@@ -1,4 +1,4 @@
-"""experiments.extract_features and data/extract.py: frozen tokens in the precomp layout."""
+"""experiments.extract_features and extract_features.py: frozen tokens in the precomp layout."""
 import json
 import os
 import subprocess
@@ -14,7 +14,7 @@ from experiments.configs import demo
 from gralign_jax import configs
 from gralign_jax import train
 from gralign_jax.data import datasets
-from gralign_jax.data import extract
+from gralign_jax import extract_features
 from gralign_jax.data import images
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
@@ -33,7 +33,7 @@ def test_tokens_equal_the_backbone_on_each_image_and_train_a_frozen_run(smoke_ro
                                                                          tmp_path):
   config = _config(smoke_root)
   out = str(tmp_path / "feats")
-  manifest = extract.extract(config, out, ("train", "dev"), batch_size=5,
+  manifest = extract_features.extract(config, out, ("train", "dev"), batch_size=5,
                              log=lambda *a: None)
   l, c = manifest["feature_shape"]
   assert (l, c) == (5, 32)  # 4 patches of 16 px at 32 px + CLS; smoke width
@@ -65,13 +65,13 @@ def test_nothing_in_a_used_folder_is_replaced(smoke_root, tmp_path):
   used.mkdir()
   (used / "mine.txt").write_text("keep")
   with pytest.raises(FileExistsError, match="not empty"):
-    extract.extract(config, str(used), log=lambda *a: None)
+    extract_features.extract(config, str(used), log=lambda *a: None)
   assert os.listdir(used) == ["mine.txt"]
   stranger = tmp_path / ".new.partial"  # a folder of that name that is not ours
   stranger.mkdir()
   (stranger / "x").write_text("keep")
   with pytest.raises(FileExistsError, match="not written by an extraction"):
-    extract.extract(config, str(tmp_path / "new"), log=lambda *a: None)
+    extract_features.extract(config, str(tmp_path / "new"), log=lambda *a: None)
   assert (stranger / "x").read_text() == "keep"
 
 
