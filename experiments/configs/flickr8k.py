@@ -75,6 +75,9 @@ def get_config(arg: str | None = None):
     tokens = (FROZEN_IMAGE_SIZE // 14) ** 2 + 1
     config.model.vision = ml_collections.ConfigDict(common.precomputed_tokens(tokens, 384))
     config.data.update(format="precomp")  # data.root: experiments.extract_features' out
+    # A step costs 1.9 s here against 4.5 s fine-tuned: 800 steps, the same time.
+    config.train.update(num_steps=800, ckpt_every=200)
+    config.eval.every_steps = 100
   if "smoke" in words:
     common.smoke(config)
     config.model.vision.weights = config.model.text.weights = ""
