@@ -38,7 +38,8 @@ _FEATURES = flags.DEFINE_string("features", None, "A .npy file of one image's (R
 _IMAGE_ID = flags.DEFINE_integer("image_id", None, "An image id of the run's data "
                                  "split --split (needs the run's data.root).")
 _SPLIT = flags.DEFINE_string("split", None, "Split for --image_id and for the hard "
-                             "negative captions (default: the run's data.test_split).")
+                             "negative captions (default: the run's data.test_split, "
+                             "else its dev_split).")
 _CAPTION = flags.DEFINE_string("caption", None, "The caption to align with the image.")
 _NEG_CAPTION = flags.DEFINE_multi_string("negative_caption", [], "Candidate hard "
                                          "negative caption (repeatable; the "
@@ -108,7 +109,7 @@ def _check_flags(config: dict) -> None:
 
 def _split(config):
   from gralign_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  name = _SPLIT.value or config.data.test_split
+  name = _SPLIT.value or config.data.test_split or config.data.dev_split
   return datasets.read_split(config, name)
 
 

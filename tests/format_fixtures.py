@@ -1,8 +1,8 @@
-"""One small synthetic data set in each of the four on-disk formats, for the tests.
+"""One small synthetic data set in each of the five on-disk formats, for the tests.
 
 `build(folder)` writes the synthetic scenes set (laps and karpathy layouts in one
-folder), then the same images and captions as SCAN precomp features and as a
-TFDS-prepared coco_captions; `configure(config, fmt, roots)` points a config at one.
+folder), then the same images and captions in Flickr8k's layout, as SCAN precomp
+features and as a TFDS-prepared coco_captions; `configure(config, fmt, roots)` points a config at one.
 """
 import os
 
@@ -12,7 +12,7 @@ from gralign_jax.data import readers
 from gralign_jax.data import synthetic_scenes
 from gralign_jax.data import writers
 
-FORMATS = ("laps", "karpathy", "precomp", "tfds")
+FORMATS = ("laps", "karpathy", "flickr8k", "precomp", "tfds")
 FEATURE_SHAPE = (6, 64)
 
 
@@ -29,11 +29,14 @@ def build(folder: str, num_train: int = 24, num_dev: int = 5, num_test: int = 5,
         images.decode_image(s.image_paths[i]), FEATURE_SHAPE), feature_shape=FEATURE_SHAPE)
   tfds_dir = os.path.join(folder, "tfds")
   writers.write_tfds(tfds_dir, splits)
-  return {"laps": syn, "karpathy": syn, "precomp": pre, "tfds": tfds_dir}
+  f8k = os.path.join(folder, "flickr8k")
+  writers.write_flickr8k(f8k, splits)
+  return {"laps": syn, "karpathy": syn, "flickr8k": f8k, "precomp": pre,
+          "tfds": tfds_dir}
 
 
 def configure(config, fmt: str, roots: dict[str, str]):
-  """Points config.data at the fixture in `fmt` (same tokenizer for all four)."""
+  """Points config.data at the fixture in `fmt` (same tokenizer for all five)."""
   config.data.update(format=fmt, root=roots[fmt],
                      tokenizer=os.path.join(roots["laps"], "tokenizer"),
                      feature_shape=FEATURE_SHAPE)

@@ -1,6 +1,6 @@
-"""Train and evaluate end to end through each of the four data formats (a few steps).
+"""Train and evaluate end to end through each of the five data formats (a few steps).
 
-The same trainer, pipeline, evaluator and recall code run for all four; only
+The same trainer, pipeline, evaluator and recall code run for all five; only
 config.data.format (and, for precomp, the region-feature backbone) changes.
 """
 import json
@@ -61,11 +61,13 @@ def test_train_and_evaluate_through_each_format(roots, fmt, tmp_path):
 
 
 @pytest.mark.slow
-def test_laps_and_karpathy_train_identically(roots, tmp_path):
-  """Same images, captions and order from two layouts -> the same run, bit for bit."""
+def test_laps_karpathy_and_flickr8k_train_identically(roots, tmp_path):
+  """Same images, captions, ids and order from three layouts -> the same run, bit for
+  bit."""
   a, _ = run(config_for("laps", roots), str(tmp_path / "laps"))
   b, _ = run(config_for("karpathy", roots), str(tmp_path / "karpathy"))
-  assert a == b
+  c, _ = run(config_for("flickr8k", roots), str(tmp_path / "flickr8k"))
+  assert a == b == c
 
 
 @pytest.mark.slow

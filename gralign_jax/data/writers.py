@@ -5,6 +5,9 @@ precomp features and as a TFDS-prepared coco_captions), and so can anyone who wa
 data set in another layout:
 
   write_precomp(folder, split, features)  {name}_ims.npy, {name}_caps.txt, {name}_ids.txt
+  write_flickr8k(root, {"train": split, ...})
+                                          captions.txt, Flickr_8k.{name}Images.txt,
+                                          images/<id>_<file name>
   write_tfds(data_dir, {"train": split, "dev": split, ...})
                                           data_dir/coco_captions/2014/1.1.0/...
 
@@ -60,6 +63,35 @@ def write_precomp(folder: str, split: split_lib.Split,
     f.write("".join(c + "\n" for c in split.captions))
   with open(os.path.join(folder, f"{name}_ids.txt"), "w", encoding="utf-8") as f:
     f.write("".join(f"{i}\n" for i in split.image_ids))
+
+
+def write_flickr8k(root: str, splits: Mapping[str, split_lib.Split]) -> None:
+  """Flickr8k's layout as Kaggle ships it: captions.txt (CSV `image,caption`, the csv
+  module quoting captions that hold a comma), one Flickr_8k.{name}Images.txt list per
+  split ("dev" for dev), and the images under images/, named <image id>_<file name>
+  so that the reader's ids (the names' leading integers) are the splits' own. Image
+  files are hard-linked where the file system allows, else copied."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(root, "images")
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(root, "captions.txt"), "w", newline="", encoding="utf-8") as f:
+    rows = csv.writer(f, lineterminator="\n")
+    rows.writerow(["image", "caption"])
+    for name, split in splits.items():
+      names = [f"{i}_{os.path.basename(p)}" for i, p in zip(split.image_ids,
+                                                            split.image_paths)]
+      for k, (path, new) in enumerate(zip(split.image_paths, names)):
+        target = os.path.join(folder, new)
+        try:
+          os.link(path, target)
+        except OSError:
+          shutil.copyfile(path, target)
+        cpi = split.captions_per_image
+        rows.writerows([new, c] for c in split.captions[k * cpi:(k + 1) * cpi])
+      with open(os.path.join(root, f"Flickr_8k.{name}Images.txt"), "w",
+                encoding="utf-8") as lst:
+        lst.write("".join(n + "\n" for n in names))
 
 
 def _builder_class(splits: Mapping[str, split_lib.Split]):
