@@ -15,6 +15,7 @@ to the model, the pixels or the tokenizer is refused, naming the keys
 write.
 """
 import json
+import os
 import sys
 
 from absl import app
@@ -41,7 +42,6 @@ def _workdir_from_argv(argv: list[str]) -> str | None:
 
 def _check_out(path: str) -> None:
   """--out may be a new file or one this command wrote; anything else stays as it is."""
-  import os  # pylint: disable=g-import-not-at-top
   if os.path.isdir(path):
     raise FileExistsError(f"--out={path!r} is a folder; expected a JSON file path.")
   if not os.path.exists(path):

