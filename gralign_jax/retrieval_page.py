@@ -18,6 +18,7 @@ from typing import Sequence
 from PIL import Image
 
 from gralign_jax import paths
+from gralign_jax.data import images as images_lib
 
 THUMBNAIL = 160  # px, the longer side
 
@@ -44,11 +45,10 @@ def data_uri(data: bytes, mime: str) -> str:
 
 def thumbnail(path: str, size: int = THUMBNAIL) -> str:
   """A JPEG data: URI of the image at `path`, its longer side `size` px."""
-  with Image.open(io.BytesIO(paths.read_bytes(path))) as image:
-    image = image.convert("RGB")
-    image.thumbnail((size, size))
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=85)
+  image = Image.fromarray(images_lib.decode_image_bytes(paths.read_bytes(path), path))
+  image.thumbnail((size, size))
+  out = io.BytesIO()
+  image.save(out, format="JPEG", quality=85)
   return data_uri(out.getvalue(), "image/jpeg")
 
 

@@ -8,25 +8,37 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+_DEVICES = "--xla_force_host_platform_device_count=8"
+if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICES).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Caches the code keeps between runs (the TFDS caption index) go to a fresh folder.
-os.environ["GRALIGN_CACHE"] = tempfile.mkdtemp(prefix="gralign_cache_")
-# XLA's compiled programs are kept in a fresh folder for this test session, shared with
-# the subprocesses the tests start: most tests train the same smoke model, and compiling
-# it, not running it, is most of their time (the suite took about twice as long without).
-# A program read back from the cache is the one compiled, so no result changes.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gralign_xla_cache_")
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
-# Both folders are this session's own: removed when it ends.
-for _folder in (os.environ["GRALIGN_CACHE"], os.environ["JAX_COMPILATION_CACHE_DIR"]):
-  atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+# The suite runs in pytest-xdist workers (pytest.ini: one per core, up to 4, whole files
+# to each); the controller makes this session's folders below and the workers, which
+# inherit its environment, share them.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+  # Caches the code keeps between runs (the TFDS caption index) go to a fresh folder.
+  os.environ["GRALIGN_CACHE"] = tempfile.mkdtemp(prefix="gralign_cache_")
+  # XLA's compiled programs are kept in a fresh folder for this test session, shared
+  # with the workers and the subprocesses the tests start: most tests train the same
+  # smoke model, and compiling it, not running it, is most of their time (the suite
+  # took about twice as long without). A program read back from the cache is the one
+  # compiled, so no result changes.
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gralign_xla_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+  # Both folders are this session's own: removed when it ends.
+  for _folder in (os.environ["GRALIGN_CACHE"], os.environ["JAX_COMPILATION_CACHE_DIR"]):
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 
 
 import pytest  # noqa: E402  (after the environment above is set)
+
+
+def pytest_xdist_auto_num_workers(config):  # pylint: disable=unused-argument
+  """`-n auto` (pytest.ini): one worker per core, at most 4. Each worker holds a JAX
+  runtime with 8 fake devices; more than 4 gain little and cost memory."""
+  return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
 @pytest.fixture(scope="session")

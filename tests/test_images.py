@@ -35,6 +35,30 @@ def test_decode_converts_to_rgb(tmp_path):
   np.testing.assert_array_equal(out[..., 1], grey)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path, suffix):
+  # PIL opens these as mode I;16 (PNG) or I (TIFF); its convert("RGB") clips every
+  # value above 255 to white. Expected: round(v * 255 / 65535) in each channel.
+  grey = (np.arange(24 * 40).reshape(24, 40) * 68).astype(np.uint16)
+  path = str(tmp_path / f"g16{suffix}")
+  Image.fromarray(grey if suffix == ".png" else grey.astype(np.int32)).save(path)
+  with Image.open(path) as opened:
+    assert opened.mode in images.SIXTEEN_BIT_MODES
+  out = images.decode_image(path)
+  expected = np.round(grey.astype(np.float64) * 255 / 65535).astype(np.uint8)
+  assert out.shape == (24, 40, 3)
+  for channel in range(3):
+    np.testing.assert_array_equal(out[..., channel], expected)
+  assert out.min() == 0 and out.max() == round(int(grey.max()) * 255 / 65535) < 255
+
+
+def test_floating_point_pixels_are_refused(tmp_path):
+  path = str(tmp_path / "f.tif")
+  Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(path)
+  with pytest.raises(images.ImageDecodeError, match=r"f\.tif.*floating point.*expected 8- or 16-bit"):
+    images.decode_image(path)
+
+
 def test_decode_jpeg_within_tolerance(tmp_path):
   img = _picture()
   path = str(tmp_path / "a.jpg")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import matplotlib.text
 import ml_collections
 import numpy as np
 import pytest
@@ -203,6 +204,24 @@ def test_each_word_is_boxed_on_its_best_patch(vit_views):
   words = [t.get_text() for t in gate_axes[0].get_yticklabels()]
   assert words == [f"{i} {w}" for i, w in
                    enumerate(np.asarray(caption.words)[mask])]
+
+
+def test_dollars_in_captions_and_names_are_drawn_as_written(vit_views, tmp_path):
+  # matplotlib reads text between two `$` as math: the first caption stopped the
+  # drawing (unknown symbol \\foo), the second lost its dollars.
+  run, image, _, _ = vit_views
+  image = vis.encode_image(run, image.pixels, name="price $3 and $4.png")
+  for text in (r"a red $\foo{$ circle", "$5 to $10", r"a \$ sign"):
+    (caption,) = vis.encode_captions(run, [text])
+    fig = vis.alignment_figure([vis.make_pair(run, image, caption, "matched $pair$")])
+    fig.savefig(str(tmp_path / "a.png"))  # renders every text: raised before the fix
+    drawn = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+    shown = {t._preprocess_math(t.get_text()) for t in drawn}  # pylint: disable=protected-access
+    title = [s for s, math in shown if text in s]
+    assert len(title) == 1 and "price $3 and $4.png" in title[0], shown
+    assert "matched $pair$" in title[0]
+    assert not any(math for s, math in shown if "$" in s and "a_" not in s
+                   and "sigma" not in s and "hat" not in s), shown
 
 
 def test_pair_scores_and_hard_negative_agree_with_the_scorer(vit_run, vit_views):

@@ -124,14 +124,42 @@ def _decode(f, where: str) -> np.ndarray:
   try:
     with Image.open(f) as img:
       img.load()
-      rgb = img.convert("RGB")
+      return to_rgb(img, where)
   except Image.DecompressionBombError as e:
     raise ImageDecodeError(f"Could not decode {where}: implausibly large: {e}") from e
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     # OSError covers UnidentifiedImageError ("cannot identify image file") and
     # "image file is truncated"; some PIL decoders raise SyntaxError or ValueError.
     raise ImageDecodeError(f"Could not decode {where}: {type(e).__name__}: {e}") from e
-  return np.asarray(rgb, dtype=np.uint8)
+
+
+# PIL's modes for 16-bit greyscale (PNG, TIFF): "I;16*" and, from some files and PIL
+# versions, 32-bit "I" holding 16-bit values. PIL's own convert("RGB") clips them to 255
+# (a 16-bit photo reads as pure white), so they are scaled here: 65535 -> 255.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(img: Image.Image, where: str) -> np.ndarray:
+  """A loaded PIL image -> uint8 (H, W, 3) RGB, 16-bit greyscale scaled to 8 bits.
+
+  Raises:
+    ImageDecodeError: floating-point pixels (mode F, whose range no file states), or
+      32-bit integers beyond 16 bits.
+  """
+  if img.mode == "F":
+    raise ImageDecodeError(
+        f"Could not decode {where}: its pixels are 32-bit floating point (PIL mode F), "
+        "whose range the file does not state; expected 8- or 16-bit integer pixels. "
+        "Save it as an 8- or 16-bit PNG or JPEG.")
+  if img.mode in SIXTEEN_BIT_MODES:
+    grey = np.asarray(img).astype(np.int64)
+    if grey.size and (grey.min() < 0 or grey.max() > 65535):
+      raise ImageDecodeError(
+          f"Could not decode {where}: 32-bit integer pixels from {grey.min()} to "
+          f"{grey.max()}; expected 8- or 16-bit pixels (0 to 65535).")
+    grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, rounded
+    return np.repeat(grey[:, :, None], 3, axis=2)
+  return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def sample_crop_box(height: int, width: int, rng: np.random.Generator,

@@ -60,8 +60,16 @@ def _range(values: np.ndarray) -> tuple[float, float]:
   return (lo, hi) if hi - lo > 1e-6 else (lo - 0.5e-3, hi + 0.5e-3)
 
 
+def literal(text: str) -> str:
+  """`text` (a caption, word piece or file name) drawn as written: matplotlib reads
+  text between two unescaped `$` as math (`a red $\\foo{$ circle` stops the drawing,
+  `$5 to $10` loses its dollars), so each `$` is escaped; matplotlib draws `\\$` as
+  `$`, and a backslash already before a `$` is kept."""
+  return text.replace("$", r"\$")
+
+
 def _title(image: encode.ImageView) -> str:
-  return f" ({image.name})" if image.name else ""
+  return f" ({literal(image.name)})" if image.name else ""
 
 
 # ------------------------------------------------------------------ saliency
@@ -233,8 +241,8 @@ def _alignment_row(fig, pair: encode.Pair) -> None:
     for i, b in enumerate(best):
       left.add_patch(mpatches.Rectangle((b - 0.46, i - 0.46), 0.92, 0.92, fill=False,
                                         edgecolor=colour[int(b)], linewidth=2.0))
-    left.set_yticks(range(len(words)), [f"{i} {w}" for i, w in enumerate(words)],
-                    fontsize=8)
+    left.set_yticks(range(len(words)),
+                    [f"{i} {literal(w)}" for i, w in enumerate(words)], fontsize=8)
     left.set_xlabel("region index")
     left.set_title("cosine word piece x region (box: best region)", fontsize=9)
     fig.colorbar(mappable, ax=left, shrink=0.8, label="cosine")
@@ -242,7 +250,7 @@ def _alignment_row(fig, pair: encode.Pair) -> None:
   y = np.arange(len(words))
   right.barh(y, gates, color=[colour[int(b)] for b in best], edgecolor="#333333",
              linewidth=0.5)
-  right.set_yticks(y, [f"{i} {w}" for i, w in enumerate(words)], fontsize=8)
+  right.set_yticks(y, [f"{i} {literal(w)}" for i, w in enumerate(words)], fontsize=8)
   right.set_ylim(len(words) - 0.5, -0.5)
   right.set_xlim(0, 1.6)
   right.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
@@ -256,8 +264,9 @@ def _alignment_row(fig, pair: encode.Pair) -> None:
   right.set_title(f"word pieces: gate (bar) \u2192 best {what}, cosine", fontsize=9)
   caption = textwrap.shorten(" ".join(cap.caption.split()), 150, placeholder=" ...")
   cut = " [cut at data.max_len]" if cap.truncated else ""
-  name = f" | image: {img.name}" if img.name else ""
-  fig.suptitle(f"{pair.label}: {_score_line(pair)}{name}\n\"{caption}\"{cut}",
+  name = f" | image: {literal(img.name)}" if img.name else ""
+  fig.suptitle(f"{literal(pair.label)}: {_score_line(pair)}{name}\n"
+               f"\"{literal(caption)}\"{cut}",
                fontsize=9.5, ha="center")
 
 
