@@ -14,7 +14,11 @@ exists, or whose record is in the ledger, is not run again, so the grid may be f
 several sittings; a run stopped half-way resumes from its checkpoint. Two tables (test
 rSum mean and sample standard deviation over seeds, dev rSum, steps): the paper's
 ablation rows, and the adapters' gate form (method.md section 2, issue 12 item 9). They
-go to OUT.md and OUT.json (default benchmarks/ablation), with the machine and versions.
+go to OUT.md and OUT.json (default benchmarks/ablation), with the machine and versions:
+a run with --smoke or --seconds is not the committed grid, and its ledger and tables go
+to runs/benchmarks/ablation.* instead (experiments/records.py). The committed tables
+always cover every variant and seed in the ledger, so a grid filled a few runs at a
+time never drops a row.
 
 The ledger, OUT_runs.json, keeps each finished run's record (figures, commit, machine,
 date) as soon as the run ends: RUNS/ holds checkpoints and is not kept in git, the
@@ -43,6 +47,10 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from experiments import records  # noqa: E402  (needs REPO on sys.path)
+
+SEEDS = (0, 1, 2)
 _LEDGER_LOCK = threading.Lock()  # --jobs: the runs' threads add to one ledger
 
 # (variant, what it removes): the paper's ablation rows (method.md section 6).
@@ -156,21 +164,21 @@ def spread(mean: float, sd: float | None, sign: str = "") -> str:
   return f"{mean:{sign}.1f}" + ("" if sd is None else f" +- {sd:.1f}")
 
 
-def table(records: dict, variants, seeds, reference: str = "grm") -> tuple[dict, str]:
-  """records: {"VARIANT-sSEED": record}. -> ({variant: {"seeds": {seed: record}, ...}},
+def table(runs: dict, variants, seeds, reference: str = "grm") -> tuple[dict, str]:
+  """runs: {"VARIANT-sSEED": record}. -> ({variant: {"seeds": {seed: record}, ...}},
   the Markdown table).
 
   Besides each variant's mean and spread, the change against `reference` is taken seed
   by seed (the same seed, so the same data order) and then averaged: the spread of
   that paired difference, not of the two means, says whether a component matters.
   """
-  ref = {s: r for s in seeds if (r := records.get(f"{reference}-s{s}")) is not None}
+  ref = {s: r for s in seeds if (r := runs.get(f"{reference}-s{s}")) is not None}
   rows, lines = {}, [
       f"| variant | what it is | seeds | test rSum per seed | test rSum (mean +- sd) | "
       f"vs `{reference}`, paired (mean +- sd) | dev rSum | steps |",
       "|---|---|---|---|---|---|---|---|"]
   for variant, what in variants:
-    got = {s: r for s in seeds if (r := records.get(f"{variant}-s{s}")) is not None}
+    got = {s: r for s in seeds if (r := runs.get(f"{variant}-s{s}")) is not None}
     rows[variant] = {"what": what, "seeds": got}
     if not got:
       lines.append(f"| `{variant}` | {what} | 0 | not run | | | | |")
@@ -217,7 +225,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   known = {v: what for _, rows in TABLES for v, what in rows}
   parser.add_argument("--variants", default=",".join(known))
-  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
   parser.add_argument("--runs", default=os.path.join(REPO, "runs", "ablation"))
   parser.add_argument("--seconds", type=float, default=0,
                       help="training time per run (0: the config's own num_steps)")
@@ -226,8 +234,10 @@ def main() -> None:
   parser.add_argument("--jobs", type=int, default=1,
                       help="runs at once, the cores split evenly between them")
   parser.add_argument("--table_only", action="store_true")
-  parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "ablation"),
-                      help="writes OUT.md, OUT.json and the ledger OUT_runs.json")
+  parser.add_argument("--out", default=None,
+                      help="writes OUT.md, OUT.json and the ledger OUT_runs.json "
+                      "(default benchmarks/ablation for the full grid, else "
+                      "runs/benchmarks/ablation)")
   args = parser.parse_args()
   names = [v.strip() for v in args.variants.split(",") if v.strip()]
   unknown = [v for v in names if v not in known]
@@ -242,6 +252,9 @@ def main() -> None:
   if args.jobs > 1 and not shutil.which("taskset"):
     sys.exit(f"Error: --jobs={args.jobs} pins each run to a core with taskset (Linux "
              "util-linux), which is not on PATH; run with --jobs=1.")
+  departures = ((["--smoke"] if args.smoke else []) +
+                ([f"--seconds={args.seconds:g}"] if args.seconds > 0 else []))
+  args.out = records.out_prefix("ablation", args.out, departures)
   ledger = args.out + "_runs.json"
   os.makedirs(args.runs, exist_ok=True)
   if not args.table_only:
@@ -268,12 +281,14 @@ def main() -> None:
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
       for done in [pool.submit(one, v, s) for v, s in todo]:
         done.result()
-  records = load_ledger(ledger)
+  ledger_runs = load_ledger(ledger)
+  if records.is_committed(args.out):  # the whole grid, whichever part this run filled
+    names, seeds = list(known), sorted(set(SEEDS) | set(seeds))
   rows, markdown = {}, []
   for title, variants in TABLES:
     chosen = [(v, what) for v, what in variants if v in names]
     if chosen:
-      got, md = table(records, chosen, seeds)
+      got, md = table(ledger_runs, chosen, seeds)
       rows.update(got)
       markdown.append(f"### {title}\n\n{md}")
   budget = (f"{args.seconds:.0f} s of training per run (evaluations excluded)"

@@ -15,6 +15,9 @@ Each (variant, seed) is one run of experiments.flickr8k with the config's own bu
                                    step at lr 1e-12, the chance check
 Only dev is measured: the shared subset's test images are held out.
 
+The committed records (benchmarks/flickr8k.*) are the shared subset's: with another
+--data_root they go to runs/benchmarks/flickr8k.* (experiments/records.py), and the
+committed table always covers every variant and seed in the ledger.
 A run whose results.json exists, or whose record is in the ledger OUT_runs.json, is
 not run again; the ledger keeps each finished run's dev figures, steps, seconds,
 commit and machine, and OUT.md / OUT.json the table (dev R@K both ways, rSum mean and
@@ -28,8 +31,10 @@ import sys
 import time
 
 import ablation  # benchmarks/ablation.py: the ledger and the statistics
+from experiments import records  # on sys.path through ablation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_ROOT = os.path.join(os.path.dirname(REPO), "shared", "data", "flickr8k-1k")
 CONFIG = "experiments/configs/flickr8k.py"
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 # variant -> (config argument, extra flags, what it is)
@@ -94,7 +99,7 @@ def _record(workdir: str, seconds: float | None) -> dict | None:
               seconds=None if seconds is None else round(seconds, 1))
 
 
-def table(records: dict, variants: list[str], seeds: list[int]) -> tuple[dict, str]:
+def table(runs: dict, variants: list[str], seeds: list[int]) -> tuple[dict, str]:
   """-> ({variant: figures}, the Markdown table): dev R@K means, rSum mean +- sd."""
   lines = ["| variant | what it is | seeds | dev rSum per seed | dev rSum (mean +- sd) "
            "| i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | steps | minutes per run |",
@@ -102,7 +107,7 @@ def table(records: dict, variants: list[str], seeds: list[int]) -> tuple[dict, s
   rows = {}
   for variant in variants:
     what = VARIANTS[variant][2]
-    got = [r for s in seeds if (r := records.get(f"{variant}-s{s}")) is not None]
+    got = [r for s in seeds if (r := runs.get(f"{variant}-s{s}")) is not None]
     if not got:
       lines.append(f"| `{variant}` | {what} | 0 | not run |" + " |" * 9)
       continue
@@ -123,19 +128,23 @@ def table(records: dict, variants: list[str], seeds: list[int]) -> tuple[dict, s
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variants", default=",".join(VARIANTS))
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--data_root", default=os.path.join(os.path.dirname(REPO), "shared",
-                                                          "data", "flickr8k-1k"))
+  parser.add_argument("--seeds", default=",".join(map(str, ablation.SEEDS)))
+  parser.add_argument("--data_root", default=DATA_ROOT)
   parser.add_argument("--runs", default=os.path.join(REPO, "runs", "flickr8k"))
   parser.add_argument("--table_only", action="store_true")
-  parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "flickr8k"),
-                      help="writes OUT.md, OUT.json and the ledger OUT_runs.json")
+  parser.add_argument("--out", default=None,
+                      help="writes OUT.md, OUT.json and the ledger OUT_runs.json "
+                      "(default benchmarks/flickr8k on the shared subset, else "
+                      "runs/benchmarks/flickr8k)")
   args = parser.parse_args()
   names = [v.strip() for v in args.variants.split(",") if v.strip()]
   unknown = [v for v in names if v not in VARIANTS]
   if unknown:
     sys.exit(f"Error: --variants: unknown {unknown}; expected some of {list(VARIANTS)}.")
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  other_data = os.path.realpath(args.data_root) != os.path.realpath(DATA_ROOT)
+  args.out = records.out_prefix("flickr8k", args.out,
+                                [f"--data_root={args.data_root}"] if other_data else [])
   ledger = args.out + "_runs.json"
   args.runs = os.path.abspath(args.runs)
   args.data_root = os.path.abspath(args.data_root)
@@ -154,6 +163,8 @@ def main() -> None:
         ablation.add_to_ledger(ledger, name, _record(workdir, seconds),
                                len(os.sched_getaffinity(0)),
                                what="benchmarks/flickr8k.py: one record per finished run")
+  if records.is_committed(args.out):  # the whole grid, whichever part this run filled
+    names, seeds = list(VARIANTS), sorted(set(ablation.SEEDS) | set(seeds))
   rows, markdown = table(ablation.load_ledger(ledger), names, seeds)
   text = (f"Flickr8k (../shared/data/flickr8k-1k: 753 train, 113 dev images), dev split, "
           f"the config's own steps per run, seeds {seeds}. Machine: "

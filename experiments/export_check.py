@@ -23,7 +23,10 @@ lowered to Triton IR or Mosaic; nothing is compiled for cuda here (XLA:GPU and t
 Triton compiler need CUDA). With --tpu_compile=TOPOLOGY each tpu row is also compiled
 by XLA:TPU and Mosaic for that topology's chips through libtpu (`pip install
 "jax[tpu]"`; its devices are described, not present) and reports the compiled
-program's memory per chip. The table goes to stdout and to --out (.json and .md); the
+program's memory per chip. The table goes to stdout and to --out (.json and .md): by
+default benchmarks/export_check (export_check_tpu_<chip> with --tpu_compile) for the whole
+grid at the default sizes, and runs/benchmarks/ for any other selection
+(experiments/records.py), so a partial check never replaces the committed table. The
 exit status is 1 when any row failed.
 """
 import json
@@ -43,6 +46,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from jax import export  # noqa: E402
 
+from experiments import records  # noqa: E402
 from experiments.configs import common  # noqa: E402
 from gralign_jax import configs  # noqa: E402
 from gralign_jax import optim  # noqa: E402
@@ -269,8 +273,25 @@ _DEVICES = flags.DEFINE_integer("devices", 8, "Mesh size of the lowered programs
                                 "(fake CPU devices standing for the chips).")
 _TPU_COMPILE = flags.DEFINE_string("tpu_compile", "", "A TPU topology, e.g. v5e:2x2: "
                                    "also compile the tpu rows for its chips (libtpu).")
-_OUT = flags.DEFINE_string("out", "benchmarks/export_check", "Writes OUT.json and "
-                           "OUT.md; '' writes nothing.")
+_OUT = flags.DEFINE_string("out", None, "Writes OUT.json and OUT.md; '' writes "
+                           "nothing. Default: benchmarks/export_check[_tpu_<chip>] for "
+                           "the whole grid at default sizes, else runs/benchmarks/.")
+# The flags whose default values make the full grid, the committed record.
+_GRID_FLAGS = (_DATASET, _CONFIGS, _PLATFORMS, _PROGRAMS, _SMOKE, _BATCH, _DTYPE,
+               _SCORE_DTYPE, _DEVICES)
+
+
+def out_prefix() -> str:
+  """Where this run's table goes ('' for nowhere): see the module docstring."""
+  if _OUT.value == "":  # pylint: disable=g-explicit-bool-comparison
+    return ""
+  full = {f.name: flags.FLAGS[f.name].default for f in _GRID_FLAGS}
+  name = "export_check"
+  if _TPU_COMPILE.value:  # its record holds the tpu rows, compiled for the chip
+    full["platforms"] = ["tpu"]
+    name += "_tpu_" + _TPU_COMPILE.value.split(":")[0]
+  departures = [f.serialize() for f in _GRID_FLAGS if f.value != full[f.name]]
+  return records.out_prefix(name, _OUT.value, departures)
 
 
 def main(argv):
@@ -283,6 +304,7 @@ def main(argv):
              f"{list(common.BACKBONES)}, {list(PLATFORMS)}, {list(PROGRAMS)}.")
   command = " ".join(["python -m experiments.export_check"] + sys.argv[1:])
   print(command)
+  out = out_prefix()
   print(f"jax {jax.__version__}, {os.cpu_count()} CPU cores, {len(jax.devices())} "
         f"{jax.default_backend()} devices", flush=True)
   t0 = time.perf_counter()
@@ -295,16 +317,16 @@ def main(argv):
   summary = (f"{len(rows) - len(failed)} of {len(rows)} OK, {len(failed)} failed, "
              f"{total:.0f} s in all")
   print(summary)
-  if _OUT.value:
+  if out:
     header = [f"`{command}`", "",
               f"jax {jax.__version__}, {os.cpu_count()} CPU cores, "
               f"{time.strftime('%Y-%m-%d')}; {summary}. Mesh: {_DEVICES.value} devices "
               f"(lower), {_TPU_COMPILE.value or 'no'} TPU topology (compile)."]
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value + ".json", "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
       json.dump({"command": command, "jax": jax.__version__, "seconds": total,
                  "rows": rows}, f, indent=1)
-    with open(_OUT.value + ".md", "w") as f:
+    with open(out + ".md", "w") as f:
       f.write(markdown(rows, header))
   sys.exit(1 if failed else 0)
 
