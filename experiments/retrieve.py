@@ -8,7 +8,9 @@
 Prints, per caption, the k best images and, for the best one, each word piece with
 its saliency gate and the image patch (or region) it matches best; per image, the k
 best captions. Everything printed is also written as JSON (--out, default
-<workdir>/retrieval.json). The gallery's encodings are cached under
+<workdir>/retrieval.json), and as an HTML page beside it (--html; word-to-patch pictures
+for the first --pictures=20 captions; --html= for none). Neither replaces a file this
+command did not write. The gallery's encodings are cached under
 <workdir>/galleries/, so new captions for the same photos only encode the captions.
 
 Files of the folder that are not readable images are skipped and listed, captions
@@ -19,6 +21,7 @@ $GRALIGN_CACHE/galleries/ (default ~/.cache/gralign_jax/galleries/), said in one
 Wrong flags or files stop the run with one line, "Error: ...", before any model is
 loaded where possible.
 """
+import json
 import os
 import sys
 
@@ -27,6 +30,11 @@ from absl import flags
 from absl import logging
 
 from experiments import main_lib
+from gralign_jax import paths  # paths and logs import no jax (flags first: XLA_FLAGS)
+from gralign_jax.logs import shown
+
+# Files this command may replace: its own JSON (these keys) and its own page (this tag).
+_JSON_KEYS = ("captions_to_images", "images_to_captions")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a training run.")
 _IMAGES = flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images.")
@@ -37,7 +45,10 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "The best-on-dev checkpoint or the last one.")
 _OUT = flags.DEFINE_string("out", None, "JSON output (default <workdir>/retrieval.json).")
 _HTML = flags.DEFINE_string("html", None, "The result as one self-contained HTML page "
-                            "(default: beside the JSON output, .html).")
+                            "(default: beside the JSON output, .html; --html= writes "
+                            "no page).")
+_PICTURES = flags.DEFINE_integer("pictures", 20, "Word-to-patch pictures on the page for "
+                                 "the first N captions (about 0.3 s and 150 KB each).")
 _EXPORT = flags.DEFINE_string("export", None, "Also write the gallery's encodings with "
                               "their image paths to this .npz file.")
 _DISTRIBUTED = main_lib.define_distributed_flags()
@@ -57,6 +68,9 @@ def _read_captions() -> list[str]:
   path = _CAPTIONS.value
   if path is not None:
     expect = "expected a UTF-8 text file, one caption a line"
+    special = paths.not_a_regular_file(path)
+    if special:  # open() would wait on a FIFO for ever
+      raise UsageError(f"--captions={path!r} {special}; {expect}.")
     try:
       with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f if line.strip()]
@@ -80,23 +94,59 @@ def _read_captions() -> list[str]:
   return captions
 
 
+def _written_here(path: str, is_mine) -> bool:
+  try:
+    return is_mine(paths.read_text(path))
+  except (OSError, ValueError, UnicodeDecodeError):
+    return False
+
+
+def _is_result(text: str) -> bool:
+  data = json.loads(text)
+  return isinstance(data, dict) and all(key in data for key in _JSON_KEYS)
+
+
+def _check_output(flag: str, path: str, what: str, is_mine) -> None:
+  """--out / --html: a new file, or one this command wrote; never a folder or a file
+  of the user's."""
+  if paths.isdir(path):
+    raise UsageError(f"--{flag}={path!r} is a folder; expected the path of {what}.")
+  if paths.exists(path) and not _written_here(path, is_mine):
+    raise UsageError(f"--{flag}={path!r} exists and was not written by "
+                     f"experiments.retrieve; it is left as it is: choose another --{flag}.")
+
+
 def _check_flags() -> list[str]:
   if not _WORKDIR.value or not _IMAGES.value:
     raise UsageError("--workdir (a training run) and --images (a folder) are required.")
   if _K.value < 1:
     raise UsageError(f"--k={_K.value}: expected a positive number of results per query "
                      "(1 or more).")
+  if _PICTURES.value < 0:
+    raise UsageError(f"--pictures={_PICTURES.value}: expected 0 or more captions to draw "
+                     "word-to-patch pictures for.")
+  out, page = _OUT.value, _HTML.value
+  if out:
+    _check_output("out", out, "a JSON file", _is_result)
+  if page:
+    from gralign_jax import retrieval_page  # pylint: disable=g-import-not-at-top
+    _check_output("html", page, "an HTML page", retrieval_page.is_page)
+  if out and page != "" and paths.resolve(page or os.path.splitext(out)[0] + ".html"
+                                          ) == paths.resolve(out):
+    raise UsageError(f"--out={out!r} and the page (--html={page or out!r}) are the same "
+                     "file: the page would replace the JSON. Give --out a .json name, "
+                     "or --html another file.")
   return _read_captions()
 
 
 def _print_results(result: dict) -> None:
   for item in result["captions_to_images"]:
-    print(f"\"{item['caption']}\"")
+    print(f"\"{shown(item['caption'])}\"")
     for rank, hit in enumerate(item["top"], 1):
-      print(f"  {rank}. {hit['score']:7.4f}  {hit['image']}")
+      print(f"  {rank}. {hit['score']:7.4f}  {shown(hit['image'])}")
     print("  word piece -> best visual token in image 1 (gate, cosine):")
-    words = [f"{a['token']} -> {a['visual_token']} ({a['gate']:.2f}, {a['cos']:.2f})"
-             for a in item["alignment"]]
+    words = [f"{shown(a['token'])} -> {a['visual_token']} ({a['gate']:.2f}, "
+             f"{a['cos']:.2f})" for a in item["alignment"]]
     line = "    "
     for word in words:  # wrap between entries, never inside one
       if len(line) + len(word) > 100 and line.strip():
@@ -106,9 +156,9 @@ def _print_results(result: dict) -> None:
     print(line.rstrip(";"))
   print()
   for item in result["images_to_captions"]:
-    print(item["image"])
+    print(shown(item["image"]))
     for rank, hit in enumerate(item["top"], 1):
-      print(f"  {rank}. {hit['score']:7.4f}  {hit['caption']}")
+      print(f"  {rank}. {hit['score']:7.4f}  {shown(hit['caption'])}")
 
 
 def main(argv):
@@ -121,7 +171,6 @@ def main(argv):
     sys.exit(f"Error: {e}")
   main_lib.start_distributed(_DISTRIBUTED)  # before anything touches a JAX backend
   from gralign_jax import checkpoint  # after flag parsing: jax reads XLA_FLAGS at import
-  from gralign_jax import paths
   from gralign_jax import retrieval
   from gralign_jax import retrieval_page
   from gralign_jax.data import split as split_lib
@@ -136,18 +185,20 @@ def main(argv):
     _print_results(result)
     print()
     out = retrieval.write_result(result, _OUT.value)
-    page = _HTML.value or os.path.splitext(out)[0] + ".html"
-    paths.write_text(page, retrieval_page.render(
-        result, retrieval_page.alignment_pictures(run, result)))
-    written = [out, page]
+    written = [out]
+    if _HTML.value != "":
+      page = _HTML.value or os.path.splitext(out)[0] + ".html"
+      pictures = retrieval_page.alignment_pictures(run, result, _PICTURES.value, log=print)
+      paths.write_text(page, retrieval_page.render(result, pictures))
+      written.append(page)
     if _EXPORT.value:  # from the gallery cache retrieve() has just filled
       found = retrieval.encode_gallery(run, split, log=lambda line: None)
       written.append(retrieval.export_gallery(found, _EXPORT.value, run.step))
   except user_errors as e:
     # Something about the user's files or flags, said in full by the message itself;
     # a traceback would only bury it. Bugs still raise with one.
-    sys.exit(f"Error: {e}")
-  print(f"Written to {', '.join(written)}")
+    sys.exit(f"Error: {shown(str(e))}")
+  print(f"Written to {', '.join(map(shown, written))}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from gralign_jax.logs import shown  # imports no jax (flags first: XLA_FLAGS)
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a training run.")
 _IMAGE = flags.DEFINE_string("image", None, "A JPEG/PNG image (runs on pixels).")
 _FEATURES = flags.DEFINE_string("features", None, "A .npy file of one image's (R, D) "
@@ -215,13 +217,13 @@ def visualize(log=print) -> dict[str, str]:
   if negative is not None:
     (neg,) = vis.encode_captions(run, [negative])
     pairs.append(vis.make_pair(run, image, neg, "hard negative caption"))
-    log(f"Hard negative caption: \"{negative}\": {how}")
+    log(f"Hard negative caption: \"{shown(negative)}\": {how}")
   else:
     log(f"No hard negative caption: {how}. alignment.png shows the matched pair only.")
   neg_image, how = _negative_image(run, vis, caption, log)
   if neg_image is not None:
     pairs.append(vis.make_pair(run, neg_image, caption, "hard negative image"))
-    log(f"Hard negative image: {neg_image.name}: {how}")
+    log(f"Hard negative image: {shown(neg_image.name)}: {how}")
   figures = {"saliency": lambda: vis.saliency_figure(image),
              "regions": lambda: vis.regions_figure(image),
              "alignment": lambda: vis.alignment_figure(pairs),
@@ -237,7 +239,7 @@ def visualize(log=print) -> dict[str, str]:
       raise UsageError(f"Cannot write {path} ({e.strerror or e}); give another "
                        "--out.") from e
     written[key] = path
-    print(path)
+    print(shown(path))
   return written
 
 
@@ -257,7 +259,7 @@ def main(argv):
   except user_errors as e:
     # Something about the user's files or flags, said in full by the message itself;
     # a traceback would only bury it. Bugs still raise with one.
-    sys.exit(f"Error: {e}")
+    sys.exit(f"Error: {shown(str(e))}")
 
 
 if __name__ == "__main__":

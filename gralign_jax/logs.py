@@ -8,6 +8,8 @@
                     "gralign_jax": absl's handler under the experiments' mains,
                     Python's own stderr handler elsewhere, pytest's caplog in tests
   Progress          a tqdm bar on a terminal, periodic lines otherwise
+  shown(text)       a caption or file name, safe to print: control characters
+                    escaped (no screen clearing, no forged result lines)
 
 Library functions that talk take `log: Log = info`: a caller may pass another sink (a
 list's append in a test, a notebook's display).
@@ -15,6 +17,7 @@ list's append in a test, a notebook's display).
 import logging
 import sys
 import time
+import unicodedata
 from typing import Callable
 
 Log = Callable[[str], None]
@@ -31,6 +34,29 @@ def info(*args) -> None:
     tqdm.write(" ".join(map(str, args)))
   else:
     print(*args, flush=True)
+
+
+def shown(text: str) -> str:
+  """`text` from the user's files (a caption, a file name) as it may be printed.
+
+  Control and format characters (escape sequences that clear the screen or set the
+  terminal's title, newlines that would start a forged result line, bidi overrides
+  that reorder it) are written as Python escapes (`\\x1b`, `\\n`, `\\u202e`), and a
+  file name byte that is not UTF-8 (os.fsdecode's surrogate escape) as `\\xNN`, the
+  byte itself. Everything else, accents and scripts included, stays as it is.
+  """
+  if text.isprintable():  # the common case, fast
+    return text
+  out = []
+  for ch in text:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the undecodable byte code - 0xDC00
+      out.append(f"\\x{code - 0xDC00:02x}")
+    elif ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+      out.append(ch)
+    else:
+      out.append(ch.encode("unicode_escape").decode("ascii"))
+  return "".join(out)
 
 
 def warning(message: str) -> None:

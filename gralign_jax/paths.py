@@ -23,6 +23,7 @@ What a bucket lacks, and what is done instead:
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from typing import Iterator
 
@@ -68,6 +69,24 @@ def _fs(path: str):
                   f"({e}); for gs:// install gcsfs (pip install 'gralign_jax[cloud]').") from e
   fs.invalidate_cache(inner)
   return fs, inner
+
+
+def not_a_regular_file(path: str) -> str | None:
+  """Why `path` is neither a file nor a folder (a named pipe, a device, a socket),
+  completing "<path> ..."; None for files, folders and missing paths.
+
+  Raises:
+    OSError: stat's own (permission, I/O).
+  """
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    return None
+  if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+    return None
+  kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket"
+          if stat.S_ISSOCK(mode) else "a device")
+  return f"is {kind}, expected a file"
 
 
 def exists(path: str) -> bool:

@@ -399,7 +399,7 @@ def retrieve(run: Run, split: "readers.Split | EncodedGallery", captions: list[s
     note(f"Skipped {len(split.skipped)} of {total} image files in {where} (not readable "
          f"images); retrieving from the other {split.num_images}:")
     for path, why in split.skipped[:_SHOWN]:
-      log(f"  {path} {why}")
+      log(f"  {logs.shown(path)} {why}")
     if len(split.skipped) > _SHOWN:
       log(f"  ... and {len(split.skipped) - _SHOWN} more (all listed in skipped_images)")
   texts = run.evaluator.encode_texts(run.params, encoded)
@@ -451,8 +451,8 @@ def _encode(run: Run, captions: list[str], log: logs.Log
       if len(ids) > max_len:
         truncated.append({"index": m, "start": _start(captions[m]), "tokens": len(ids),
                           "max_len": max_len})
-        log(f"Caption {m} (\"{_start(captions[m])}\") is {len(ids)} tokens long; the run "
-            f"reads at most {max_len} (data.max_len), so the rest is cut.")
+        log(f"Caption {m} (\"{logs.shown(_start(captions[m]))}\") is {len(ids)} tokens "
+            f"long; the run reads at most {max_len} (data.max_len), so the rest is cut.")
   return encoded, truncated
 
 

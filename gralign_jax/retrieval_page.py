@@ -1,13 +1,17 @@
 """A retrieval result as one self-contained HTML page: every picture is embedded (a
-data: URI), so the page opens anywhere, offline, and can be mailed as one file.
+data: URI), so the page opens anywhere, offline, and travels as one file.
 
-  page = retrieval_page.render(result, alignment_pictures(run, result))
+  page = retrieval_page.render(result, alignment_pictures(run, result, count=20))
   paths.write_text("retrieval.html", page)
 
-Per caption: its top-k images (thumbnails, rank, score, file) and the word-to-patch
-alignment picture of the best one (visualize.alignment_figure). Per image: its top-k
-captions. Then what was skipped, cut or clamped (result["notes"]). Each hit carries
-data-rank and data-image, so that a test (or a script) can read the ranking back.
+Per caption: its top-k images (thumbnails, rank, score, file) and, for the first
+`count` captions, the word-to-patch alignment picture of the best one
+(visualize.alignment_figure: about 0.3 s and 150 KB each, so they are not drawn for
+thousands). Per image: its top-k captions. Then what was skipped, cut or clamped
+(result["notes"]). Each thumbnail is embedded once, as a CSS class (`thumb-N`), however
+often the image ranks; the page lists at most ROWS captions and ROWS images and says
+when the JSON holds more. Each hit carries data-rank and data-image, so that a test (or
+a script) can read the ranking back.
 """
 import base64
 import html
@@ -17,10 +21,18 @@ from typing import Sequence
 
 from PIL import Image
 
+from gralign_jax import logs
 from gralign_jax import paths
 from gralign_jax.data import images as images_lib
 
 THUMBNAIL = 160  # px, the longer side
+ROWS = 1000  # captions, and images, listed on the page at most (the JSON has them all)
+GENERATOR = '<meta name="generator" content="gralign_jax retrieval_page">'
+
+
+def is_page(text: str) -> bool:
+  """Whether `text` is a page this module wrote (one experiments.retrieve may replace)."""
+  return GENERATOR in text[:2000]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
@@ -29,12 +41,13 @@ h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 32px; }
 section.query { border-top: 1px solid #ccc; padding: 12px 0; }
 .hits { display: flex; flex-wrap: wrap; gap: 12px; }
 figure.hit { margin: 0; width: 170px; font-size: 12px; }
-figure.hit img { width: 160px; height: auto; border: 3px solid transparent; }
-figure.hit[data-rank="1"] img { border-color: #1f77b4; }
+.thumb { display: block; width: 160px; height: 160px; background: center / contain
+  no-repeat; border: 3px solid transparent; box-sizing: content-box; }
+figure.hit[data-rank="1"] .thumb { border-color: #1f77b4; }
 figcaption { word-break: break-all; }
 img.alignment { max-width: 100%; margin-top: 8px; }
 table.by-image td { vertical-align: top; padding: 6px 12px 6px 0; font-size: 13px; }
-table.by-image img { width: 96px; height: auto; }
+table.by-image .thumb { width: 96px; height: 96px; }
 img { image-rendering: auto; }
 """
 
@@ -59,10 +72,15 @@ def figure_uri(figure) -> str:
   return data_uri(out.getvalue(), "image/png")
 
 
-def alignment_pictures(run, result: dict) -> list[str]:
-  """Per caption of `result`: the alignment picture (PNG data: URI) of its best image."""
+def alignment_pictures(run, result: dict, count: int,
+                       log=lambda line: None) -> list[str]:
+  """For the first `count` captions of `result`: the alignment picture (PNG data: URI)
+  of each one's best image."""
   from gralign_jax import visualize  # pylint: disable=g-import-not-at-top
-  items = result["captions_to_images"]
+  items = result["captions_to_images"][:max(count, 0)]
+  if not items:
+    return []
+  log(f"Drawing the word-to-patch pictures of {len(items)} caption(s) for the page ...")
   views = visualize.encode_captions(run, [item["caption"] for item in items])
   pictures = []
   for item, caption in zip(items, views):
@@ -74,45 +92,71 @@ def alignment_pictures(run, result: dict) -> list[str]:
   return pictures
 
 
-def _hit(rank: int, hit: dict, thumbs: dict) -> str:
+def _e(text) -> str:
+  """User text (a caption, a file name) for the page: control characters and bytes
+  that are not UTF-8 shown as escapes (logs.shown), then HTML-escaped."""
+  return html.escape(logs.shown(str(text)))
+
+
+def _thumb(path: str, classes: dict, where: str = "hit") -> str:
+  e = _e
+  return (f'<span class="thumb {classes[path]}" role="img" '
+          f'aria-label="{e(os.path.basename(path))}" data-where="{where}"></span>')
+
+
+def _hit(rank: int, hit: dict, classes: dict) -> str:
   path = hit["image"]
-  return (f'<figure class="hit" data-rank="{rank}" data-image="{html.escape(path)}">'
-          f'<img src="{thumbs[path]}" alt="{html.escape(os.path.basename(path))}">'
-          f"<figcaption>{rank}. {hit['score']:.4f}<br>{html.escape(path)}</figcaption>"
+  return (f'<figure class="hit" data-rank="{rank}" data-image="{_e(path)}">'
+          f"{_thumb(path, classes)}"
+          f"<figcaption>{rank}. {hit['score']:.4f}<br>{_e(path)}</figcaption>"
           "</figure>")
 
 
-def render(result: dict, pictures: Sequence[str] | None = None) -> str:
+def render(result: dict, pictures: Sequence[str] = (), rows: int = ROWS) -> str:
   """The page of a retrieve() result; pictures[m]: the alignment picture (a data:
-  URI) of caption m's best image, or None for none."""
-  e = html.escape
-  thumbs = {path: thumbnail(path) for path in result["images"]}
+  URI) of caption m's best image, for the first len(pictures) captions."""
+  e = _e
+  queries = result["captions_to_images"][:rows]
+  by_image = result["images_to_captions"][:rows]
+  shown = dict.fromkeys([hit["image"] for item in queries for hit in item["top"]] +
+                        [item["image"] for item in by_image])
+  classes = {path: f"thumb-{i}" for i, path in enumerate(shown)}
+  thumbs = "\n".join(f'.{classes[path]} {{ background-image: url("{thumbnail(path)}"); }}'
+                      for path in shown)
+  n_captions, n_images = len(result["captions_to_images"]), len(result["images"])
   parts = [
-      "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+      "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', GENERATOR,
       f"<title>Retrieval: {e(str(result['workdir']))}</title>",
-      f"<style>{_STYLE}</style></head><body>",
+      f"<style>{_STYLE}\n{thumbs}</style></head><body>",
       f"<h1>Retrieval with {e(str(result['workdir']))} (step {result['step']})</h1>",
-      f'<p class="meta">{len(result["images"])} images, '
-      f"{len(result['captions_to_images'])} captions, k = {result['k']}. Scores: the "
-      "model's total score (0.4 S_ori + 0.4 S_key + 0.2 S_unc).</p>"]
+      f'<p class="meta">{n_images} images, {n_captions} captions, k = {result["k"]}. '
+      "Scores: the model's total score (0.4 S_ori + 0.4 S_key + 0.2 S_unc).</p>"]
   for line in result.get("notes", []):
     parts.append(f'<p class="note">{e(line)}</p>')
+  if len(pictures) < n_captions:
+    parts.append(f'<p class="note">Word-to-patch pictures for the first {len(pictures)} '
+                 f"of {n_captions} captions (experiments.retrieve --pictures).</p>")
+  for what, total in (("captions", n_captions), ("images", n_images)):
+    if total > rows:
+      parts.append(f'<p class="note">The page lists the first {rows} of {total} {what}; '
+                   "the JSON output holds them all.</p>")
   parts.append("<h2>Images per caption</h2>")
-  for m, item in enumerate(result["captions_to_images"]):
+  for m, item in enumerate(queries):
     parts.append(f'<section class="query" data-query="{m}">'
                  f"<h3>&ldquo;{e(item['caption'])}&rdquo;</h3><div class=\"hits\">")
-    parts += [_hit(r, hit, thumbs) for r, hit in enumerate(item["top"], 1)]
+    parts += [_hit(r, hit, classes) for r, hit in enumerate(item["top"], 1)]
     parts.append("</div>")
-    if pictures is not None and pictures[m]:
+    if m < len(pictures) and pictures[m]:
       parts.append(f'<img class="alignment" src="{pictures[m]}" alt="word-to-patch '
                    f'alignment with image 1">')
     parts.append("</section>")
   parts.append('<h2>Captions per image</h2><table class="by-image">')
-  for item in result["images_to_captions"]:
-    rows = "".join(f"<li>{hit['score']:.4f} {e(hit['caption'])}</li>" for hit in item["top"])
-    parts.append(f'<tr data-image="{e(item["image"])}"><td><img src="{thumbs[item["image"]]}"'
-                 f' alt="{e(os.path.basename(item["image"]))}"></td>'
-                 f"<td>{e(item['image'])}<ol>{rows}</ol></td></tr>")
+  for item in by_image:
+    listed = "".join(f"<li>{hit['score']:.4f} {e(hit['caption'])}</li>"
+                     for hit in item["top"])
+    parts.append(f'<tr data-image="{e(item["image"])}"><td>'
+                 f'{_thumb(item["image"], classes, "by-image")}</td>'
+                 f"<td>{e(item['image'])}<ol>{listed}</ol></td></tr>")
   parts.append("</table>")
   if result.get("skipped_images"):
     parts.append("<h2>Skipped files</h2><ul>" + "".join(

@@ -306,7 +306,28 @@ def test_command_line_refuses_bad_flags_in_one_line(tmp_path):
       ([f"--captions={tmp_path}"], f"--captions='{tmp_path}' is a folder"),
       ([f"--captions={tmp_path / 'latin1.txt'}"],
        f"--captions='{tmp_path / 'latin1.txt'}' is not UTF-8 (byte 0xe9 at offset 3)"),
+      # A FIFO: open() waited for a writer for ever.
+      ([f"--captions={tmp_path / 'fifo'}"],
+       f"--captions='{tmp_path / 'fifo'}' is a named pipe (FIFO), expected a file"),
+      (["--query=a", "--pictures=-1"], "--pictures=-1: expected 0 or more"),
+      # Outputs: never a folder, never a file of the user's, never the JSON twice.
+      (["--query=a", f"--out={tmp_path}"], f"--out='{tmp_path}' is a folder"),
+      (["--query=a", f"--html={tmp_path}"], f"--html='{tmp_path}' is a folder"),
+      (["--query=a", f"--out={tmp_path / 'mine.json'}"],
+       f"--out='{tmp_path / 'mine.json'}' exists and was not written by "
+       "experiments.retrieve; it is left as it is"),
+      (["--query=a", f"--html={tmp_path / 'mine.html'}"],
+       f"--html='{tmp_path / 'mine.html'}' exists and was not written by"),
+      (["--query=a", f"--out={tmp_path / 'r.html'}"],
+       f"--out='{tmp_path / 'r.html'}' and the page (--html='{tmp_path / 'r.html'}') "
+       "are the same file"),
+      (["--query=a", f"--out={tmp_path / 'r.json'}", f"--html={tmp_path / 'r.json'}"],
+       f"--out='{tmp_path / 'r.json'}' and the page (--html='{tmp_path / 'r.json'}') "
+       "are the same file"),
   ]
+  os.mkfifo(tmp_path / "fifo")
+  (tmp_path / "mine.json").write_text('{"my": "notes"}')
+  (tmp_path / "mine.html").write_text("<html>my page</html>")
   for flags, message in cases:
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.retrieve", f"--workdir={tmp_path / 'run'}",
@@ -315,6 +336,8 @@ def test_command_line_refuses_bad_flags_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr, (flags, proc.stderr)
     assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: {message}"), (
         flags, proc.stderr)
+  assert (tmp_path / "mine.json").read_text() == '{"my": "notes"}'
+  assert (tmp_path / "mine.html").read_text() == "<html>my page</html>"
 
 
 # ------------------------------------------------------------ read-only storage

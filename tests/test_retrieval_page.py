@@ -75,6 +75,15 @@ def test_the_page_opens_offline_and_shows_the_ranking(page, tmp_path):  # pylint
       tab.on("request", lambda r: requests.append(r.url))
       tab.goto("file://" + html, wait_until="load")
       widths = tab.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+      # Thumbnails: CSS backgrounds (each image's data: URI once, in the style sheet);
+      # each drawn box and the width its picture decodes to.
+      thumbs = tab.eval_on_selector_all(".thumb", """els => Promise.all(els.map(e => {
+          const url = getComputedStyle(e).backgroundImage.slice(5, -2);
+          const box = e.getBoundingClientRect();
+          return new Promise(done => { const i = new Image();
+            i.onload = () => done([box.width, url.slice(0, 15), i.naturalWidth]);
+            i.onerror = () => done([box.width, url.slice(0, 15), 0]); i.src = url; });
+          }))""")
       top1 = tab.eval_on_selector_all(
           "section.query", "els => els.map(s => s.querySelector("
           "'figure.hit[data-rank=\"1\"]').dataset.image)")
@@ -84,9 +93,59 @@ def test_the_page_opens_offline_and_shows_the_ranking(page, tmp_path):  # pylint
       browser.close()
   n, k = len(result["images"]), 3
   # thumbnails: k per caption, one per image; one alignment picture per caption
-  assert len(widths) == len(QUERIES) * k + n + len(QUERIES)
-  assert all(w > 0 for w in widths), widths
+  assert len(thumbs) == len(QUERIES) * k + n
+  assert all(box > 0 and url == "data:image/jpeg" and width > 0
+             for box, url, width in thumbs), thumbs
+  assert len(widths) == len(QUERIES) and all(w > 0 for w in widths), widths
   assert top1 == [c["top"][0]["image"] for c in result["captions_to_images"]]
   assert pictures == len(QUERIES)
   assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
   assert os.path.getsize(tmp_path / "page.png") > 10_000
+
+
+def test_hostile_names_and_captions_print_escaped_and_the_page_stays_small(trained,
+                                                                          tmp_path):  # pylint: disable=redefined-outer-name
+  """Issue 22, findings 3 and 10: a file name that is not UTF-8 crashed the page after
+  the JSON was written; control characters reached the terminal raw (one cleared the
+  screen, one set its title) and a newline in a file name forged a result line; every
+  caption got a 0.3 s, 150 KB picture, and every hit a copy of its thumbnail."""
+  workdir, test, _ = trained
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  names = [b"not-utf8-\xff.jpg", b"clear\x1b[2J.jpg", b"two\nlines.jpg", b"$5.jpg",
+           b"plain.jpg"]
+  for name, source in zip(names, test.image_paths):
+    with open(os.path.join(os.fsencode(photos), name), "wb") as f:
+      f.write(open(source, "rb").read())
+  captions = [f"a red circle number {i}" for i in range(12)]
+  captions[1] = "a red $\\foo{$ circle \x1b]0;pwned\x07"
+  out, html = tmp_path / "r.json", tmp_path / "r.html"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.retrieve", f"--workdir={workdir}",
+       f"--images={photos}", *[f"--query={c}" for c in captions], "--k=5",
+       "--pictures=2", f"--out={out}"], cwd=REPO, capture_output=True)
+  stdout = proc.stdout.decode("utf-8")
+  assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
+  assert "\x1b" not in stdout and "\x07" not in stdout
+  assert "not-utf8-\\xff.jpg" in stdout and "clear\\x1b[2J.jpg" in stdout
+  assert "\\x1b]0;pwned\\x07" in stdout
+  # Every result line of an image list starts with its rank: no forged line.
+  assert not any(line.startswith("lines.jpg") for line in stdout.splitlines())
+  assert any(line.endswith("two\\nlines.jpg") for line in stdout.splitlines())
+  page = html.read_text(encoding="utf-8")
+  assert page.count('class="alignment"') == 2
+  assert "first 2 of 12 captions" in page
+  assert page.count("data:image/jpeg") == len(names)  # each thumbnail once
+  assert "not-utf8-\\xff.jpg" in page and "\x1b" not in page
+  result = json.loads(out.read_text())
+  assert len(result["captions_to_images"]) == 12
+  # Run again with --html= (no page): the JSON is replaced (it is this command's own),
+  # the page from before stays as it was.
+  before = html.read_bytes()
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.retrieve", f"--workdir={workdir}",
+       f"--images={photos}", "--query=a blue square", f"--out={out}", "--html="],
+      cwd=REPO, capture_output=True, text=True, errors="replace")
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines()[-1] == f"Written to {out}"
+  assert html.read_bytes() == before

@@ -30,6 +30,7 @@ from typing import Sequence
 
 from PIL import Image
 
+from gralign_jax import paths
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import split as split_lib
 
@@ -91,6 +92,9 @@ def check_file(path: str) -> str | None:
   file whose end looks wrong, or in a format other than JPEG and PNG.
   """
   try:
+    special = paths.not_a_regular_file(path)
+    if special:
+      return special
     with open(path, "rb") as f:
       size = os.fstat(f.fileno()).st_size
       if size == 0:

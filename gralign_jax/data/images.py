@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageFile
 
+from gralign_jax import paths
+
 
 # data.resize_method -> PIL filter; HF_RESAMPLE: the integer codes of Hugging Face image
 # processors' "resample" (PIL's own enumeration) -> those names.
@@ -93,6 +95,9 @@ def decode_image(path: str) -> np.ndarray:
       passes over.
   """
   try:
+    special = paths.not_a_regular_file(path)
+    if special:  # open() would wait for a writer on a FIFO for ever
+      raise ImageDecodeError(f"Image file {path} {special}.")
     with open(path, "rb") as f:
       return _decode(f, f"image file {path}")
   except OSError as e:  # open's; read errors inside PIL leave _decode as ImageDecodeError
