@@ -59,6 +59,12 @@ def test_floating_point_pixels_are_refused(tmp_path):
     images.decode_image(path)
 
 
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+  os.mkfifo(tmp_path / "pipe.jpg")  # open() would block until a writer came
+  with pytest.raises(images.ImageDecodeError, match=r"pipe\.jpg is a named pipe \(FIFO\)"):
+    images.decode_image(str(tmp_path / "pipe.jpg"))
+
+
 def test_decode_jpeg_within_tolerance(tmp_path):
   img = _picture()
   path = str(tmp_path / "a.jpg")

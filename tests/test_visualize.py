@@ -331,8 +331,10 @@ def test_command_line_writes_the_four_pictures(vit_run, tmp_path):
 
 def test_command_line_bad_image_is_one_line(vit_run, tmp_path):
   workdir, _ = vit_run
+  os.mkfifo(tmp_path / "fifo.jpg")  # open() waited on it for ever (issue 22, 11)
   for bad, why in ((tmp_path / "missing.jpg", "does not exist"),
-                   (tmp_path, "is a folder")):
+                   (tmp_path, "is a folder"),
+                   (tmp_path / "fifo.jpg", "is a named pipe (FIFO), expected a file")):
     proc = _cli(f"--workdir={workdir}", f"--image={bad}", "--caption=a red circle",
                 f"--out={tmp_path / 'o'}")
     assert proc.returncode == 1
