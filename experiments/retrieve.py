@@ -168,14 +168,11 @@ def main(argv):
   try:
     captions = _check_flags()
   except UsageError as e:
-    sys.exit(f"Error: {e}")
+    sys.exit(f"Error: {shown(str(e))}")
   main_lib.start_distributed(_DISTRIBUTED)  # before anything touches a JAX backend
-  from gralign_jax import checkpoint  # after flag parsing: jax reads XLA_FLAGS at import
-  from gralign_jax import retrieval
+  from gralign_jax import retrieval  # after flag parsing: jax reads XLA_FLAGS at import
   from gralign_jax import retrieval_page
-  from gralign_jax.data import split as split_lib
-  user_errors = (FileNotFoundError, PermissionError, retrieval.RetrievalError,
-                 split_lib.DataFormatError, checkpoint.CheckpointError)
+  user_errors = main_lib.user_errors() + (retrieval.RetrievalError,)
   try:
     split = retrieval.gallery_split(_IMAGES.value)  # before the model: fails fast
     run = retrieval.load_run(_WORKDIR.value, _CHECKPOINT.value)

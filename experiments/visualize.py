@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import main_lib
 from gralign_jax.logs import shown  # imports no jax (flags first: XLA_FLAGS)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a training run.")
@@ -248,12 +249,8 @@ def main(argv):
     sys.exit(f"Error: unexpected arguments {argv[1:]}; every input is a --flag "
              "(quote a caption with spaces: --caption=\"a red circle\").")
   logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only restore
-  from gralign_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from gralign_jax import visualize as vis  # pylint: disable=g-import-not-at-top
-  from gralign_jax.data import images, split as split_lib  # pylint: disable=g-import-not-at-top
-  user_errors = (UsageError, vis.InputError, FileNotFoundError, NotADirectoryError,
-                 PermissionError, split_lib.DataFormatError, images.ImageDecodeError,
-                 checkpoint.CheckpointError)
+  user_errors = main_lib.user_errors() + (UsageError, vis.InputError)
   try:
     visualize()
   except user_errors as e:

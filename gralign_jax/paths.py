@@ -22,6 +22,7 @@ What a bucket lacks, and what is done instead:
 """
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -37,10 +38,69 @@ def is_remote(path: str) -> bool:
   return "://" in str(path)
 
 
-def resolve(path: str) -> str:
-  """The form kept in config.json and passed around: absolute when local."""
+# Schemes that, written with one slash or none (gs:/bucket/run, gs:bucket), are a URL
+# mistyped, not a local folder named "gs:".
+_SCHEMES = ("gs", "gcs", "s3", "az", "abfs", "hf", "http", "https", "file")
+# GCS bucket names: 3 to 63 of a-z 0-9 - _ ., starting and ending with a letter or digit
+# (https://cloud.google.com/storage/docs/buckets#naming; dotted names may reach 222).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+
+
+def check(path: str) -> None:
+  """Refuses a path that cannot mean what it seems to (one PathError line):
+  gs:/bucket/run (one slash: it would be a local folder "gs:"), gs:///run (no bucket),
+  a bucket name GCS would never accept."""
   path = str(path)
+  scheme, sep, rest = path.partition(":")
+  if sep and scheme.lower() in _SCHEMES and not rest.startswith("//"):
+    raise PathError(f"{path!r} looks like a {scheme}:// URL with its slashes mistyped; "
+                    f"expected {scheme}://BUCKET/path (with two slashes), or ./{path} "
+                    f"for a local folder named {scheme}:.")
+  if not is_remote(path):
+    return
+  scheme, rest = path.split("://", 1)
+  bucket = rest.split("/", 1)[0]
+  if not bucket:
+    raise PathError(f"{path!r} names no bucket (nothing between {scheme}:// and the next "
+                    f"/); expected {scheme}://BUCKET/path.")
+  if scheme in ("gs", "gcs") and not (_BUCKET.fullmatch(bucket) and len(bucket) <= 222
+                                      and ("." in bucket or len(bucket) <= 63)):
+    raise PathError(f"{path!r}: {bucket!r} is not a valid Cloud Storage bucket name; "
+                    "expected 3 to 63 characters of lowercase letters, digits, -, _ and "
+                    "., starting and ending with a letter or digit.")
+
+
+def resolve(path: str) -> str:
+  """The form kept in config.json and passed around: absolute when local.
+
+  Raises:
+    PathError: a mistyped URL (check).
+  """
+  path = str(path)
+  check(path)
   return path.rstrip("/") if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def check_bucket(path: str) -> None:
+  """For a remote path: its filesystem library is installed and its bucket exists
+  (and these credentials can see it); nothing for a local path.
+
+  Raises:
+    PathError: saying which, in one line.
+  """
+  if not is_remote(path):
+    return
+  fs, inner = _fs(path)
+  bucket = inner.split("/", 1)[0]
+  try:
+    found = fs.exists(bucket)
+  except Exception as e:  # pylint: disable=broad-except  (auth, network: all said)
+    raise PathError(f"Cannot reach the bucket of {path}: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}") from e
+  if not found:
+    raise PathError(f"The bucket of {path} does not exist, or these credentials cannot "
+                    f"see it; expected an existing bucket (gcloud storage buckets create "
+                    f"gs://{bucket}).")
 
 
 def join(path: str, *names: str) -> str:

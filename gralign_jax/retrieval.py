@@ -86,7 +86,12 @@ def load_run(workdir: str, which: str = "best", log: logs.Log = logs.info,
   config: the run's saved config with changes that leave its parameters meaningful
   (evaluate_split.py checks them); default: config.json as saved.
   Only reads: a run on read-only storage loads as well.
+
+  Raises:
+    paths.PathError: a mistyped URL, no gcsfs for gs://, no such bucket.
   """
+  workdir = paths.resolve(workdir)
+  paths.check_bucket(workdir)
   if config is None:
     path = paths.join(workdir, "config.json")
     if not paths.isfile(path):

@@ -51,6 +51,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run_dir.resolve_paths(config)  # config.json holds the paths as this run sees them
   configs.resolve_preprocessing(config, logs.info)  # pixels as the checkpoint wants
   workdir = paths.resolve(workdir)  # a local folder or gs://bucket/run (paths.py)
+  paths.check_bucket(workdir)  # gcsfs installed, the bucket there: one line if not
   paths.makedirs(workdir)
   with contextlib.ExitStack() as cleanup:
     if jax.process_index() == 0:

@@ -14,6 +14,7 @@ import fsspec
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from gralign_jax import paths
 from gralign_jax import run_dir
@@ -111,6 +112,61 @@ def test_a_bucket_lock_names_its_holder(bucket):
     with pytest.raises(run_dir.RunDirError, match=f"pid {os.getpid()} on this host"):
       run_dir.WorkdirLock(workdir).acquire()
   assert not paths.exists(held.path)  # released
+
+
+def _last_line(proc) -> str:
+  lines = proc.stderr.strip().splitlines()
+  assert lines, proc.stdout
+  return lines[-1]
+
+
+def test_mistyped_and_missing_buckets_are_one_line_before_anything_runs(bucket,
+                                                                         smoke_root,
+                                                                         tmp_path):
+  """Issue 22, finding 8: gs:/bucket/run became a local folder "gs:" whose saves then
+  failed mid-run; gs:///run was read as bucket "run"; an invalid name and a missing
+  bucket ended in a traceback or a bare URL."""
+  cases = {
+      "gs:/gralign-test/run": "looks like a gs:// URL with its slashes mistyped",
+      "gs:///run": "names no bucket",
+      "gs://Not_A_Bucket/run": "'Not_A_Bucket' is not a valid Cloud Storage bucket name",
+      "gs://no-such-bucket-here/run": "The bucket of gs://no-such-bucket-here/run does "
+                                      "not exist, or these credentials cannot see it",
+  }
+  for workdir, message in cases.items():
+    cmd, _ = _run(workdir, smoke_root)
+    cmd = [a.replace("experiments/configs/", f"{REPO}/experiments/configs/") for a in cmd]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, (workdir, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert _last_line(proc).startswith("Error: ") and message in _last_line(proc), (
+        workdir, _last_line(proc))
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)  # no local "gs:" folder
+
+
+def test_retrieve_and_visualize_without_gcsfs_say_what_to_install(tmp_path):
+  """gcsfs missing gave 60-line tracebacks in retrieve and visualize."""
+  fake = tmp_path / "site"
+  (fake / "gcsfs").mkdir(parents=True)
+  (fake / "gcsfs" / "__init__.py").write_text(
+      "raise ImportError('No module named gcsfs (hidden by the test)')\n")
+  env = dict(os.environ, PYTHONPATH=f"{fake}{os.pathsep}{REPO}")
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photos / "x.png")
+  for cmd in (["experiments.retrieve", f"--images={photos}", "--query=a red circle"],
+              ["experiments.visualize", "--caption=a red circle",
+               f"--image={photos}/x.png", f"--out={tmp_path}/vis"]):
+    proc = subprocess.run([sys.executable, "-m", cmd[0], "--workdir=gs://some-bucket/run",
+                           *cmd[1:]], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert _last_line(proc).startswith(
+        "Error: Cannot open gs://some-bucket/run: no filesystem for gs:// is installed"), (
+            _last_line(proc))
+    assert "pip install 'gralign_jax[cloud]'" in _last_line(proc)
 
 
 def _run(workdir, root, **popen):
