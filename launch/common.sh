@@ -108,6 +108,9 @@ need() {
 # The gcloud arguments naming where the TPU lives: --zone, and --project if given.
 # Sets WHERE; needs $zone and $project.
 set_where() {
+  if [ "$DRY_RUN" = 0 ] && ! command -v gcloud > /dev/null; then
+    die "gcloud is not on PATH: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install), then gcloud auth login"
+  fi
   need zone '<zone>'
   WHERE=(--zone="$zone")
   if [ -n "$project" ]; then WHERE+=(--project="$project"); fi

@@ -11,10 +11,14 @@
 ##                                default 1 where there are GPUs; 0 leaves them all visible
 ##   --cpu_devices_per_process=N  run on the CPU, N devices per process (JAX_PLATFORMS=cpu,
 ##                                XLA_FLAGS=--xla_force_host_platform_device_count=N)
-##   --port=8476                  the coordinator's port on 127.0.0.1 (one per job)
-##   --log_dir=DIR                where process_I.log go (default
-##                                $TMPDIR/gralign_jax-UID-local-PORT); process 0's output
-##                                is also shown here as it comes
+##   --port=PORT                  the coordinator's port on 127.0.0.1 (default: a free
+##                                one); a port something already listens on is refused,
+##                                so a second job never joins the first one's coordinator
+##   --log_dir=DIR                where process_I.log go (default: a new private folder,
+##                                mktemp -d in $TMPDIR); process 0's output is also shown
+##                                here as it comes
+## When one process fails the others get SIGTERM, and SIGKILL 10 s later (JAX catches
+## SIGTERM as a preemption notice and would go on).
 ##   --dry-run                    print the commands, run nothing      --help  this text
 ## Example, two CPU processes of four devices each:
 ##   launch/local.sh --num_processes=2 --cpu_devices_per_process=4 -- python -m \
@@ -23,7 +27,7 @@
 # shellcheck source=launch/common.sh
 . "$(dirname "$0")/common.sh"
 
-num_processes='' gpus_per_process='' cpu_devices_per_process='' port=8476 log_dir=''
+num_processes='' gpus_per_process='' cpu_devices_per_process='' port='' log_dir=''
 FLAGS='num_processes gpus_per_process cpu_devices_per_process port log_dir'
 SWITCHES=''
 parse_flags "$@"
@@ -48,17 +52,50 @@ if [ -z "$num_processes" ]; then
 fi
 [ "$num_processes" -ge 1 ] || die "--num_processes must be 1 or more"
 [ "${cpu_devices_per_process:-1}" -ge 1 ] || die "--cpu_devices_per_process must be 1 or more"
-[ -n "$port" ] || die "--port needs a number"
+python=$(command -v python3 || command -v python || true)
+[ -n "$python" ] || die "neither python3 nor python is on PATH"
+# port_check PORT: fails, saying why, where PORT cannot be this job's coordinator port.
+port_check() {
+  "$python" - "$1" << 'PY'
+import socket, sys
+port = int(sys.argv[1])
+with socket.socket() as s:
+  s.settimeout(1)
+  if s.connect_ex(("127.0.0.1", port)) == 0:
+    sys.exit(f"something listens on 127.0.0.1:{port} (another job's coordinator?)")
+with socket.socket() as s:
+  try:
+    s.bind(("127.0.0.1", port))
+  except OSError as e:
+    sys.exit(f"127.0.0.1:{port} cannot be bound ({e.strerror})")
+PY
+}
+if [ -z "$port" ]; then
+  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+elif [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+  die "--port=$port: expected a port from 1 to 65535"
+elif [ "$DRY_RUN" = 0 ]; then
+  why=$(port_check "$port" 2>&1) || die "--port=$port: $why; give another --port, or leave it out for a free one"
+fi
 if [ "$DRY_RUN" = 0 ] && [ $((num_processes * gpus_per_process)) -gt "$gpus" ]; then
   die "$num_processes processes x $gpus_per_process GPUs need $((num_processes * gpus_per_process)) GPUs; nvidia-smi lists $gpus"
 fi
 if [ -z "$log_dir" ]; then
-  log_dir=${TMPDIR:-/tmp}
-  log_dir=${log_dir%/}/gralign_jax-$(id -u)-local-$port
+  # A fresh folder of this user's own: a fixed name in a shared $TMPDIR could be one that
+  # someone else made (or a symlink they planted) and would receive the logs.
+  stem=${TMPDIR:-/tmp}
+  if [ "$DRY_RUN" = 1 ]; then
+    log_dir="${stem%/}/gralign_jax-local-XXXXXX"
+    echo "+ mktemp -d $(quote "$log_dir")"
+  else
+    log_dir=$(mktemp -d "${stem%/}/gralign_jax-local-XXXXXX") || die "cannot make a log folder in $stem"
+    echo "+ mktemp -d -> $(quote "$log_dir")"
+  fi
+else
+  run mkdir -p "$log_dir"
 fi
 
 # Start them all. Every process gets the same coordinator; process 0 hosts it.
-run mkdir -p "$log_dir"
 pids=()
 for ((i = 0; i < num_processes; i++)); do
   vars=(PYTHONUNBUFFERED=1)  # so that the logs have each line as soon as it is printed
@@ -81,12 +118,28 @@ for ((i = 0; i < num_processes; i++)); do
 done
 if [ "$DRY_RUN" = 1 ]; then exit 0; fi
 
-# Stops the processes still running, by the ids they were started with.
+# Stops the processes still running, by the ids they were started with: SIGTERM, then
+# SIGKILL for those still there 10 s later (JAX takes SIGTERM as a preemption notice).
 stop_all() {
-  local pid
+  local pid left=0 waited=0
   for pid in ${pids[@]+"${pids[@]}"}; do
     if [ -n "$pid" ]; then kill "$pid" 2> /dev/null || true; fi
   done
+  while :; do
+    left=0
+    for pid in ${pids[@]+"${pids[@]}"}; do
+      if [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null; then left=1; fi
+    done
+    if [ "$left" = 0 ] || [ "$waited" -ge 20 ]; then break; fi
+    sleep 0.5
+    waited=$((waited + 1))
+  done
+  if [ "$left" = 1 ]; then
+    echo "# still running 10 s after SIGTERM: SIGKILL"
+    for pid in ${pids[@]+"${pids[@]}"}; do
+      if [ -n "$pid" ]; then kill -9 "$pid" 2> /dev/null || true; fi
+    done
+  fi
   wait 2> /dev/null || true
 }
 trap 'stop_all; exit 130' INT

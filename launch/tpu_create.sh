@@ -25,6 +25,7 @@ parse_flags "$@"
 for flag in timeout poll; do
   case ${!flag} in '' | *[!0-9]*) die "--$flag takes whole seconds (got '${!flag}')" ;; esac
 done
+[ "$poll" -ge 1 ] || die "--poll must be 1 second or more (got $poll): gcloud would be asked without a pause"
 need name '<tpu-name>'
 set_where
 need accelerator_type '<accelerator-type>'
@@ -47,12 +48,13 @@ if [ "$reserved" = 1 ]; then capacity=(--reserved); fi
 # wait_for_state STATE describe-command...: polls until the command prints STATE.
 # A queued resource is ACTIVE once its TPU VM exists; a plain TPU VM is READY.
 wait_for_state() {
-  local want=$1 state='' last='' waited=0
+  local want=$1 state='' last='' waited=0 start=$SECONDS
   shift
   show "$@"
   echo "# ... every $poll s until it prints $want, for at most $timeout s"
   if [ "$DRY_RUN" = 1 ]; then return 0; fi
   while :; do
+    waited=$((SECONDS - start))  # the clock's, gcloud's own time included
     state=$("$@") || die "could not read the state of $name (gcloud's message is above)"
     if [ "$state" = "$want" ]; then echo "# $name is $want after $waited s"; return 0; fi
     case $state in
@@ -65,7 +67,6 @@ wait_for_state() {
       die "$name is still ${state:-not there} after $timeout s; it stays requested: wait with --timeout, or delete it with launch/tpu_delete.sh"
     fi
     sleep "$poll"
-    waited=$((waited + poll))
   done
 }
 

@@ -44,7 +44,8 @@ if [ "$detach" = 1 ]; then
   run=${run##*/}
   run=${run//[!A-Za-z0-9._-]/_}
   log=$REMOTE_LOGS/$run.log
-  command="mkdir -p $REMOTE_LOGS && ln -sfn $run.log $REMOTE_LOGS/latest.log && cd $REMOTE_CODE"
+  # ./: a name that starts with - is a file, not an option of ln.
+  command="mkdir -p $REMOTE_LOGS && ln -sfn ./$run.log $REMOTE_LOGS/latest.log && cd $REMOTE_CODE"
   command="$command && { nohup $python > ../$log 2>&1 < /dev/null & echo \$! > ../$REMOTE_LOGS/$run.pid; }"
 else
   command="cd $REMOTE_CODE && $python"

@@ -20,9 +20,19 @@ set_where
 
 export COPYFILE_DISABLE=1  # macOS tar: no ._* resource-fork files in the tarball
 root=$(cd "$(dirname "$0")/.." && pwd)
-# A fixed path per user, so that the plan a dry run prints is the one a real run runs.
-stem=${TMPDIR:-/tmp}
-stem=${stem%/}/gralign_jax-$(id -u)
+# The file list and tarball go to a fresh folder of this user's own (mktemp -d), removed
+# on exit: a fixed name in a shared $TMPDIR could be a symlink someone planted, and the
+# tarball is unpacked on every worker.
+if [ "$DRY_RUN" = 1 ]; then
+  tmp=${TMPDIR:-/tmp}
+  tmp=${tmp%/}/gralign_jax-setup-XXXXXX
+  echo "+ mktemp -d $(quote "$tmp")"
+else
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/gralign_jax-setup-XXXXXX") || die "cannot make a temporary folder in ${TMPDIR:-/tmp}"
+  trap 'rm -rf "$tmp"' EXIT
+  echo "+ mktemp -d -> $(quote "$tmp")"
+fi
+stem=$tmp/gralign_jax
 run_to "$stem.files" git -C "$root" ls-files --cached --others --exclude-standard
 run tar -czf "$stem.tgz" -C "$root" -T "$stem.files"
 run gcloud compute tpus tpu-vm scp "$stem.tgz" "$name:$REMOTE_CODE.tgz" "${WHERE[@]}" --worker=all

@@ -9,9 +9,11 @@ import pathlib
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -21,10 +23,12 @@ SCRIPTS = sorted(p.name for p in LAUNCH.glob("*.sh") if p.name != "common.sh")
 SCRIPTS += sorted(p.name for p in LAUNCH.glob("*.sbatch"))
 
 STAND_IN = """#!{python}
-import json, os, sys
+import json, os, shutil, sys
 argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
 with open(os.environ["LAUNCH_CALLS"], "a") as f:
   f.write(json.dumps(argv) + "\\n")
+if "scp" in argv:  # keep what was sent: the script removes its temporary copy
+  shutil.copyfile(argv[5], os.environ["LAUNCH_CALLS"] + ".sent")
 if "describe" in argv:
   states = os.environ["LAUNCH_STATES"]
   lines = open(states).read().split()
@@ -114,7 +118,10 @@ def test_a_real_run_sends_the_dry_run_plan(sh, script, args):
   assert sent == []
   real, sent = sh(script, *args)
   assert real.returncode == 0, real.stderr
-  assert sent == plan(dry.stdout) and sent
+  # Temporary folders are made by mktemp: the plan shows its template.
+  fresh = lambda argvs: json.loads(re.sub(r"(gralign_jax-\w+-)\w{6}", r"\1XXXXXX",
+                                          json.dumps(argvs)))
+  assert fresh(sent) == fresh(plan(dry.stdout)) and sent
   if "--" in args:  # flags after -- reach the experiment as the same words
     extra = args[args.index("--") + 1:]
     words = sent[-1]
@@ -127,7 +134,11 @@ def test_setup_copies_the_checkout_without_git_or_ignored_files(sh, tmp_path):
   proc, sent = sh("tpu_setup.sh", *WHERE)
   assert proc.returncode == 0, proc.stderr
   tarball = pathlib.Path(sent[0][5])  # gcloud compute tpus tpu-vm scp TARBALL ...
-  with tarfile.open(tarball) as tar:
+  # Made in a fresh private folder (a planted symlink at a fixed name redirected it),
+  # removed when the script ends.
+  assert re.fullmatch(r"gralign_jax-setup-\w{6}", tarball.parent.name)
+  assert tarball.parent.parent == tmp_path and not tarball.parent.exists()
+  with tarfile.open(tmp_path / "calls.jsonl.sent") as tar:
     names = set(tar.getnames())
   assert {"launch/common.sh", "setup.py", "tests/test_launch.py"} <= names
   assert not any(n.startswith((".git/", "runs/", "data/")) for n in names)
@@ -138,7 +149,7 @@ def test_setup_copies_the_checkout_without_git_or_ignored_files(sh, tmp_path):
 def test_create_waits_for_the_state(sh, states, ok):
   sh.states.write_text(states)
   proc, sent = sh("tpu_create.sh", *WHERE, "--accelerator_type=v5p-8", "--queued",
-                  "--poll=0")
+                  "--poll=1")
   assert [a[4] for a in sent] == ["create", "describe", "describe"]
   assert (proc.returncode == 0) == ok, proc.stderr
   if not ok:
@@ -159,6 +170,11 @@ def test_create_gives_up_after_the_timeout(sh):
     ("tpu_delete.sh", ["--zone=z"], "missing --name"),
     ("tpu_create.sh", WHERE + ["--accelerator_type=v9x-8"], "unknown accelerator type 'v9x-8'"),
     ("tpu_create.sh", WHERE + ["--accelerator_type=v6e-8", "--timeout=1h"], "--timeout"),
+    # --poll=0 looped for ever: its timeout counted the pauses, not the clock.
+    ("tpu_create.sh", WHERE + ["--accelerator_type=v6e-8", "--poll=0"],
+     "--poll must be 1 second or more"),
+    ("local.sh", ["--port=99999"], "--port=99999: expected a port from 1 to 65535"),
+    ("local.sh", ["--port=0"], "--port=0: expected a port from 1 to 65535"),
     ("tpu_create.sh", WHERE + ["--acelerator_type=v6e-8"], "unknown flag '--acelerator_type"),
     ("tpu_create.sh", WHERE + ["--zone"], "--zone needs a value"),
     ("tpu_delete.sh", WHERE + ["--queued=yes"], "--queued takes no value"),
@@ -244,7 +260,8 @@ def test_local_dry_run_two_processes(sh):
   assert len(pythons) == 2
   flags = [dict(w.split("=", 1) for w in a if w.startswith("--")) for a in pythons]
   assert [f["--process_id"] for f in flags] == ["0", "1"]
-  assert {f["--coordinator_address"] for f in flags} == {"127.0.0.1:8476"}
+  (address,) = {f["--coordinator_address"] for f in flags}  # one, a free port
+  assert re.fullmatch(r"127\.0\.0\.1:\d+", address)
   assert all(f["--num_processes"] == "2" and f["--distributed"] == "on" for f in flags)
   assert all(a[a.index("python"):a.index("python") + 3] == ["python", "-m", "experiments.demo"]
              for a in pythons)
@@ -299,3 +316,73 @@ def test_local_stops_the_others_when_one_fails(sh, tmp_path):
     pid = int((tmp_path / f"process_id={i}").read_text())
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
+
+
+def test_a_second_job_cannot_join_a_running_coordinator(sh, tmp_path):
+  """Issue 22, finding 1: a second local.sh on the port of a running job joined its
+  coordinator; the first job aborted, the second trained on without a warning."""
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    proc, _ = sh("local.sh", "--num_processes=2", f"--port={port}",
+                 f"--log_dir={tmp_path}/logs", "--", sys.executable, "-c", "print(1)")
+  assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+  assert (f"--port={port}: something listens on 127.0.0.1:{port} (another job's "
+          "coordinator?); give another --port, or leave it out") in proc.stderr
+  assert not (tmp_path / "logs" / "process_0.log").exists()  # nothing started
+  # Without --port each job gets a free port of its own, and a private log folder.
+  seen = []
+  for _ in range(2):
+    proc, _ = sh("local.sh", "--num_processes=1", "--", sys.executable, "-c", "print(1)")
+    assert proc.returncode == 0, proc.stderr
+    folder = pathlib.Path(re.search(r"\+ mktemp -d -> (\S+)", proc.stdout).group(1))
+    log = (folder / "process_0.log").read_text()
+    assert folder.parent == tmp_path and oct(folder.stat().st_mode & 0o777) == "0o700"
+    seen.append((folder, re.search(r"coordinator_address=(\S+)", proc.stdout).group(1)))
+    assert log.strip() == "1"
+  assert seen[0][0] != seen[1][0]
+
+
+def test_a_process_that_ignores_sigterm_is_killed(sh, tmp_path):
+  """JAX catches SIGTERM (a preemption notice): local.sh took 99 s to stop the others."""
+  probe = tmp_path / "stubborn.py"
+  probe.write_text(
+      "import signal, sys, time\n"
+      "signal.signal(signal.SIGTERM, lambda *a: print('ignoring SIGTERM', flush=True))\n"
+      "if sys.argv[-1] == '--process_id=1':\n"
+      "  time.sleep(1)\n"
+      "  sys.exit(2)\n"
+      "time.sleep(600)\n")
+  t0 = time.time()
+  proc, _ = sh("local.sh", "--num_processes=2", f"--log_dir={tmp_path}/logs", "--",
+               sys.executable, str(probe), timeout=120)
+  assert time.time() - t0 < 30
+  assert proc.returncode == 1 and "process 1 of 2 exited with status 2" in proc.stderr
+  assert "still running 10 s after SIGTERM: SIGKILL" in proc.stdout
+  assert "ignoring SIGTERM" in (tmp_path / "logs" / "process_0.log").read_text()
+
+
+def test_a_missing_gcloud_is_named(tmp_path):
+  """It showed as bash's "gcloud: command not found" at common.sh line 55."""
+  bin_dir = tmp_path / "bin"  # bash and the basic tools, but no gcloud
+  bin_dir.mkdir()
+  for tool in ("bash", "dirname", "sed", "id", "git", "tar", "mktemp", "rm"):
+    if shutil.which(tool):
+      (bin_dir / tool).symlink_to(shutil.which(tool))
+  for script, args in (("tpu_create.sh", ["--accelerator_type=v6e-8"]),
+                       ("tpu_run.sh", ["--workdir=gs://b/r"]), ("tpu_setup.sh", [])):
+    proc = subprocess.run(
+        [str(bin_dir / "bash"), str(LAUNCH / script), *WHERE, *args],
+        cwd=ROOT, env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True,
+        text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, (script, proc.stderr)
+    assert "gcloud is not on PATH: install the Google Cloud CLI" in proc.stderr
+
+
+def test_a_detached_run_whose_name_starts_with_a_dash_links_its_log(sh):
+  """ln took "-x.log" as an option, so the detached run never started."""
+  proc, sent = sh("tpu_run.sh", *WHERE, "--workdir=gs://bucket/-x", "--detach")
+  assert proc.returncode == 0, proc.stderr
+  command = next(a for a in sent[-1] if a.startswith("--command="))
+  assert "ln -sfn ./-x.log gralign_logs/latest.log" in command
