@@ -10,8 +10,21 @@
 The three flags are jax.distributed.initialize's own arguments; each falls back to
 $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID. Called once, before
 anything touches a JAX backend.
+
+No silent waits. Connecting, every process says what it waits for, says so again every
+30 s, and gives up after $GRALIGN_DISTRIBUTED_TIMEOUT seconds (default 300) with one
+`Error:` line naming the coordinator and what to check; JAX itself would end the same
+wait minutes later in a C++ abort. A process that dies later is noticed by the others'
+heartbeats: they end within $GRALIGN_HEARTBEAT_TIMEOUT seconds (default 60; JAX's own
+100), in JAX's fatal error ("another task died"), which a native abort prints with its
+stack; local.sh stops its processes sooner.
 """
+import functools
+import inspect
 import os
+import sys
+import threading
+import time
 
 MODES = ("auto", "on", "off")
 
@@ -54,13 +67,48 @@ def _env_int(name: str) -> int | None:
     raise DistributedError(f"${name}={value!r}: expected an integer.") from e
 
 
+def _seconds(name: str, default: int) -> int:
+  value = _env_int(name)
+  if value is None:
+    return default
+  if value < 1:
+    raise DistributedError(f"${name}={value}: expected whole seconds, 1 or more.")
+  return value
+
+
+class _Watchdog:
+  """While jax.distributed connects: a line every `every` seconds, and at `timeout` one
+  Error line and an exit (jax's own deadline, later, is a native abort)."""
+
+  def __init__(self, timeout: int, waiting: str, error: str, log, every: int = 30):
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._watch, daemon=True,
+                                    args=(timeout, waiting, error, log, every))
+
+  def _watch(self, timeout, waiting, error, log, every):
+    start = time.monotonic()
+    while not self._done.wait(min(every, max(0.0, timeout - (time.monotonic() - start)))):
+      waited = time.monotonic() - start
+      if waited >= timeout:
+        print(f"Error: {error}", file=sys.stderr, flush=True)
+        os._exit(1)  # pylint: disable=protected-access  (the main thread is in C++)
+      log(f"jax.distributed: still {waiting} ({waited:.0f} s of {timeout})")
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+
+
 def initialize(mode: str | None = None, coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
-               log=print) -> bool:
+               log=functools.partial(print, flush=True)) -> bool:
   """Initialises jax.distributed per `mode` (see the module docstring). -> whether it
   did. Flags that are None fall back to their environment variables. `log` is plain
-  print, not logs.info: asking JAX for the process index here would start its
-  backends before jax.distributed.initialize may.
+  print (flushed), not logs.info: asking JAX for the process index
+  here would start its backends before jax.distributed.initialize may.
 
   Raises:
     DistributedError: an unknown mode, or `on` with no cluster and no coordinator.
@@ -89,9 +137,37 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
         f"--coordinator_address={coordinator_address!r} needs --num_processes and "
         "--process_id too (or $JAX_NUM_PROCESSES and $JAX_PROCESS_ID), unless a SLURM "
         "or Cloud TPU cluster provides them.")
+  if num_processes is not None and num_processes < 1:
+    raise DistributedError(f"--num_processes={num_processes}: expected 1 or more.")
+  if process_id is not None and num_processes is not None and not (
+      0 <= process_id < num_processes):
+    raise DistributedError(f"--process_id={process_id}: expected 0 to {num_processes - 1} "
+                           f"(--num_processes={num_processes}; process 0 hosts the "
+                           "coordinator).")
+  timeout = _seconds("GRALIGN_DISTRIBUTED_TIMEOUT", 300)
+  heartbeat = _seconds("GRALIGN_HEARTBEAT_TIMEOUT", 60)
+  me = "this process" if process_id is None else f"process {process_id}"
+  peers = "the other processes" if num_processes is None else (
+      f"all {num_processes} processes")
+  where = (f"the coordinator at {coordinator_address}" if coordinator_address else
+           f"the coordinator of the {cluster} job")
+  waiting = f"waiting for {where} and {peers}"
+  log(f"jax.distributed: {me} {waiting} (up to {timeout} s, "
+      "$GRALIGN_DISTRIBUTED_TIMEOUT)")
+  error = (f"jax.distributed: {me} waited {timeout} s for {where} and {peers} to connect; "
+           "expected every process started with the same --coordinator_address (process "
+           "0's host and a port it can open) and --num_processes, and its own "
+           "--process_id. Did one fail to start? (Wait longer: "
+           "$GRALIGN_DISTRIBUTED_TIMEOUT.)")
   import jax  # pylint: disable=g-import-not-at-top
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  asked = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+               process_id=process_id, initialization_timeout=timeout + 60,
+               heartbeat_timeout_seconds=heartbeat)
+  accepted = inspect.signature(jax.distributed.initialize).parameters
+  if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+    asked = {k: v for k, v in asked.items() if k in accepted}  # jax versions differ
+  with _Watchdog(timeout, waiting, error, log):
+    jax.distributed.initialize(**asked)
   if jax.process_index() == 0:
     log(f"jax.distributed: {jax.process_count()} processes ({cluster}), "
         f"{jax.device_count()} devices")

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -168,7 +169,8 @@ def test_auto_does_nothing_on_one_machine(monkeypatch):
   assert distributed.initialize("auto") is False and not called
   monkeypatch.setenv("SLURM_NTASKS", "2")
   assert distributed.initialize("auto", log=lambda *a: None) is True
-  assert called == [dict(coordinator_address=None, num_processes=None, process_id=None)]
+  assert called == [dict(coordinator_address=None, num_processes=None, process_id=None,
+                         initialization_timeout=300 + 60, heartbeat_timeout_seconds=60)]
 
 
 def test_on_without_a_cluster_names_the_flags(tmp_path):
@@ -186,6 +188,33 @@ def test_on_without_a_cluster_names_the_flags(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_missing_peer_or_coordinator_ends_in_one_line_within_the_deadline(tmp_path,
+                                                                          process_id):
+  """Issue 22, finding 6: waiting was silent for minutes and ended in a C++ abort (307 s
+  for an absent coordinator). Process 1 alone: no coordinator; process 0 alone: it
+  hosts the coordinator, and its peer never comes."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, GRALIGN_DISTRIBUTED_TIMEOUT="5", PYTHONUNBUFFERED="1")
+  t0 = time.time()
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", "--distributed=on",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={process_id}", "--config=experiments/configs/demo.py:smoke",
+       f"--workdir={tmp_path / 'w'}"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=120)
+  assert time.time() - t0 < 60
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert (f"jax.distributed: process {process_id} waiting for the coordinator at "
+          f"127.0.0.1:{port} and all 2 processes (up to 5 s") in proc.stdout
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"Error: jax.distributed: process {process_id} waited 5 s for "
+                         f"the coordinator at 127.0.0.1:{port}"), last
+  assert "Check failure" not in proc.stderr
+
+
 def test_a_coordinator_without_process_numbers_and_an_unknown_mode_are_refused(
     monkeypatch):
   for var in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
@@ -194,3 +223,9 @@ def test_a_coordinator_without_process_numbers_and_an_unknown_mode_are_refused(
     distributed.initialize("on", coordinator_address="127.0.0.1:1234")
   with pytest.raises(distributed.DistributedError, match="expected one of auto, on, off"):
     distributed.initialize("sometimes")
+  for pid, n, says in ((2, 2, r"--process_id=2: expected 0 to 1"),
+                       (-1, 2, r"--process_id=-1: expected 0 to 1"),
+                       (0, 0, r"--num_processes=0: expected 1 or more")):
+    with pytest.raises(distributed.DistributedError, match=says):
+      distributed.initialize("on", coordinator_address="127.0.0.1:1234",
+                             num_processes=n, process_id=pid)
