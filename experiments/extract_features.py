@@ -36,16 +36,14 @@ def main(argv):
   del argv
   _STARTED.append(True)
   logging.set_verbosity(logging.WARNING)
-  if _CONFIG.value is None:
-    sys.exit("Error: --config is required, e.g. "
-             "--config=experiments/configs/flickr8k.py")
+  config = main_lib.config_value(_CONFIG)
   if not _OUT.value:
     sys.exit("Error: --out is required: a new folder for the feature files.")
   if _BATCH.value < 1:
     sys.exit(f"Error: --batch_size={_BATCH.value}: expected 1 or more.")
   from gralign_jax import extract_features  # pylint: disable=g-import-not-at-top
   try:
-    manifest = extract_features.extract(_CONFIG.value, _OUT.value, _SPLITS.value,
+    manifest = extract_features.extract(config, _OUT.value, _SPLITS.value,
                                         _BATCH.value)
   except main_lib.user_errors() as e:
     sys.exit(f"Error: {e}")

@@ -20,6 +20,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import main_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. experiments/configs/flickr30k.py:smoke",
     lock_config=True)
@@ -42,9 +44,12 @@ def _one_line(e: Exception) -> str:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if config is None:
-    sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
+  config = main_lib.config_value(_CONFIG)
+  if _SAMPLES.value < 1:
+    sys.exit(f"Error: --samples={_SAMPLES.value}: expected 1 or more images in the grid.")
+  if os.path.splitext(_OUT.value)[1].lower() not in (".png", ".jpg", ".jpeg"):
+    sys.exit(f"Error: --out={_OUT.value!r}: the grid is a picture; expected a .png or .jpg "
+             "file name.")
   from gralign_jax import configs  # pylint: disable=g-import-not-at-top
   try:
     configs.finalize(config)  # the image size and lengths the run would use

@@ -94,6 +94,24 @@ def run(default_config: str | None, default_workdir: str | None) -> None:
     sys.exit(unknown_key_message(e))
 
 
+def config_value(holder):
+  """--config's ConfigDict, or one Error line and an exit: no --config, a file that
+  does not exist or does not load (ml_collections reads it only now, with a traceback)."""
+  try:
+    config = holder.value
+    if config is not None:
+      config.to_dict()  # one that failed to load stands in and raises only when used
+  except OSError as e:
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    sys.exit(f"Error: --config={given[-1] if given else '?'} cannot be loaded "
+             f"({lines[-1] if lines else e}); expected a config file such as "
+             "experiments/configs/flickr30k.py, with an optional :ARGUMENT.")
+  if config is None:
+    sys.exit("Error: --config is required, e.g. --config=experiments/configs/flickr30k.py")
+  return config
+
+
 def _run(default_config, default_workdir, started: list) -> None:
   config_flag = config_flags.DEFINE_config_file(
       "config", default_config and os.path.join(CONFIG_DIR, default_config),
@@ -111,14 +129,13 @@ def _run(default_config, default_workdir, started: list) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
     logging.get_absl_handler().addFilter(_OneLineErrors())
-    if config_flag.value is None:
-      sys.exit("--config is required, e.g. --config=experiments/configs/flickr30k.py")
+    config = config_value(config_flag)
     if not workdir_flag.value:
       sys.exit("--workdir is required: where checkpoints and results go.")
     start_distributed(distributed_flags)  # before anything touches a JAX backend
     from gralign_jax import train  # after flag parsing: jax reads XLA_FLAGS at import
     try:
-      train.train_and_evaluate(config_flag.value, workdir_flag.value,
+      train.train_and_evaluate(config, workdir_flag.value,
                                allow_config_changes=allow_flag.value)
     except user_errors() as e:
       # Something about the user's files or settings, said in full by the message

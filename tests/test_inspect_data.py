@@ -131,3 +131,30 @@ def test_unknown_data_key_is_refused(root, tmp_path):
           "the config has no such field (gralign_jax/configs.py lists them all); did you "
           "mean 'skip_bad_images'?") in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_bad_flags_and_a_missing_config_are_one_line(tmp_path):
+  """Issue 22, finding 11: --samples=0 and -3, --out=x.txt and a missing --config file
+  ended in tracebacks (PIL's, numpy's, ml_collections')."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  smoke = "--config=experiments/configs/demo.py:smoke"
+  cases = [
+      (["experiments.inspect_data", smoke, "--samples=0"],
+       "Error: --samples=0: expected 1 or more images in the grid."),
+      (["experiments.inspect_data", smoke, "--samples=-3"], "Error: --samples=-3"),
+      (["experiments.inspect_data", smoke, f"--out={tmp_path}/x.txt"],
+       "the grid is a picture; expected a .png or .jpg file name."),
+      (["experiments.inspect_data", f"--config={tmp_path}/nope.py"],
+       f"Error: --config={tmp_path}/nope.py cannot be loaded ([Errno 2] No such file"),
+      (["experiments.demo", "--config=experiments/configs/nope.py",
+        f"--workdir={tmp_path}/run"],
+       "Error: --config=experiments/configs/nope.py cannot be loaded"),
+  ]
+  for argv, says in cases:
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=repo, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, (argv, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert says in proc.stderr.strip().splitlines()[-1], (argv, proc.stderr[-500:])
+  assert os.listdir(tmp_path) == []

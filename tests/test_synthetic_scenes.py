@@ -337,3 +337,18 @@ def test_root_that_is_a_file(tmp_path):
   with pytest.raises(NotADirectoryError, match=r"'[^']*set': it is a file; expected a"):
     ss.generate(str(path), **TINY)
   assert path.read_text() == "the user's"
+
+
+def test_the_command_line_refuses_a_folder_of_the_users_in_one_line(tmp_path):
+  """It was a 13-line traceback (issue 22, finding 11)."""
+  (tmp_path / "photo.jpg").write_bytes(b"a photo of the user's")
+  proc = subprocess.run(
+      [sys.executable, "-m", "gralign_jax.data.synthetic_scenes", f"--root={tmp_path}",
+       "--num_train=4", "--num_dev=2", "--num_test=2"], cwd=REPO, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+  assert proc.stderr.startswith("Error: Refusing to generate the synthetic set into")
+  assert "photo.jpg" in proc.stderr
+  assert os.listdir(tmp_path) == ["photo.jpg"]
+  assert (tmp_path / "photo.jpg").read_bytes() == b"a photo of the user's"

@@ -42,6 +42,7 @@ import io
 import json
 import math
 import os
+import sys
 import posixpath
 import re
 import shutil
@@ -732,9 +733,12 @@ def main(argv=None):
   p.add_argument("--vocab_size", type=int, default=1000)
   args = p.parse_args(argv)
   t0 = time.time()
-  generate(args.root, num_train=args.num_train, num_dev=args.num_dev,
-           num_test=args.num_test, image_size=args.image_size, seed=args.seed,
-           vocab_size=args.vocab_size)
+  try:
+    generate(args.root, num_train=args.num_train, num_dev=args.num_dev,
+             num_test=args.num_test, image_size=args.image_size, seed=args.seed,
+             vocab_size=args.vocab_size)
+  except OSError as e:  # a folder it refuses (a user's files), or cannot write: one line
+    sys.exit(f"Error: {e}")
   with open(os.path.join(args.root, "scenes.json"), encoding="utf-8") as f:
     scenes = json.load(f)["scenes"]
   caps = [c for s in scenes for c in s["captions"]]
