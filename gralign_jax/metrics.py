@@ -30,7 +30,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str):
     self._active = jax.process_index() == 0
-    self._tb = None
+    self._tb = self._bucket = None
     if not self._active:
       return
     paths.makedirs(workdir)
@@ -44,7 +44,8 @@ class MetricWriter:
     try:  # TensorBoard is a convenience: the JSONL file is the record.
       from tensorboardX import SummaryWriter
       from tensorboardX import record_writer
-      record_writer.register_writer_factory("gs", _BucketEvents())
+      self._bucket = _BucketEvents()
+      record_writer.register_writer_factory("gs", self._bucket)
       self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
     except ImportError:
       self._tb = None
@@ -61,6 +62,8 @@ class MetricWriter:
         if k not in ("step", "split", "time") and isinstance(v, (int, float)):
           self._tb.add_scalar(f"{split}/{k}", v, step)
       self._tb.flush()
+      if self._bucket.error is not None:  # met by tensorboardX's writer thread
+        raise self._bucket.error
 
   def close(self) -> None:
     if self._tb is not None:
@@ -85,16 +88,21 @@ def _parse(text: str) -> list[dict]:
 
 class _BucketEventFile:
   """An event file in a bucket, for tensorboardX: a bucket object cannot grow, so
-  each flush uploads the whole file again (paths.py)."""
+  each flush uploads the whole file again (paths.py). It runs in tensorboardX's writer
+  thread, whose death would leave every later SummaryWriter.flush waiting for ever: a
+  failed upload is kept in `events.error` for the trainer's thread to raise."""
 
-  def __init__(self, path: str):
-    self._path, self._buffer = path, io.BytesIO()
+  def __init__(self, path: str, events: "_BucketEvents"):
+    self._path, self._buffer, self._events = path, io.BytesIO(), events
 
   def write(self, data: bytes) -> None:
     self._buffer.write(data)
 
   def flush(self) -> None:
-    paths.write_bytes(self._path, self._buffer.getvalue())
+    try:
+      paths.write_bytes(self._path, self._buffer.getvalue())
+    except Exception as e:  # pylint: disable=broad-except  (handed to the main thread)
+      self._events.error = e
 
   def close(self) -> None:
     self.flush()
@@ -104,8 +112,11 @@ class _BucketEvents:
   """tensorboardX's writer factory for gs:// log folders, through paths.py (its own
   needs google-cloud-storage and its credentials)."""
 
+  def __init__(self):
+    self.error = None
+
   def open(self, path: str) -> _BucketEventFile:
-    return _BucketEventFile(path)
+    return _BucketEventFile(path, self)
 
   def directory_check(self, path: str) -> None:
     del path  # a bucket has no folders to create

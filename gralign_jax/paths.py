@@ -117,6 +117,22 @@ def basename(path: str) -> str:
   return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
+@contextlib.contextmanager
+def _reaching(path: str, doing: str):
+  """Remote calls: what is not an answer about the file itself (a bucket that stopped
+  answering, credentials, the network) becomes one PathError line. gcsfs retries such
+  a failure 6 times over about 2 minutes first, so a bucket that goes away mid-run ends
+  the run within that bound."""
+  try:
+    yield
+  except (FileNotFoundError, FileExistsError, PathError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise PathError(f"Cannot {doing} {path}: the storage did not answer "
+                    f"({type(e).__name__}: {first})") from e
+
+
 def _fs(path: str):
   """(fsspec filesystem, path inside it) for a remote path, its cached listings of
   that path and the folders above it dropped."""
@@ -152,21 +168,24 @@ def not_a_regular_file(path: str) -> str | None:
 def exists(path: str) -> bool:
   if is_remote(path):
     fs, inner = _fs(path)
-    return fs.exists(inner)
+    with _reaching(path, "look for"):
+      return fs.exists(inner)
   return os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
   if is_remote(path):
     fs, inner = _fs(path)
-    return fs.isdir(inner)
+    with _reaching(path, "look for"):
+      return fs.isdir(inner)
   return os.path.isdir(path)
 
 
 def isfile(path: str) -> bool:
   if is_remote(path):
     fs, inner = _fs(path)
-    return fs.isfile(inner)
+    with _reaching(path, "look for"):
+      return fs.isfile(inner)
   return os.path.isfile(path)
 
 
@@ -174,7 +193,8 @@ def listdir(path: str) -> list[str]:
   """Names in a folder, sorted."""
   if is_remote(path):
     fs, inner = _fs(path)
-    return sorted(basename(p) for p in fs.ls(inner, detail=False))
+    with _reaching(path, "list"):
+      return sorted(basename(p) for p in fs.ls(inner, detail=False))
   return sorted(os.listdir(path))
 
 
@@ -186,7 +206,8 @@ def makedirs(path: str) -> None:
 def read_bytes(path: str) -> bytes:
   if is_remote(path):
     fs, inner = _fs(path)
-    return fs.cat_file(inner)
+    with _reaching(path, "read"):
+      return fs.cat_file(inner)
   with open(path, "rb") as f:
     return f.read()
 
@@ -199,7 +220,8 @@ def write_bytes(path: str, data: bytes) -> None:
   """Writes the whole file so that a reader, or a crash, never meets half of it."""
   if is_remote(path):
     fs, inner = _fs(path)
-    fs.pipe_file(inner, data)
+    with _reaching(path, "write"):
+      fs.pipe_file(inner, data)
     return
   tmp = f"{path}.tmp{os.getpid()}"
   try:
@@ -232,7 +254,8 @@ def create_exclusive(path: str, text: str) -> bool:
   if is_remote(path):
     fs, inner = _fs(path)
     try:
-      fs.pipe_file(inner, data, mode="create")
+      with _reaching(path, "create"):
+        fs.pipe_file(inner, data, mode="create")
     except FileExistsError:
       return False
     return True
@@ -250,7 +273,8 @@ def remove(path: str) -> None:
   try:
     if is_remote(path):
       fs, inner = _fs(path)
-      fs.rm_file(inner)
+      with _reaching(path, "remove"):
+        fs.rm_file(inner)
     else:
       os.remove(path)
   except FileNotFoundError:
@@ -261,8 +285,9 @@ def move(src: str, dst: str) -> None:
   """Renames a file or folder (remote: copy, then delete the source)."""
   if is_remote(src):
     fs, inner = _fs(src)
-    fs.copy(inner, _fs(dst)[1], recursive=True)
-    fs.rm(inner, recursive=True)
+    with _reaching(src, "move"):
+      fs.copy(inner, _fs(dst)[1], recursive=True)
+      fs.rm(inner, recursive=True)
   else:
     os.rename(src, dst)
 
