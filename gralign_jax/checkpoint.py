@@ -17,7 +17,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import orbax.checkpoint as ocp
 
+from gralign_jax import logs
 from gralign_jax import paths
+from gralign_jax import watchdog
 
 
 class Restored(NamedTuple):
@@ -60,8 +62,18 @@ class Checkpointer:
   """Saves and restores the train state with the input pipeline's position."""
 
   def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
-    """read_only: restore only (retrieval); nothing under `directory` is written."""
+    """read_only: restore only (retrieval); nothing under `directory` is written.
+
+    Raises:
+      CheckpointError: $GRALIGN_SAVE_TIMEOUT is not whole seconds.
+    """
     self.directory = paths.resolve(directory)
+    # Waiting on a save (the one before the next, or all at the end) has a deadline: a
+    # bucket that stops answering would keep orbax's writes retrying for good.
+    try:
+      self.save_timeout = watchdog.seconds_from_env("GRALIGN_SAVE_TIMEOUT", 600)
+    except ValueError as e:
+      raise CheckpointError(str(e)) from e
     self.read_only = read_only
     self._latest = _manager(paths.join(self.directory, "latest"), keep, not read_only)
     self._best = _manager(paths.join(self.directory, "best"), 1, not read_only)
@@ -75,18 +87,29 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: Any, meta: dict,
            best: bool = False) -> None:
-    """Asynchronous: returns once the arrays are copied off the devices."""
+    """Asynchronous: returns once the arrays are copied off the devices (after the
+    previous save has finished, within save_timeout)."""
     manager = self._best if best else self._latest
-    # One save in flight at a time: two managers saving the same step at once can
-    # cross their barriers between hosts (seen with two JAX processes).
-    (self._latest if best else self._best).wait_until_finished()
-    try:  # orbax raises here a failure of the previous, still pending, save
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=ocp.args.JsonSave(data_state),
-          meta=ocp.args.JsonSave(meta)), force=True)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      raise _save_failed(manager, e) from e
+    with self._deadline():
+      # One save in flight at a time: two managers saving the same step at once can
+      # cross their barriers between hosts (seen with two JAX processes).
+      (self._latest if best else self._best).wait_until_finished()
+      try:  # orbax raises here a failure of the previous, still pending, save
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        raise _save_failed(manager, e) from e
+
+  def _deadline(self) -> watchdog.Deadline:
+    return watchdog.Deadline(
+        self.save_timeout, f"waiting for the checkpoint writes under {self.directory}",
+        f"the checkpoint writes under {self.directory} did not finish within "
+        f"{self.save_timeout} s: the storage stopped answering (a bucket gone, a lost "
+        "mount?). The checkpoints completed before are intact, and a rerun resumes from "
+        "the newest. (A slower store may need a longer $GRALIGN_SAVE_TIMEOUT.)",
+        logs.info, every=60)
 
   def _restore(self, manager, step, like):
     out = manager.restore(step, args=ocp.args.Composite(
@@ -162,12 +185,16 @@ class Checkpointer:
     return self._newest_restorable(self._best, "best", meta, log)
 
   def wait(self) -> None:
-    """Blocks until pending saves are on disk; raises CheckpointError if one failed."""
-    for manager in (self._latest, self._best):
-      try:
-        manager.wait_until_finished()
-      except Exception as e:  # pylint: disable=broad-exception-caught
-        raise _save_failed(manager, e) from e
+    """Blocks until pending saves are on disk (within save_timeout); raises
+    CheckpointError if one failed."""
+    if self.read_only:
+      return
+    with self._deadline():
+      for manager in (self._latest, self._best):
+        try:
+          manager.wait_until_finished()
+        except Exception as e:  # pylint: disable=broad-exception-caught
+          raise _save_failed(manager, e) from e
 
   def close(self) -> None:
     """Waits for pending saves and closes; safe to call on any exit path, twice."""

@@ -22,9 +22,8 @@ stack; local.sh stops its processes sooner.
 import functools
 import inspect
 import os
-import sys
-import threading
-import time
+
+from gralign_jax import watchdog
 
 MODES = ("auto", "on", "off")
 
@@ -65,41 +64,6 @@ def _env_int(name: str) -> int | None:
     return int(value)
   except ValueError as e:
     raise DistributedError(f"${name}={value!r}: expected an integer.") from e
-
-
-def _seconds(name: str, default: int) -> int:
-  value = _env_int(name)
-  if value is None:
-    return default
-  if value < 1:
-    raise DistributedError(f"${name}={value}: expected whole seconds, 1 or more.")
-  return value
-
-
-class _Watchdog:
-  """While jax.distributed connects: a line every `every` seconds, and at `timeout` one
-  Error line and an exit (jax's own deadline, later, is a native abort)."""
-
-  def __init__(self, timeout: int, waiting: str, error: str, log, every: int = 30):
-    self._done = threading.Event()
-    self._thread = threading.Thread(target=self._watch, daemon=True,
-                                    args=(timeout, waiting, error, log, every))
-
-  def _watch(self, timeout, waiting, error, log, every):
-    start = time.monotonic()
-    while not self._done.wait(min(every, max(0.0, timeout - (time.monotonic() - start)))):
-      waited = time.monotonic() - start
-      if waited >= timeout:
-        print(f"Error: {error}", file=sys.stderr, flush=True)
-        os._exit(1)  # pylint: disable=protected-access  (the main thread is in C++)
-      log(f"jax.distributed: still {waiting} ({waited:.0f} s of {timeout})")
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._done.set()
 
 
 def initialize(mode: str | None = None, coordinator_address: str | None = None,
@@ -144,8 +108,11 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
     raise DistributedError(f"--process_id={process_id}: expected 0 to {num_processes - 1} "
                            f"(--num_processes={num_processes}; process 0 hosts the "
                            "coordinator).")
-  timeout = _seconds("GRALIGN_DISTRIBUTED_TIMEOUT", 300)
-  heartbeat = _seconds("GRALIGN_HEARTBEAT_TIMEOUT", 60)
+  try:
+    timeout = watchdog.seconds_from_env("GRALIGN_DISTRIBUTED_TIMEOUT", 300)
+    heartbeat = watchdog.seconds_from_env("GRALIGN_HEARTBEAT_TIMEOUT", 60)
+  except ValueError as e:
+    raise DistributedError(str(e)) from e
   me = "this process" if process_id is None else f"process {process_id}"
   peers = "the other processes" if num_processes is None else (
       f"all {num_processes} processes")
@@ -166,7 +133,8 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
   accepted = inspect.signature(jax.distributed.initialize).parameters
   if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
     asked = {k: v for k, v in asked.items() if k in accepted}  # jax versions differ
-  with _Watchdog(timeout, waiting, error, log):
+  with watchdog.Deadline(timeout, waiting, error,
+                         lambda line: log(f"jax.distributed: {line}")):
     jax.distributed.initialize(**asked)
   if jax.process_index() == 0:
     log(f"jax.distributed: {jax.process_count()} processes ({cluster}), "

@@ -373,3 +373,23 @@ def test_damaged_image_stops_the_run_before_training_unless_skipped(smoke_root, 
   train.train_and_evaluate(config, str(tmp_path / "run2"))
   out = capsys.readouterr().out
   assert "000063.jpg is not a readable image" in out and "Passed over" in out
+
+
+def test_a_failed_tensorboard_upload_reaches_the_trainer_instead_of_hanging_it(
+    monkeypatch):
+  """A bucket's TensorBoard events are uploaded from tensorboardX's writer thread; its
+  death on a failed upload left every later flush waiting for ever (issue 22, finding
+  2). The failure is now raised in the writing thread, where the run's error path
+  takes it."""
+  from gralign_jax import paths  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(paths, "exists", lambda path: False)
+  monkeypatch.setattr(paths, "append_text", lambda path, text: None)
+
+  def gone(path, data):
+    raise paths.PathError(f"Cannot write {path}: the storage did not answer")
+
+  monkeypatch.setattr(paths, "write_bytes", gone)
+  writer = metrics_lib.MetricWriter("gs://some-bucket/run")
+  with pytest.raises(paths.PathError, match="the storage did not answer"):
+    for step in range(3):
+      writer.write(step, "train", {"loss": 1.0})

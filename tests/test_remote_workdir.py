@@ -222,3 +222,52 @@ def test_train_kill_resume_and_retrieve_in_a_bucket(bucket, smoke_root, tmp_path
   (digest,) = _fresh(paths.join(remote, "galleries"))
   assert out["remote"]["gallery_cache"] == paths.join(remote, "galleries", digest)
   assert "manifest.json" in _fresh(out["remote"]["gallery_cache"])
+
+
+@pytest.mark.slow  # about 3 minutes: gcsfs retries each call for about 30 s first
+def test_a_bucket_that_goes_away_mid_run_ends_the_run_in_one_line(smoke_root, tmp_path):
+  """Issue 22, finding 2: the run hung for good (0% CPU) once its bucket stopped
+  answering: tensorboardX's writer thread died on the failed upload, leaving every later
+  flush waiting, and orbax's writes retried without end. Now the run ends within
+  $GRALIGN_SAVE_TIMEOUT (here 20 s) of waiting on a save, plus gcsfs' retries."""
+  port = _free_port()
+  url = f"http://127.0.0.1:{port}"
+  emulator = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "tests", "gcs_emulator.py"), f"--port={port}",
+       "--bucket=going-away"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 60
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+      assert emulator.poll() is None and time.time() < deadline, "emulator did not start"
+      time.sleep(0.2)
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false", GRALIGN_SAVE_TIMEOUT="20",
+               PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "train.log", "w+")
+    train = subprocess.Popen(
+        [sys.executable, "-m", "experiments.demo",
+         "--config=experiments/configs/demo.py:smoke", f"--config.data.root={smoke_root}",
+         "--config.train.num_steps=100000", "--config.train.ckpt_every=5",
+         "--config.train.log_every=5", "--config.eval.every_steps=100000",
+         "--workdir=gs://going-away/run"], cwd=REPO, env=env, stdout=log,
+        stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while "[train @ 10/" not in (tmp_path / "train.log").read_text():
+      assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+      assert time.time() < deadline, "the run did not reach step 10"
+      time.sleep(0.5)
+  finally:
+    emulator.kill()
+    emulator.wait()
+  gone = time.time()
+  try:
+    status = train.wait(timeout=600)
+  finally:
+    train.kill()
+  text = (tmp_path / "train.log").read_text()
+  lines = text.strip().splitlines()
+  assert status == 1, text[-3000:]
+  assert lines[-1].startswith("Error: "), text[-3000:]
+  assert ("did not finish within 20 s: the storage stopped answering" in lines[-1]
+          or "the storage did not answer" in lines[-1]), lines[-1]
+  print(f"ended {time.time() - gone:.0f} s after the bucket went away")
