@@ -483,7 +483,8 @@ def test_command_line_on_read_only_storage_with_bad_files(trained, tmp_path,
                       f"{tmp_path / 'photos'} (not readable images); retrieving from "
                       "the other 3:")
   assert re.fullmatch(rf"{re.escape(workdir)} {_NOT_WRITABLE}; retrieval\.json goes to "
-                      rf"{re.escape(out)} instead\.", lines[-2]), lines[-2]
+                      rf"{re.escape(out)} instead\.", lines[-3]), lines[-3]
+  assert lines[-2] == "Drawing the word-to-patch pictures of 2 caption(s) for the page ..."
   assert lines[-1] == f"Written to {out}, {out[:-len('.json')]}.html"
   with open(out) as f:
     result = json.load(f)
