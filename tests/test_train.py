@@ -153,11 +153,16 @@ def kill_after_mid_run_checkpoint(proc, workdir, first: int, last: int,
   appears under workdir, and checks that the run had not finished. listdir(folder) ->
   names ([] for no folder): how to look (a bucket's listing, for one)."""
   latest = f"{workdir}/checkpoints/latest"
-  deadline = time.time() + 300
-  while time.time() < deadline:
+  deadline = time.time() + 600  # a loaded machine (parallel test workers) starts slowly
+  while True:
     steps = [int(s) for s in listdir(latest) if s.isdigit()]
     if steps and first <= max(steps) < last:
       break
+    if time.time() > deadline or proc.poll() is not None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      raise AssertionError(f"no checkpoint of a step in [{first}, {last}) under {latest} "
+                           f"(steps {sorted(steps)}; the run "
+                           f"{'ended' if proc.poll() is not None else 'took 600 s'})")
     time.sleep(0.05)
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
