@@ -52,7 +52,7 @@ def shown(text: str) -> str:
     code = ord(ch)
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the undecodable byte code - 0xDC00
       out.append(f"\\x{code - 0xDC00:02x}")
-    elif ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+    elif unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
       out.append(ch)
     else:
       out.append(ch.encode("unicode_escape").decode("ascii"))

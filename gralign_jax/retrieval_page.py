@@ -99,9 +99,8 @@ def _e(text) -> str:
 
 
 def _thumb(path: str, classes: dict, where: str = "hit") -> str:
-  e = _e
   return (f'<span class="thumb {classes[path]}" role="img" '
-          f'aria-label="{e(os.path.basename(path))}" data-where="{where}"></span>')
+          f'aria-label="{_e(os.path.basename(path))}" data-where="{where}"></span>')
 
 
 def _hit(rank: int, hit: dict, classes: dict) -> str:
