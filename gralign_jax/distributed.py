@@ -14,14 +14,27 @@ anything touches a JAX backend.
 No silent waits. Connecting, every process says what it waits for, says so again every
 30 s, and gives up after $GRALIGN_DISTRIBUTED_TIMEOUT seconds (default 300) with one
 `Error:` line naming the coordinator and what to check; JAX itself would end the same
-wait minutes later in a C++ abort. A process that dies later is noticed by the others'
-heartbeats: they end within $GRALIGN_HEARTBEAT_TIMEOUT seconds (default 60; JAX's own
-100), in JAX's fatal error ("another task died"), which a native abort prints with its
-stack; local.sh stops its processes sooner.
+wait minutes later in a C++ abort.
+
+A process lost later (killed, out of memory, its machine gone, an uncaught exception):
+the others would wait in their next collective until JAX's heartbeats notice (JAX's
+fatal error, a native abort with its stack). A PeerWatch notices first: every process
+says it is alive in the coordination service's key-value store every few seconds, and
+one whose word stops for half of $GRALIGN_HEARTBEAT_TIMEOUT (default 60: 30 s), or that
+ended with an exception, ends every other process with one `Error:` line naming it,
+within that time plus one beat (35 s by default). Not covered: process 0, which hosts
+the coordination service: when it dies the others end at once in JAX's own fatal error
+("... another task died"), whose handler jaxlib does not let Python replace (a Python
+`missed_heartbeat_callback` aborts on std::bad_cast in jaxlib 0.10). local.sh, when it
+is the launcher, stops the rest and names the process that ended first.
 """
+import atexit
 import functools
 import inspect
 import os
+import sys
+import threading
+import time
 
 from gralign_jax import watchdog
 
@@ -139,4 +152,144 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
   if jax.process_index() == 0:
     log(f"jax.distributed: {jax.process_count()} processes ({cluster}), "
         f"{jax.device_count()} devices")
+  PeerWatch.start(heartbeat / 2, log)
   return True
+
+
+def _client():
+  """The coordination service's client of this process, if this jax has one."""
+  try:
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  client = getattr(getattr(jax_distributed, "global_state", None), "client", None)
+  needs = ("key_value_set", "key_value_dir_get")
+  return client if all(hasattr(client, n) for n in needs) else None
+
+
+class PeerWatch:
+  """Watches the other processes of this job through the coordination service's
+  key-value store (see the module docstring). Under PREFIX each process's key holds a
+  counter it bumps every `beat` s, then "done" once it ends normally, "failed" once it
+  ends with an exception, or "left" once it leaves because another was lost; LOST holds
+  the first loss any process saw, which the others take up at their next beat."""
+  PREFIX = "gralign_jax/alive/"
+  LOST = PREFIX + "lost"
+
+  def __init__(self, client, me: int, timeout: float, beat: float | None = None):
+    self.client, self.me, self.timeout = client, me, timeout
+    self.beat = beat or max(1.0, min(5.0, timeout / 6))
+    self._ending = threading.Event()
+    self._saying = threading.Lock()  # no counter may land after "done" or "failed"
+
+  @classmethod
+  def start(cls, timeout: float, log) -> "PeerWatch | None":
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() < 2:
+      return None
+    client = _client()
+    if client is None:
+      log("jax.distributed: this jax has no key-value client to watch the other "
+          "processes with: a lost process ends the others only through JAX's heartbeat")
+      return None
+    watch = cls(client, jax.process_index(), timeout)
+    threading.Thread(target=watch._run, daemon=True, name="peer watch").start()
+    atexit.register(watch._at_exit)  # runs before jax's own shutdown (registered earlier)
+    return watch
+
+  def _key(self, process) -> str:
+    return f"{self.PREFIX}{process}"
+
+  def _say(self, key: str, value: str) -> None:
+    self.client.key_value_set(key, value, allow_overwrite=True)
+
+  def _at_exit(self) -> None:
+    """Says how this process ends. One that ends with an exception tells the others to
+    stop and leaves at once: jax's shutdown would wait minutes at a barrier for them."""
+    failed = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    try:
+      with self._saying:
+        self._ending.set()
+        self._say(self._key(self.me), "failed" if failed else "done")
+      if failed:
+        self._say(self.LOST, f"process {self.me} ended with {type(failed).__name__} "
+                  "(its log has the traceback)")
+    except Exception:  # pylint: disable=broad-except  (the service may be gone already)
+      pass
+    if failed:
+      self._leave(1)
+
+  def _leave(self, code: int) -> None:
+    try:
+      self._say(self._key(self.me), "left")
+      if self.me == 0:
+        self._others_gone()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+
+  def _run(self) -> None:
+    count, heard = 0, {}  # a process's key -> (its last value, when that came here)
+    while not self._ending.is_set():
+      count += 1
+      try:
+        with self._saying:
+          if self._ending.is_set():
+            return
+          self._say(self._key(self.me), str(count))
+        values = dict(self.client.key_value_dir_get(self.PREFIX))
+      except Exception as e:  # pylint: disable=broad-except
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return self._end(f"the coordination service (process 0) stopped answering "
+                         f"({first})")
+      if self.LOST in values:
+        return self._end(values[self.LOST])
+      now = time.monotonic()
+      for key, value in values.items():
+        if value in ("done", "left") or key == self._key(self.me):
+          continue
+        process = key[len(self.PREFIX):]
+        if value == "failed":
+          return self._lost(f"process {process} ended with an exception (its log has "
+                            "the traceback)")
+        if heard.get(key, (None,))[0] != value:
+          heard[key] = (value, now)
+        elif now - heard[key][1] > self.timeout:
+          return self._lost(f"process {process} has not been heard from for "
+                            f"{now - heard[key][1]:.0f} s (killed, out of memory, or "
+                            "its machine gone?)")
+      self._ending.wait(self.beat)
+
+  def _lost(self, why: str) -> None:
+    try:
+      self._say(self.LOST, why)  # the others take it up at their next beat
+    except Exception:  # pylint: disable=broad-except
+      pass
+    self._end(why)
+
+  def _others_gone(self) -> None:
+    """Process 0 hosts the service: when it goes, the others abort natively. So it
+    waits until each has left, ended, or been silent for two beats (at most `timeout`)."""
+    last, since, start = {}, {}, time.monotonic()
+    while time.monotonic() - start < self.timeout:
+      now, waiting = time.monotonic(), False
+      for key, value in self.client.key_value_dir_get(self.PREFIX):
+        if key in (self.LOST, self._key(self.me)) or value in ("left", "done", "failed"):
+          continue
+        if last.get(key) != value:
+          last[key], since[key] = value, now
+        waiting |= now - since[key] < 2 * self.beat
+      if not waiting:
+        return
+      time.sleep(0.2)
+
+  def _end(self, why: str) -> None:
+    if self._ending.is_set():
+      return  # this process ends anyway; jax's shutdown has its own deadline
+    sys.stdout.flush()
+    print(f"Error: jax.distributed: {why}; process {self.me} stops too. Checkpoints "
+          "saved before are intact: the same command resumes from the last one.",
+          file=sys.stderr, flush=True)
+    self._leave(1)  # os._exit: the main thread is in a collective

@@ -229,3 +229,98 @@ def test_a_coordinator_without_process_numbers_and_an_unknown_mode_are_refused(
     with pytest.raises(distributed.DistributedError, match=says):
       distributed.initialize("on", coordinator_address="127.0.0.1:1234",
                              num_processes=n, process_id=pid)
+
+
+# A process of a job over 127.0.0.1, blocked in collectives as training is, that can
+# be told to die (SIGKILL from the test), raise, or end early.
+PEER = r"""
+import sys, time
+from gralign_jax import distributed
+port, n, me, how = sys.argv[1:]
+distributed.initialize("on", f"127.0.0.1:{port}", int(n), int(me), log=lambda *a: None)
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+print("up", flush=True)
+if how == "raise":
+  time.sleep(1)
+  raise RuntimeError("a bug in process " + me)
+if how == "end":
+  sys.exit(0)
+if how == "work":  # after its peer has ended: no collective, just a long final step
+  time.sleep(30)
+  sys.exit(0)
+while True:
+  multihost_utils.process_allgather(jnp.ones(3))
+  time.sleep(0.2)
+"""
+
+
+def _peers(hows, **env_vars):
+  """Starts len(hows) processes of one job; -> (their Popens, when they started)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1",
+             GRALIGN_HEARTBEAT_TIMEOUT="20", **env_vars)
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, "-c", PEER, port, str(len(hows)), str(i), how],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for i, how in enumerate(hows)]
+  return procs, time.time()
+
+
+def _ended(proc, within: float):
+  try:
+    out, err = proc.communicate(timeout=within)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, err = proc.communicate()
+    raise AssertionError(f"still running after {within} s: {err[-2000:]}") from None
+  return proc.returncode, out, err.strip().splitlines()
+
+
+def test_a_killed_process_ends_every_other_in_one_line_within_the_bound():
+  """Issue 22: a survivor waited in its collective until JAX's heartbeat aborted it
+  natively (96 s). Now half the heartbeat timeout (10 s here) and a beat."""
+  procs, _ = _peers(["loop", "loop", "loop"])
+  for p in procs:
+    assert p.stdout.readline().strip() == "up", p.stderr.read()[-2000:]
+  procs[2].kill()
+  t0 = time.time()
+  for i in (0, 1):
+    code, _, err = _ended(procs[i], within=60)
+    assert code == 1, err[-20:]
+    assert err[-1].startswith(
+        "Error: jax.distributed: process 2 has not been heard from for"), err[-5:]
+    assert f"process {i} stops too" in err[-1]
+    assert not any("Check failure" in line for line in err)
+  # 10 s of silence + one beat (1.7 s) + process 0's grace of two beats, with room for
+  # a loaded machine; JAX's own heartbeat would have taken 20 s and aborted.
+  assert time.time() - t0 < 30
+  procs[2].wait()
+
+
+@pytest.mark.parametrize("raiser", [1, 0])
+def test_a_process_that_raises_ends_the_others_at_once(raiser):
+  """Its traceback, then it leaves (jax's shutdown barrier would hold it minutes); the
+  others end at their next beat naming it, before its silence could (10 s). Process 0
+  hosts the service, so it waits two beats for them before it goes."""
+  hows = ["loop", "loop"]
+  hows[raiser] = "raise"
+  procs, _ = _peers(hows)
+  code, _, err = _ended(procs[raiser], within=120)
+  assert code == 1 and err[-1] == f"RuntimeError: a bug in process {raiser}", err[-5:]
+  t0 = time.time()
+  code, _, err = _ended(procs[1 - raiser], within=60)
+  assert code == 1
+  assert err[-1].startswith(
+      f"Error: jax.distributed: process {raiser} ended with RuntimeError"), err[-5:]
+  assert time.time() - t0 < 10
+
+
+def test_a_process_that_ended_normally_is_not_lost():
+  """Process 1 is done; process 0 works on, without collectives, past the silence
+  bound (10 s): neither reports anything."""
+  procs, _ = _peers(["work", "end"])
+  for p in procs:
+    code, _, err = _ended(p, within=120)
+    assert code == 0, err[-5:]
+    assert not any(line.startswith("Error:") for line in err)
