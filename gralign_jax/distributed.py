@@ -218,6 +218,20 @@ class PeerWatch:
       pass
     if failed:
       self._leave(1)
+    self._say_what_shutdown_waits_for()
+
+  def _say_what_shutdown_waits_for(self) -> None:
+    """jax's shutdown waits at a barrier for every process (up to 300 s): say so."""
+    try:
+      busy = sorted(key[len(self.PREFIX):] for key, value in
+                    self.client.key_value_dir_get(self.PREFIX)
+                    if value.isdigit() and key != self._key(self.me))
+    except Exception:  # pylint: disable=broad-except
+      return
+    if busy:
+      print(f"jax.distributed: process {self.me} is done and waits for process"
+            f"{'es' if len(busy) > 1 else ''} {', '.join(busy)} to finish (jax's "
+            "shutdown barrier)", flush=True)
 
   def _leave(self, code: int) -> None:
     try:

@@ -244,7 +244,8 @@ print("up", flush=True)
 if how == "raise":
   time.sleep(1)
   raise RuntimeError("a bug in process " + me)
-if how == "end":
+if how == "end":  # once the other has said it is alive
+  time.sleep(3)
   sys.exit(0)
 if how == "work":  # after its peer has ended: no collective, just a long final step
   time.sleep(30)
@@ -320,7 +321,11 @@ def test_a_process_that_ended_normally_is_not_lost():
   """Process 1 is done; process 0 works on, without collectives, past the silence
   bound (10 s): neither reports anything."""
   procs, _ = _peers(["work", "end"])
+  outs = []
   for p in procs:
-    code, _, err = _ended(p, within=120)
+    code, out, err = _ended(p, within=120)
     assert code == 0, err[-5:]
     assert not any(line.startswith("Error:") for line in err)
+    outs.append(out)
+  assert ("jax.distributed: process 1 is done and waits for process 0 to finish (jax's "
+          "shutdown barrier)") in outs[1]
