@@ -4,6 +4,8 @@ XLA reads the flag when JAX initialises its backend, so it is set before anythin
 imports jax. Tests that need one device build a mesh of `jax.devices()[:1]`.
 """
 import atexit
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -27,8 +29,11 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gralign_xla_cache_")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
-  # Both folders are this session's own: removed when it ends.
-  for _folder in (os.environ["GRALIGN_CACHE"], os.environ["JAX_COMPILATION_CACHE_DIR"]):
+  # The workers' locks for tests marked `exclusive` (below).
+  os.environ["GRALIGN_TEST_LOCKS"] = tempfile.mkdtemp(prefix="gralign_test_locks_")
+  # These folders are this session's own: removed when it ends.
+  for _folder in (os.environ["GRALIGN_CACHE"], os.environ["JAX_COMPILATION_CACHE_DIR"],
+                  os.environ["GRALIGN_TEST_LOCKS"]):
     atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 
 
@@ -60,3 +65,25 @@ def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argu
   alone at the end (the suite's tail was 12 minutes of it)."""
   slow = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow)  # stable: file order kept
+
+
+@pytest.fixture(autouse=True)
+def _alone_when_exclusive(request):
+  """Under xdist, a test marked `exclusive` (several JAX processes that must meet
+  deadlines: gloo's 30 s connect, heartbeats, save timeouts) runs with no other test
+  beside it; the others share. A readers-writer lock over the workers, writer first:
+  every test passes the turnstile; an exclusive one keeps it, so that no new test
+  starts, and takes the room once the tests in it have ended."""
+  folder = os.environ.get("GRALIGN_TEST_LOCKS")
+  if not (folder and os.environ.get("PYTEST_XDIST_WORKER")):
+    yield
+    return
+  exclusive = request.node.get_closest_marker("exclusive") is not None
+  with contextlib.ExitStack() as held:
+    turnstile = held.enter_context(open(os.path.join(folder, "turnstile"), "a"))
+    room = held.enter_context(open(os.path.join(folder, "room"), "a"))
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    fcntl.flock(room, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    if not exclusive:
+      fcntl.flock(turnstile, fcntl.LOCK_UN)
+    yield  # closing the files lets both locks go

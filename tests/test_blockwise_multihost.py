@@ -8,10 +8,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from gralign_jax import configs
 from gralign_jax.scores import similarity
 
+pytestmark = pytest.mark.exclusive  # jax.distributed processes with deadlines
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_scorer import grm_inputs  # noqa: E402  pylint: disable=g-import-not-at-top

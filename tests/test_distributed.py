@@ -15,6 +15,7 @@ import pytest
 from gralign_jax import distributed
 from test_train import kill_after_mid_run_checkpoint
 
+pytestmark = pytest.mark.exclusive  # jax.distributed processes with deadlines
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config=experiments/configs/demo.py:smoke", "--config.train.num_steps=8",
          "--config.train.ckpt_every=2", "--config.train.log_every=2",

@@ -225,6 +225,7 @@ def test_train_kill_resume_and_retrieve_in_a_bucket(bucket, smoke_root, tmp_path
 
 
 @pytest.mark.slow  # about 3 minutes: gcsfs retries each call for about 30 s first
+@pytest.mark.exclusive  # it times how soon the run ends
 def test_a_bucket_that_goes_away_mid_run_ends_the_run_in_one_line(smoke_root, tmp_path):
   """Issue 22, finding 2: the run hung for good (0% CPU) once its bucket stopped
   answering: tensorboardX's writer thread died on the failed upload, leaving every later
