@@ -37,15 +37,18 @@ def start_distributed(holders: dict) -> None:
 
 
 def _exit(message: str) -> None:
-  """Ends the process with `message` as its last line. With several JAX processes the
-  others may never reach jax.distributed's shutdown barrier, where a normal exit would
-  wait minutes: leave at once (pending checkpoint saves were already finished)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() > 1:
-    print(message, file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(1)  # pylint: disable=protected-access
-  sys.exit(message)
+  """Ends the process with `message` as its last line, at once. The run has already
+  closed what it opened (pending checkpoint saves finished or given up on within
+  $GRALIGN_SAVE_TIMEOUT); what is left would only wait: other JAX processes that may
+  never reach jax.distributed's shutdown barrier (minutes), or orbax's signalling
+  threads for a save to a store that went away (300 s, then log lines after this
+  one)."""
+  sys.stdout.flush()
+  print(message, file=sys.stderr, flush=True)
+  from gralign_jax import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.PeerWatch.running:
+    distributed.PeerWatch.running.stopping(message)
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -175,6 +175,7 @@ class PeerWatch:
   the first loss any process saw, which the others take up at their next beat."""
   PREFIX = "gralign_jax/alive/"
   LOST = PREFIX + "lost"
+  running: "PeerWatch | None" = None  # this process's, once started
 
   def __init__(self, client, me: int, timeout: float, beat: float | None = None):
     self.client, self.me, self.timeout = client, me, timeout
@@ -192,7 +193,7 @@ class PeerWatch:
       log("jax.distributed: this jax has no key-value client to watch the other "
           "processes with: a lost process ends the others only through JAX's heartbeat")
       return None
-    watch = cls(client, jax.process_index(), timeout)
+    watch = cls.running = cls(client, jax.process_index(), timeout)
     threading.Thread(target=watch._run, daemon=True, name="peer watch").start()
     atexit.register(watch._at_exit)  # runs before jax's own shutdown (registered earlier)
     return watch
@@ -232,6 +233,20 @@ class PeerWatch:
       print(f"jax.distributed: process {self.me} is done and waits for process"
             f"{'es' if len(busy) > 1 else ''} {', '.join(busy)} to finish (jax's "
             "shutdown barrier)", flush=True)
+
+  def stopping(self, why: str) -> None:
+    """This process stops with an error (`why`, its Error line): the others stop at
+    their next beat, saying so, rather than after its silence. Process 0 hosts the
+    service, so it returns once they have gone."""
+    try:
+      with self._saying:
+        self._ending.set()
+        self._say(self._key(self.me), "failed")
+      self._say(self.LOST, f"process {self.me} stopped ({why.removeprefix('Error: ')})")
+      if self.me == 0:
+        self._others_gone()
+    except Exception:  # pylint: disable=broad-except  (the service may be gone already)
+      pass
 
   def _leave(self, code: int) -> None:
     try:

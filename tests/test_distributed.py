@@ -245,6 +245,10 @@ print("up", flush=True)
 if how == "raise":
   time.sleep(1)
   raise RuntimeError("a bug in process " + me)
+if how == "refuse":  # an error the entry points end in one line (bad data, say)
+  time.sleep(1)
+  from experiments import main_lib
+  main_lib._exit("Error: bad data in process " + me)
 if how == "end":  # once the other has said it is alive
   time.sleep(3)
   sys.exit(0)
@@ -330,3 +334,15 @@ def test_a_process_that_ended_normally_is_not_lost():
     outs.append(out)
   assert ("jax.distributed: process 1 is done and waits for process 0 to finish (jax's "
           "shutdown barrier)") in outs[1]
+
+
+def test_a_process_that_stops_with_an_error_line_stops_the_others_saying_why():
+  procs, _ = _peers(["loop", "refuse"])
+  code, _, err = _ended(procs[1], within=120)
+  assert code == 1 and err[-1] == "Error: bad data in process 1", err[-5:]
+  t0 = time.time()
+  code, _, err = _ended(procs[0], within=60)
+  assert code == 1
+  assert err[-1].startswith("Error: jax.distributed: process 1 stopped (bad data in "
+                            "process 1); process 0 stops too."), err[-5:]
+  assert time.time() - t0 < 10
