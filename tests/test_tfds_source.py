@@ -163,3 +163,38 @@ def test_caption_index_is_reused_and_renewed_when_a_shard_changes(prepared, tmp_
   (shard,) = glob.glob(os.path.join(copy, "coco_captions-val.array_record-*"))
   os.utime(shard, (0, 12345))              # the shard changed: scanned again
   assert readers.read_split(copy, "dev", format="tfds") == first and len(scans) == 1
+
+
+def test_threads_loading_at_once_open_the_split_once(prepared, monkeypatch):
+  """grain's prefetch threads load images concurrently; a grain worker once hung for
+  good with two of them importing tensorflow_datasets inside _data_source at once. The
+  split is opened once, by one thread, the others waiting for it."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  tfds = tfds_source.import_tfds()
+  opened, real = [], tfds.builder_from_directory
+
+  def slow_open(folder):  # a wide window for a second thread to come in
+    opened.append(threading.get_ident())
+    time.sleep(0.3)
+    return real(folder)
+
+  monkeypatch.setattr(tfds, "builder_from_directory", slow_open)
+  monkeypatch.setattr(tfds_source, "_OPEN", {})
+  _, folder = prepared
+  source = tfds_source.TfdsSource(folder, "train")
+  start, images_read = threading.Barrier(6), []
+
+  def load():
+    start.wait()
+    images_read.append(source.load(0))
+
+  threads = [threading.Thread(target=load) for _ in range(6)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(60)
+  assert len(opened) == 1
+  assert len(images_read) == 6
+  for image in images_read[1:]:
+    np.testing.assert_array_equal(image, images_read[0])

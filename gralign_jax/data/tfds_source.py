@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from gralign_jax.data.split import DataFormatError
 _SPLITS = {"train": ("train", "restval"), "dev": ("val",), "val": ("val",),
            "test": ("test",), "testall": ("test",), "restval": ("restval",)}
 _OPEN: dict = {}  # (folder, split expression) -> data source, one per process
+_OPENING = threading.Lock()
 
 
 def import_tfds():
@@ -73,11 +75,18 @@ def find_folder(root: str, name: str = "coco_captions") -> str:
 
 
 def _data_source(folder: str, expr: str):
+  """The split's data source, opened once per process, by one thread at a time: grain's
+  prefetch threads load images concurrently, and two of them importing
+  tensorflow_datasets at once deadlocked (Python 3.11's cached_property lock in etils'
+  lazy imports against the import lock; a grain worker hung for good)."""
   key = (folder, expr)
   if key not in _OPEN:
-    tfds = import_tfds()
-    builder = tfds.builder_from_directory(folder)
-    _OPEN[key] = builder.as_data_source(expr, decoders={"image": tfds.decode.SkipDecoding()})
+    with _OPENING:
+      if key not in _OPEN:
+        tfds = import_tfds()
+        builder = tfds.builder_from_directory(folder)
+        _OPEN[key] = builder.as_data_source(
+            expr, decoders={"image": tfds.decode.SkipDecoding()})
   return _OPEN[key]
 
 
