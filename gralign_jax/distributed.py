@@ -21,8 +21,9 @@ the others would wait in their next collective until JAX's heartbeats notice (JA
 fatal error, a native abort with its stack). A PeerWatch notices first: every process
 says it is alive in the coordination service's key-value store every few seconds, and
 one whose word stops for half of $GRALIGN_HEARTBEAT_TIMEOUT (default 60: 30 s), or that
-ended with an exception, ends every other process with one `Error:` line naming it,
-within that time plus one beat (35 s by default). Not covered: process 0, which hosts
+ended with an exception or an entry point's `Error:` line (PeerWatch.stopping), ends
+every other process with one `Error:` line naming it: within that time plus one beat
+(35 s by default), at the next beat when it said why. Not covered: process 0, which hosts
 the coordination service: when it dies the others end at once in JAX's own fatal error
 ("... another task died"), whose handler jaxlib does not let Python replace (a Python
 `missed_heartbeat_callback` aborts on std::bad_cast in jaxlib 0.10). local.sh, when it
