@@ -209,15 +209,9 @@ class PeerWatch:
     """Says how this process ends. One that ends with an exception tells the others to
     stop and leaves at once: jax's shutdown would wait minutes at a barrier for them."""
     failed = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    try:
-      with self._saying:
-        self._ending.set()
-        self._say(self._key(self.me), "failed" if failed else "done")
-      if failed:
-        self._say(self.LOST, f"process {self.me} ended with {type(failed).__name__} "
-                  "(its log has the traceback)")
-    except Exception:  # pylint: disable=broad-except  (the service may be gone already)
-      pass
+    self._tell_others("failed" if failed else "done", failed and (
+        f"process {self.me} ended with {type(failed).__name__} (its log has the "
+        "traceback)"))
     if failed:
       self._leave(1)
     self._say_what_shutdown_waits_for()
@@ -239,13 +233,23 @@ class PeerWatch:
     """This process stops with an error (`why`, its Error line): the others stop at
     their next beat, saying so, rather than after its silence. Process 0 hosts the
     service, so it returns once they have gone."""
+    self._tell_others("failed", f"process {self.me} stopped "
+                      f"({why.removeprefix('Error: ')})")
+    if self.me == 0:
+      try:
+        self._others_gone()
+      except Exception:  # pylint: disable=broad-except
+        pass
+
+  def _tell_others(self, state: str, lost: str | None) -> None:
+    """This process's last word (`state`; no counter lands after it) and, when it
+    stops the job, `lost` for the others to take up."""
     try:
       with self._saying:
         self._ending.set()
-        self._say(self._key(self.me), "failed")
-      self._say(self.LOST, f"process {self.me} stopped ({why.removeprefix('Error: ')})")
-      if self.me == 0:
-        self._others_gone()
+        self._say(self._key(self.me), state)
+      if lost:
+        self._say(self.LOST, lost)
     except Exception:  # pylint: disable=broad-except  (the service may be gone already)
       pass
 
