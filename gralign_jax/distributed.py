@@ -23,11 +23,13 @@ says it is alive in the coordination service's key-value store every few seconds
 one whose word stops for half of $GRALIGN_HEARTBEAT_TIMEOUT (default 60: 30 s), or that
 ended with an exception or an entry point's `Error:` line (PeerWatch.stopping), ends
 every other process with one `Error:` line naming it: within that time plus one beat
-(35 s by default), at the next beat when it said why. Not covered: process 0, which hosts
-the coordination service: when it dies the others end at once in JAX's own fatal error
-("... another task died"), whose handler jaxlib does not let Python replace (a Python
-`missed_heartbeat_callback` aborts on std::bad_cast in jaxlib 0.10). local.sh, when it
-is the launcher, stops the rest and names the process that ended first.
+(35 s by default), at the next beat when it said why. Process 0 included: jax would host
+the coordination service inside it, and its death would end every other process at once
+in JAX's fatal error (a native abort, which jaxlib does not let Python replace: a Python
+`missed_heartbeat_callback` aborts on std::bad_cast in jaxlib 0.10); the service lives
+in a host process of its own instead (coordinator.py), so process 0 is a peer like the
+others. local.sh, when it is the launcher, stops the rest and names the process that
+ended first.
 """
 import atexit
 import functools
@@ -37,6 +39,7 @@ import sys
 import threading
 import time
 
+from gralign_jax import coordinator
 from gralign_jax import watchdog
 
 MODES = ("auto", "on", "off")
@@ -148,7 +151,8 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
   if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
     asked = {k: v for k, v in asked.items() if k in accepted}  # jax versions differ
   with watchdog.Deadline(timeout, waiting, error,
-                         lambda line: log(f"jax.distributed: {line}")):
+                         lambda line: log(f"jax.distributed: {line}")), \
+      coordinator.hosting_apart():
     jax.distributed.initialize(**asked)
   if jax.process_index() == 0:
     log(f"jax.distributed: {jax.process_count()} processes ({cluster}), "
@@ -258,6 +262,8 @@ class PeerWatch:
       self._say(self._key(self.me), "left")
       if self.me == 0:
         self._others_gone()
+        if coordinator.host:
+          coordinator.host.gone()
     except Exception:  # pylint: disable=broad-except
       pass
     sys.stdout.flush()
@@ -304,8 +310,9 @@ class PeerWatch:
     self._end(why)
 
   def _others_gone(self) -> None:
-    """Process 0 hosts the service: when it goes, the others abort natively. So it
-    waits until each has left, ended, or been silent for two beats (at most `timeout`)."""
+    """Process 0 leaves last: when its service host goes, the others abort natively. So
+    it waits until each has left, ended, or been silent for two beats (at most
+    `timeout`)."""
     last, since, start = {}, {}, time.monotonic()
     while time.monotonic() - start < self.timeout:
       now, waiting = time.monotonic(), False

@@ -283,32 +283,68 @@ def _ended(proc, within: float):
   return proc.returncode, out, err.strip().splitlines()
 
 
-def test_a_killed_process_ends_every_other_in_one_line_within_the_bound():
+@pytest.mark.parametrize("victim", [2, 0])
+def test_a_killed_process_ends_every_other_in_one_line_within_the_bound(victim):
   """Issue 22: a survivor waited in its collective until JAX's heartbeat aborted it
-  natively (96 s). Now half the heartbeat timeout (10 s here) and a beat."""
+  natively (96 s). Now half the heartbeat timeout (10 s here) and a beat. Process 0
+  too: the coordination service lives in a host process of its own
+  (gralign_jax/coordinator.py), so its death is not every other's native abort."""
   procs, _ = _peers(["loop", "loop", "loop"])
   for p in procs:
     assert p.stdout.readline().strip() == "up", p.stderr.read()[-2000:]
-  procs[2].kill()
+  procs[victim].kill()
   t0 = time.time()
-  for i in (0, 1):
+  for i in {0, 1, 2} - {victim}:
     code, _, err = _ended(procs[i], within=60)
     assert code == 1, err[-20:]
     assert err[-1].startswith(
-        "Error: jax.distributed: process 2 has not been heard from for"), err[-5:]
+        f"Error: jax.distributed: process {victim} has not been heard from for"), err[-5:]
     assert f"process {i} stops too" in err[-1]
     assert not any("Check failure" in line for line in err)
   # 10 s of silence + one beat (1.7 s) + process 0's grace of two beats, with room for
   # a loaded machine; JAX's own heartbeat would have taken 20 s and aborted.
   assert time.time() - t0 < 30
-  procs[2].wait()
+  procs[victim].wait()
+
+
+def _hosts() -> set[int]:
+  """The pids of coordination-service hosts running now."""
+  found = subprocess.run(["pgrep", "-f", "gralign_jax.coordinator"], capture_output=True,
+                         text=True)
+  return {int(pid) for pid in found.stdout.split()}
+
+
+def test_the_service_host_ends_with_the_job_and_outlives_a_killed_process_0():
+  """The host exits with a job that ends normally; after process 0's death it serves
+  until the others have heard of it (the heartbeat timeout, 20 s here), then exits."""
+  before = _hosts()
+  procs, _ = _peers(["end", "end"])
+  for p in procs:
+    code, _, err = _ended(p, within=120)
+    assert code == 0, err[-5:]
+  time.sleep(1)
+  assert _hosts() - before == set()
+  procs, _ = _peers(["loop", "loop"])
+  for p in procs:
+    assert p.stdout.readline().strip() == "up", p.stderr.read()[-2000:]
+  host = _hosts() - before
+  assert len(host) == 1, host
+  procs[0].kill()
+  code, _, err = _ended(procs[1], within=60)
+  assert code == 1 and err[-1].startswith("Error: jax.distributed: process 0 has not"), err
+  assert host <= _hosts(), "the host ended before process 1 had heard"
+  deadline = time.time() + 40
+  while host <= _hosts() and time.time() < deadline:
+    time.sleep(0.5)
+  assert not host & _hosts(), "the host outlived its linger (20 s)"
+  procs[0].wait()
 
 
 @pytest.mark.parametrize("raiser", [1, 0])
 def test_a_process_that_raises_ends_the_others_at_once(raiser):
   """Its traceback, then it leaves (jax's shutdown barrier would hold it minutes); the
   others end at their next beat naming it, before its silence could (10 s). Process 0
-  hosts the service, so it waits two beats for them before it goes."""
+  waits two beats for them before it goes, and its service host with it."""
   hows = ["loop", "loop"]
   hows[raiser] = "raise"
   procs, _ = _peers(hows)
