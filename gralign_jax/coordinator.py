@@ -35,6 +35,10 @@ _READY = "ready"
 host: "HostedService | None" = None  # this process's, when it is process 0
 
 
+class HostError(RuntimeError):
+  """The coordination service could not be started: the message says why."""
+
+
 class HostedService:
   """What jax keeps as its `service` in process 0: the host process's handle."""
 
@@ -67,8 +71,8 @@ def _start(bind_address: str, num_processes: int, **options) -> HostedService:
   """Starts the host process and waits until its service listens.
 
   Raises:
-    RuntimeError: the host could not start the service (its reason: a port in use,
-      say), or did not say within 120 s.
+    HostError: the host could not start the service (its reason: a port in use, say),
+      or did not say within 120 s.
   """
   global host
   proc = subprocess.Popen(
@@ -84,9 +88,13 @@ def _start(bind_address: str, num_processes: int, **options) -> HostedService:
   line = said[0].strip() if said else ""
   if line != _READY:
     proc.kill()
-    proc.wait()
-    raise RuntimeError(f"the coordination service on {bind_address} did not start: "
-                       f"{line or 'its host process said nothing within 120 s'}")
+    code = proc.wait()
+    port = bind_address.rsplit(":", 1)[-1]
+    raise HostError(
+        f"process 0 could not start the coordination service on {bind_address} ("
+        f"{line or f'its host process ended (exit {code}) without a word'}); expected "
+        f"port {port} free on this host: is another job using it? Give a free port in "
+        "--coordinator_address (or $JAX_COORDINATOR_ADDRESS).")
   host = HostedService(proc)
   return host
 

@@ -153,7 +153,10 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None,
   with watchdog.Deadline(timeout, waiting, error,
                          lambda line: log(f"jax.distributed: {line}")), \
       coordinator.hosting_apart():
-    jax.distributed.initialize(**asked)
+    try:
+      jax.distributed.initialize(**asked)
+    except coordinator.HostError as e:
+      raise DistributedError(f"jax.distributed: {e}") from e
   if jax.process_index() == 0:
     log(f"jax.distributed: {jax.process_count()} processes ({cluster}), "
         f"{jax.device_count()} devices")

@@ -216,6 +216,27 @@ def test_a_missing_peer_or_coordinator_ends_in_one_line_within_the_deadline(tmp_
   assert "Check failure" not in proc.stderr
 
 
+def test_a_coordinator_port_in_use_ends_process_0_in_one_line(tmp_path):
+  """Something else listens on the port: process 0's service cannot start (it was a
+  traceback); with no --port, launch/local.sh picks a free one."""
+  with socket.socket() as s:
+    s.bind(("0.0.0.0", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.demo", "--distributed=on",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         "--process_id=0", "--config=experiments/configs/demo.py:smoke",
+         f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("Error: jax.distributed: process 0 could not start the "
+                         f"coordination service on [::]:{port} ("), last
+  assert f"expected port {port} free on this host" in last
+  assert "Traceback" not in proc.stderr
+
+
 def test_a_coordinator_without_process_numbers_and_an_unknown_mode_are_refused(
     monkeypatch):
   for var in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
