@@ -89,12 +89,15 @@ def _start(bind_address: str, num_processes: int, **options) -> HostedService:
   if line != _READY:
     proc.kill()
     code = proc.wait()
-    port = bind_address.rsplit(":", 1)[-1]
-    raise HostError(
-        f"process 0 could not start the coordination service on {bind_address} ("
-        f"{line or f'its host process ended (exit {code}) without a word'}); expected "
-        f"port {port} free on this host: is another job using it? Give a free port in "
-        "--coordinator_address (or $JAX_COORDINATOR_ADDRESS).")
+    if line:  # the service's own reason: most often the port
+      port = bind_address.rsplit(":", 1)[-1]
+      why = (f"{line}); expected port {port} free on this host: is another job using "
+             "it? Give a free port in --coordinator_address (or $JAX_COORDINATOR_ADDRESS).")
+    else:
+      why = (f"its host process, {sys.executable} -m gralign_jax.coordinator, ended "
+             f"(exit {code}) or hung without a word)")
+    raise HostError(f"process 0 could not start the coordination service on "
+                    f"{bind_address} ({why}")
   host = HostedService(proc)
   return host
 
