@@ -23,9 +23,11 @@ for the service jax would start in process 0. Where this jax is not laid out as 
 process 0 hosts the service, as jax does.
 """
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -134,9 +136,29 @@ def hosting_apart():
     jax_distributed._jax = jaxlib  # pylint: disable=protected-access
 
 
+def _in_use(bind_address: str) -> bool:
+  """Whether something listens on the port of `bind_address` ("[::]:PORT", "HOST:PORT").
+  Asked before jaxlib binds it: its own failed bind crashes the process now and then
+  (SIGSEGV in jaxlib 0.10) instead of raising."""
+  address, port = bind_address.rsplit(":", 1)
+  address = address.strip("[]")
+  family = socket.AF_INET6 if ":" in address else socket.AF_INET
+  try:
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+      probe.bind((address, int(port)))
+  except OSError as e:
+    return e.errno == errno.EADDRINUSE
+  return False
+
+
 def _serve(options: dict) -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   linger = float(options.get("heartbeat_timeout") or 100)
+  if _in_use(options["bind_address"]):
+    print(f"port {options['bind_address'].rsplit(':', 1)[1]} is in use (something "
+          "listens on it)", flush=True)
+    return
   try:
     from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
     service = _jax.get_distributed_runtime_service(
