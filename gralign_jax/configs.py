@@ -154,6 +154,8 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=50,
       ckpt_every=500,
       keep_checkpoints=2,
+      grad_cache_chunks=1,        # N > 1: encode the batch in N chunks, the loss over
+                                  # all of it (grad_cache.py): the activations of B/N
   ))
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=1000,           # dev evaluation period; <= 0: only at the end
@@ -279,6 +281,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if t.num_steps == -1 and not t.num_epochs > 0:
     fail("train.num_epochs", "a value > 0 (train.num_steps is -1: training length is "
          "given in epochs)")
+  if not (isinstance(t.grad_cache_chunks, int) and t.grad_cache_chunks >= 1
+          and t.batch_size % t.grad_cache_chunks == 0):
+    fail("train.grad_cache_chunks", "a whole number >= 1 that divides "
+         f"train.batch_size={t.batch_size} (1: no gradient caching)")
   if t.backbone_lr_mult < 0:
     fail("train.backbone_lr_mult", "a value >= 0")
   if m.score == "grm" and m.regions and m.num_regions < 1:

@@ -35,9 +35,11 @@ class RunDirError(RuntimeError):
 
 # Keys (or prefixes ending in '.') whose change on resume leaves the saved state
 # meaningful: how the run is evaluated and logged, how fast data is read, how long it
-# goes on (the lr schedule is in epochs, not in total steps), where the data now lives.
+# goes on (the lr schedule is in epochs, not in total steps), where the data now lives,
+# how much of the batch is encoded at once (the same loss; a smaller card).
 SAFE_ON_RESUME = (
     "eval.", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+    "train.grad_cache_chunks",
     "train.num_steps", "train.num_epochs", "train.max_train_seconds",
     "data.num_workers", "data.num_threads", "data.prefetch", "data.check_images",
     "data.skip_bad_images", "data.root", "data.tokenizer",

@@ -29,9 +29,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_divisible(global_batch: int, mesh: Mesh, what: str = "train.batch_size"):
+  from gralign_jax import configs  # pylint: disable=g-import-not-at-top
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(f"{what}={global_batch} must be a multiple of the number of devices "
+    raise configs.ConfigError(f"{what}={global_batch} must be a multiple of the number of devices "
                      f"({n}) so that every device gets the same share of the batch.")
 
 

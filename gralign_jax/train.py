@@ -15,6 +15,7 @@ import ml_collections
 
 from gralign_jax import checkpoint as ckpt_lib
 from gralign_jax import configs
+from gralign_jax import grad_cache
 from gralign_jax import logs
 from gralign_jax import losses
 from gralign_jax import metrics as metrics_lib
@@ -298,11 +299,15 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh,
   batch: image uint8 (B, S, S, 3), ids int32 (B, L), mask bool (B, L), image_id (B,).
   The objective gets the step (its warm-up switch; default: config.loss with hardest
   negatives from step 0) and the adapters' Gumbel temperature follows its schedule over
-  `total_steps` (default train.num_steps), without recompiling.
+  `total_steps` (default train.num_steps), without recompiling. With
+  train.grad_cache_chunks = N > 1 the batch is encoded in N chunks (grad_cache.py): the
+  same loss over all B, the activations of B/N.
   """
   objective = objective or losses.Objective.from_config(config, steps_per_epoch=0)
   total_steps = config.train.num_steps if total_steps is None else total_steps
   mean, std = config.data.pixel_mean, config.data.pixel_std
+  chunks = config.train.get("grad_cache_chunks", 1)
+  grad_cache.check(config.train.batch_size, chunks, mesh.devices.size)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
@@ -311,13 +316,23 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh,
                                  config.model.gumbel_tau_final, total_steps)
     pixels = images_lib.model_input(batch["image"], mean, std)  # precomp: features
 
-    def loss_fn(params):
-      img, txt = model.apply({"params": params}, pixels, batch["ids"], batch["mask"],
-                             train=True, gumbel_tau=tau, rngs=rngs)
+    def encode(params, inputs, rngs):  # -> (img, txt) token sets
+      return model.apply({"params": params}, inputs["pixels"], inputs["ids"],
+                         inputs["mask"], train=True, gumbel_tau=tau, rngs=rngs)
+
+    def loss_of(outputs):
+      img, txt = outputs
       scores = similarity.pair_scores(img, txt, config.model)
       return objective(scores, img, batch["image_id"], state["step"], txt=txt)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    inputs = {"pixels": pixels, "ids": batch["ids"], "mask": batch["mask"]}
+    if chunks > 1:  # the whole batch's loss and gradients, one chunk's activations
+      (loss, aux), grads = grad_cache.value_and_grad(
+          lambda p, x, c: encode(p, x, grad_cache.fold_chunk(rngs, c)), loss_of,
+          state["params"], inputs, chunks)
+    else:
+      (loss, aux), grads = jax.value_and_grad(
+          lambda p: loss_of(encode(p, inputs, rngs)), has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
     aux = dict(aux, loss=loss, grad_norm=_global_norm(grads))
