@@ -156,6 +156,8 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=2,
       grad_cache_chunks=1,        # N > 1: encode the batch in N chunks, the loss over
                                   # all of it (grad_cache.py): the activations of B/N
+      profile_steps="",           # "A:B": a jax.profiler trace of train steps A to B
+                                  # under WORKDIR/profile (profiling.py)
   ))
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=1000,           # dev evaluation period; <= 0: only at the end
@@ -285,6 +287,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           and t.batch_size % t.grad_cache_chunks == 0):
     fail("train.grad_cache_chunks", "a whole number >= 1 that divides "
          f"train.batch_size={t.batch_size} (1: no gradient caching)")
+  from gralign_jax import profiling  # pylint: disable=g-import-not-at-top
+  profiling.parse(t.profile_steps)
   if t.backbone_lr_mult < 0:
     fail("train.backbone_lr_mult", "a value >= 0")
   if m.score == "grm" and m.regions and m.num_regions < 1:

@@ -64,6 +64,20 @@ def warning(message: str) -> None:
   _LOGGER.warning(message)
 
 
+def throughput_text(aux: dict) -> str:
+  """throughput.Meter's fields of `aux`, as a log line's tail ("" when none)."""
+  def num(x):
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+  parts = []
+  if "step_time" in aux:
+    parts += [f"{num(aux['step_time'])} s/step", f"{num(aux['examples_per_s'])} ex/s"]
+  if "tflops" in aux:
+    parts.append(f"{num(aux['tflops'])} TFLOP/s")
+  if "mfu" in aux:
+    parts.append(f"MFU {aux['mfu']:.1%}")
+  return "".join(f"  {p}" for p in parts)
+
+
 class Progress:
   """Training progress from `start` to `total` steps: a tqdm bar on a terminal (process
   0), else a line per update. `budget_seconds` > 0 (train.max_train_seconds) caps the
@@ -87,7 +101,8 @@ class Progress:
   def update(self, step: int, aux: dict) -> None:
     if self.bar is not None:
       self.tick(step)
-      self.bar.set_postfix(loss=f"{aux['loss']:.3f}", spread=f"{aux['score_spread']:.3f}")
+      self.bar.set_postfix(loss=f"{aux['loss']:.3f}", spread=f"{aux['score_spread']:.3f}",
+                           **({"mfu": f"{aux['mfu']:.1%}"} if "mfu" in aux else {}))
       return
     elapsed = max(time.time() - self.t0, 1e-9)
     rate = (step - self.start) / elapsed
@@ -95,7 +110,8 @@ class Progress:
     if self.budget_left is not None:  # evaluations count here, not in the budget
       eta = min(eta, max(self.budget_left - elapsed, 0.0))
     info(f"[train @ {step}/{self.total}] loss {aux['loss']:.4f}  score spread "
-         f"{aux['score_spread']:.3f}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+         f"{aux['score_spread']:.3f}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min"
+         f"{throughput_text(aux)}")
 
   def close(self) -> None:
     if self.bar is not None:

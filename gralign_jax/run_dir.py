@@ -36,10 +36,11 @@ class RunDirError(RuntimeError):
 # Keys (or prefixes ending in '.') whose change on resume leaves the saved state
 # meaningful: how the run is evaluated and logged, how fast data is read, how long it
 # goes on (the lr schedule is in epochs, not in total steps), where the data now lives,
-# how much of the batch is encoded at once (the same loss; a smaller card).
+# how much of the batch is encoded at once (the same loss; a smaller card), what is
+# profiled.
 SAFE_ON_RESUME = (
     "eval.", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-    "train.grad_cache_chunks",
+    "train.grad_cache_chunks", "train.profile_steps",
     "train.num_steps", "train.num_epochs", "train.max_train_seconds",
     "data.num_workers", "data.num_threads", "data.prefetch", "data.check_images",
     "data.skip_bad_images", "data.root", "data.tokenizer",
@@ -169,6 +170,7 @@ BEFORE_THE_KEY_EXISTED = {
     "data.resize_method": "bilinear", "data.preprocessor": "config",
     "loss.regularizer_scale": 1.0, "loss.entropy_form": "paper",
     "model.gumbel_tau_final": 1.0, "finalized": True,
+    "train.grad_cache_chunks": 1, "train.profile_steps": "",
 }
 
 

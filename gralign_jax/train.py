@@ -21,8 +21,10 @@ from gralign_jax import losses
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import optim
 from gralign_jax import paths
+from gralign_jax import profiling
 from gralign_jax import run_dir
 from gralign_jax import sharding
+from gralign_jax import throughput
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
@@ -181,17 +183,26 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   collapse_reported, step = False, start_step
   if budget > 0 and meta.get("train_seconds", 0.0) >= budget:
     total_steps = start_step  # the budget was spent before the last stop
+  meter = _throughput_meter(config, mesh)
+  profile = profiling.StepTrace(config.train.profile_steps, workdir, logs.info)
   clock = time.time()
   while step < total_steps:
     step += 1
     local = next(batches)  # images passed over (data.skip_bad_images) are counted here
     meta["bad_images"] = meta.get("bad_images", 0) + int(local.pop("bad_images").sum())
     batch = sharding.global_batch(local, mesh)
+    if step == start_step + 1:  # the model FLOPs of one step, from its program
+      meter.flops = throughput.step_flops(train_step.lower(state, batch))
+    profile.before(step)
     state, aux = train_step(state, batch)
+    profile.after(step, state)
+    if step == start_step + 1:  # the clock starts once the compiled first step is done
+      jax.block_until_ready(aux)
+      meter.start(step)
     out_of_time = budget > 0 and meta.get("train_seconds", 0.0) + time.time() - clock > budget
     last = step == total_steps or out_of_time
     if step % config.train.log_every == 0 or last:
-      aux = jax.device_get(aux)
+      aux = dict(jax.device_get(aux), **meter.read(step))
       if config.data.skip_bad_images:
         aux["bad_images"] = sharding.sum_over_hosts(meta["bad_images"])
       if objective.watch_collapse(step) and is_collapsed(aux) and not collapse_reported:
@@ -204,16 +215,21 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       progress.tick(step)
     if (config.eval.every_steps > 0 and step % config.eval.every_steps == 0) or last:
       meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
-      evaluate_dev(step)
+      jax.block_until_ready(state["step"])  # the steps queued before it are training
+      with meter.paused():
+        evaluate_dev(step)
       clock = time.time()
     if step % config.train.ckpt_every == 0 or last:
       meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
       clock = time.time()
-      checkpointer.save(step, state, batches.get_state(), dict(meta))
+      jax.block_until_ready(state["step"])
+      with meter.paused():
+        checkpointer.save(step, state, batches.get_state(), dict(meta))
     if out_of_time:
       logs.info(f"Stopping at step {step}: train.max_train_seconds={budget:.0f} reached.")
       break
   progress.close()
+  profile.close()
   checkpointer.wait()
 
   # ---------------------------------------------------------------- final test
@@ -240,6 +256,14 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   logs.info(recall.format_table({k: v for k, v in results.items()
                                  if isinstance(v, dict)}))
   return results
+
+
+def _throughput_meter(config, mesh) -> throughput.Meter:
+  dtype = config.model.compute_dtype
+  peak, source = throughput.peak_flops(mesh.devices.flat[0], dtype)
+  logs.info(f"MFU against a peak of {f'{peak / 1e12:.3g} T' if peak else 'unknown'} "
+            f"{dtype} FLOP/s per device: {source}")
+  return throughput.Meter(config.train.batch_size, None, peak, mesh.devices.size)
 
 
 def _finish_saves(checkpointer: ckpt_lib.Checkpointer):

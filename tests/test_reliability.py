@@ -111,6 +111,10 @@ def test_a_run_saved_before_a_key_existed_resumes_with_what_it_did():
   new = dict(same, loss=dict(same["loss"], regularizer_scale="batch"))
   assert run_dir.config_changes(saved, new) == {
       "loss.regularizer_scale": (1.0, "batch")}
+  # issue 23's keys: a run saved before them resumes with their defaults
+  assert run_dir.config_changes(
+      {"train": {"lr": 1e-4}},
+      {"train": {"lr": 1e-4, "grad_cache_chunks": 1, "profile_steps": ""}}) == {}
 
 
 def test_a_saved_config_loads_with_the_values_of_the_keys_it_predates():

@@ -1,4 +1,5 @@
 """The trainer end to end on a tiny synthetic set: run directory, resume, sharding, kill -9."""
+import glob
 import json
 import os
 import signal
@@ -32,9 +33,16 @@ def smoke_config(root, **train):
   return config
 
 
+def _events(xplane: str) -> set[str]:
+  """The names of every event in a jax.profiler trace, read back as TensorBoard does."""
+  planes = jax.profiler.ProfileData.from_file(xplane).planes
+  return {e.name for plane in planes for line in plane.lines for e in line.events}
+
+
 def test_run_directory_and_resume(smoke_root, tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  results = train.train_and_evaluate(smoke_config(smoke_root), workdir)
+  results = train.train_and_evaluate(smoke_config(smoke_root, profile_steps="3:3"),
+                                     workdir)
   for name in ("config.json", "metrics.jsonl", "results.json"):
     assert os.path.isfile(os.path.join(workdir, name)), name
   assert os.listdir(os.path.join(workdir, "tensorboard"))
@@ -48,11 +56,19 @@ def test_run_directory_and_resume(smoke_root, tmp_path, capsys):
   records = metrics_lib.read_metrics(workdir)
   assert {r["split"] for r in records} >= {"train", "dev", "test"}
   assert [r["step"] for r in records if r["split"] == "train"] == [2, 4]
+  for r in (r for r in records if r["split"] == "train"):  # issue 23: throughput, MFU
+    assert r["step_time"] > 0 and r["examples_per_s"] == pytest.approx(
+        16 / r["step_time"])  # the smoke batch
+    assert r["tflops"] > 0 and 0 < r["mfu"] < 1
+  traces = glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*",
+                                  "*.xplane.pb"))
+  assert len(traces) == 1
+  assert {"train", "PjitFunction(train_step)"} <= _events(traces[0])  # step 3 traced
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["text"]["vocab_size"] > 0  # resolved from the tokenizer
 
   capsys.readouterr()
-  again = train.train_and_evaluate(smoke_config(smoke_root), workdir)
+  again = train.train_and_evaluate(smoke_config(smoke_root, profile_steps="3:3"), workdir)
   out = capsys.readouterr().out
   assert "Resumed from step 4" in out
   assert again["test"] == results["test"]  # same best state, same scores
