@@ -137,6 +137,7 @@ def _run(default_config, default_workdir, started: list) -> None:
       sys.exit("--workdir is required: where checkpoints and results go.")
     start_distributed(distributed_flags)  # before anything touches a JAX backend
     from gralign_jax import train  # after flag parsing: jax reads XLA_FLAGS at import
+    from gralign_jax import preemption  # pylint: disable=g-import-not-at-top
     try:
       train.train_and_evaluate(config, workdir_flag.value,
                                allow_config_changes=allow_flag.value)
@@ -144,6 +145,10 @@ def _run(default_config, default_workdir, started: list) -> None:
       # Something about the user's files or settings, said in full by the message
       # itself; a traceback would only bury it. Bugs still raise with one.
       _exit(f"Error: {e}")
+    except preemption.Preempted as e:  # saved; every process stops at the same step
+      sys.stdout.flush()
+      print(e, file=sys.stderr, flush=True)
+      sys.exit(preemption.EXIT_CODE)
 
   def guarded_main(argv):
     started.append(True)

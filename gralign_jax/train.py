@@ -21,6 +21,7 @@ from gralign_jax import losses
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import optim
 from gralign_jax import paths
+from gralign_jax import preemption
 from gralign_jax import profiling
 from gralign_jax import run_dir
 from gralign_jax import sharding
@@ -185,6 +186,8 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     total_steps = start_step  # the budget was spent before the last stop
   meter = _throughput_meter(config, mesh)
   profile = profiling.StepTrace(config.train.profile_steps, workdir, logs.info)
+  notice = preemption.Notice().start()  # SIGTERM: save the step, exit "resume me"
+  cleanup.callback(notice.close)
   clock = time.time()
   while step < total_steps:
     step += 1
@@ -219,17 +222,24 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       with meter.paused():
         evaluate_dev(step)
       clock = time.time()
-    if step % config.train.ckpt_every == 0 or last:
+    preempted = notice.stop_at(step)
+    if step % config.train.ckpt_every == 0 or last or preempted:
       meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
       clock = time.time()
       jax.block_until_ready(state["step"])
       with meter.paused():
         checkpointer.save(step, state, batches.get_state(), dict(meta))
+    if preempted:
+      progress.close()
+      profile.close()
+      checkpointer.wait()
+      raise preemption.Preempted(step, workdir)
     if out_of_time:
       logs.info(f"Stopping at step {step}: train.max_train_seconds={budget:.0f} reached.")
       break
   progress.close()
   profile.close()
+  notice.close()
   checkpointer.wait()
 
   # ---------------------------------------------------------------- final test

@@ -17,6 +17,7 @@ from experiments.configs import demo
 from gralign_jax import configs
 from gralign_jax import metrics as metrics_lib
 from gralign_jax import optim
+from gralign_jax import preemption
 from gralign_jax import sharding
 from gralign_jax import train
 from gralign_jax.data import datasets
@@ -201,22 +202,20 @@ def _final_params(workdir):
   return step, state["params"]
 
 
-@pytest.mark.slow
-def test_kill9_then_resume_gives_bitwise_identical_params(smoke_root, tmp_path):
-  flags = ["--config.train.num_steps=30", "--config.train.ckpt_every=5",
-           "--config.train.log_every=5", "--config.eval.every_steps=10"]
-  whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-  subprocess.run(_main(whole, smoke_root, *flags), cwd=REPO, check=True,
+FLAGS_30 = ["--config.train.num_steps=30", "--config.train.ckpt_every=5",
+            "--config.train.log_every=5", "--config.eval.every_steps=10"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(smoke_root, tmp_path_factory):
+  """A 30-step smoke run, start to end: what an interrupted run must end as."""
+  whole = str(tmp_path_factory.mktemp("whole") / "run")
+  subprocess.run(_main(whole, smoke_root, *FLAGS_30), cwd=REPO, check=True,
                  capture_output=True)
+  return whole
 
-  proc = subprocess.Popen(_main(killed, smoke_root, *flags), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          start_new_session=True)
-  kill_after_mid_run_checkpoint(proc, killed, first=10, last=30)
 
-  resumed = subprocess.run(_main(killed, smoke_root, *flags), cwd=REPO, check=True,
-                           capture_output=True, text=True)
-  assert "Resumed from step" in resumed.stdout
+def _assert_ends_as(whole, killed):
   step_a, params_a = _final_params(whole)
   step_b, params_b = _final_params(killed)
   assert step_a == step_b == 30
@@ -224,6 +223,51 @@ def test_kill9_then_resume_gives_bitwise_identical_params(smoke_root, tmp_path):
   with open(os.path.join(whole, "results.json")) as fa, \
       open(os.path.join(killed, "results.json")) as fb:
     assert json.load(fa) == json.load(fb)
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_gives_bitwise_identical_params(uninterrupted, smoke_root,
+                                                          tmp_path):
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_main(killed, smoke_root, *FLAGS_30), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  kill_after_mid_run_checkpoint(proc, killed, first=10, last=30)
+
+  resumed = subprocess.run(_main(killed, smoke_root, *FLAGS_30), cwd=REPO, check=True,
+                           capture_output=True, text=True)
+  assert "Resumed from step" in resumed.stdout
+  _assert_ends_as(uninterrupted, killed)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_exits_resume_me_and_resumes_bitwise(uninterrupted,
+                                                                    smoke_root, tmp_path):
+  """Issue 23: a preemption notice. The run finishes its step, saves it (not a
+  checkpoint step of its own), exits 75, and the same command ends as if never
+  stopped."""
+  stopped = str(tmp_path / "stopped")
+  proc = subprocess.Popen(_main(stopped, smoke_root, *FLAGS_30), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+  for line in proc.stdout:
+    if line.startswith("[train @ 10/30]"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == preemption.EXIT_CODE, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("Preempted (SIGTERM) at step "), last
+  step = int(last.split("at step ")[1].split(":")[0])
+  assert 10 <= step < 30
+  latest = os.path.join(stopped, "checkpoints", "latest")
+  assert max(int(s) for s in os.listdir(latest) if s.isdigit()) == step
+  assert not os.path.exists(os.path.join(stopped, "results.json"))
+
+  resumed = subprocess.run(_main(stopped, smoke_root, *FLAGS_30), cwd=REPO, check=True,
+                           capture_output=True, text=True)
+  assert f"Resumed from step {step}" in resumed.stdout
+  _assert_ends_as(uninterrupted, stopped)
 
 
 @pytest.mark.slow
