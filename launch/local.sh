@@ -19,6 +19,9 @@
 ##                                here as it comes
 ## When one process fails the others get SIGTERM, and SIGKILL 10 s later (JAX catches
 ## SIGTERM as a preemption notice and would go on).
+## Preemption: SIGTERM to this script goes to every process, which save one common step
+## and exit 75; this script then exits 75 too ("resume me": the same command resumes).
+## A process still running $GRALIGN_PREEMPT_GRACE s (default 60) later gets SIGKILL.
 ##   --dry-run                    print the commands, run nothing      --help  this text
 ## Example, two CPU processes of four devices each:
 ##   launch/local.sh --num_processes=2 --cpu_devices_per_process=4 -- python -m \
@@ -143,7 +146,20 @@ stop_all() {
   wait 2> /dev/null || true
 }
 trap 'stop_all; exit 130' INT
-trap 'stop_all; exit 143' TERM
+# A preemption notice: every process saves the same step and exits 75 (the loop below
+# waits for them), unless the grace runs out.
+grace=${GRALIGN_PREEMPT_GRACE:-60}
+case $grace in '' | *[!0-9]*) die "\$GRALIGN_PREEMPT_GRACE takes whole seconds (got '$grace')" ;; esac
+notice_at=''
+preempt() {
+  local pid
+  notice_at=$SECONDS
+  echo "# SIGTERM: passed to every process, which save one step and stop (up to ${grace} s)"
+  for pid in ${pids[@]+"${pids[@]}"}; do
+    if [ -n "$pid" ]; then kill -TERM "$pid" 2> /dev/null || true; fi
+  done
+}
+trap preempt TERM
 
 # Shows what process 0 wrote since the last call: its log, streamed.
 shown=0
@@ -158,10 +174,18 @@ show_output() {
 }
 
 # bash 3.2 has no `wait -n`: poll each process; `wait PID` then gives its exit status.
-left=$num_processes
+left=$num_processes preempted=0
 while [ "$left" -gt 0 ]; do
   sleep 0.5
   show_output
+  if [ -n "$notice_at" ] && [ $((SECONDS - notice_at)) -gt "$grace" ]; then
+    echo "# still running ${grace} s after the preemption notice: SIGKILL"
+    for pid in ${pids[@]+"${pids[@]}"}; do
+      if [ -n "$pid" ]; then kill -9 "$pid" 2> /dev/null || true; fi
+    done
+    wait 2> /dev/null || true
+    exit 143
+  fi
   for ((i = 0; i < num_processes; i++)); do
     pid=${pids[i]}
     if [ -z "$pid" ] || kill -0 "$pid" 2> /dev/null; then continue; fi
@@ -169,7 +193,9 @@ while [ "$left" -gt 0 ]; do
     wait "$pid" || status=$?
     pids[i]=''
     left=$((left - 1))
-    if [ "$status" != 0 ]; then
+    if [ "$status" = 75 ]; then  # preempted and saved: the others stop at the same step
+      preempted=1
+    elif [ "$status" != 0 ]; then
       show_output
       stop_all
       log=$log_dir/process_$i.log
@@ -178,4 +204,8 @@ while [ "$left" -gt 0 ]; do
     fi
   done
 done
+if [ "$preempted" = 1 ]; then
+  echo "# preempted: every process saved the same step and stopped (exit 75); the same command resumes. Logs: $log_dir/process_*.log"
+  exit 75
+fi
 echo "# all $num_processes processes finished; their logs: $log_dir/process_*.log"

@@ -2,6 +2,7 @@
 launch/local.sh, sees exactly the global batches of one process, and resumes after a
 kill; --distributed's modes."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -94,6 +95,39 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(one, smoke_root, tmp
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert "Took over a stale lock" in proc.stdout and "Resumed from step" in proc.stdout
   _assert_same_params(one, killed)
+
+
+@pytest.mark.slow
+def test_two_processes_preempted_save_one_step_and_resume(one, smoke_root, tmp_path):
+  """Issue 23: SIGTERM to local.sh reaches both processes; JAX's preemption sync point
+  has them save the same step; both exit 75, local.sh too; the same command resumes
+  to the one-process run's parameters."""
+  stopped = str(tmp_path / "stopped")
+  cmd, kw = _local(stopped, smoke_root, tmp_path)
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kw)
+  for line in proc.stdout:
+    if line.startswith("[train @ 2/8]"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, err = proc.communicate(timeout=180)
+  assert proc.returncode == 75, out[-2000:] + err[-2000:]
+  assert "# preempted: every process saved the same step" in out
+  logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in (0, 1)]
+  saved = set()
+  for log in logs:  # the last line but jax.distributed's note on its shutdown barrier
+    last = [l for l in log.strip().splitlines() if not l.startswith("jax.distributed")][-1]
+    assert last.startswith("Preempted (SIGTERM) at step "), log[-2000:]
+    saved.add(int(last.split("at step ")[1].split(":")[0]))
+  assert len(saved) == 1 and 2 <= min(saved) < 8, saved
+  latest = os.path.join(stopped, "checkpoints", "latest")
+  assert max(int(s) for s in os.listdir(latest) if s.isdigit()) == min(saved)
+
+  cmd, kw = _local(stopped, smoke_root, tmp_path)
+  proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert f"Resumed from step {min(saved)}" in proc.stdout
+  _assert_same_params(one, stopped)
 
 
 # srun as it behaves for a job step of $SLURM_NTASKS tasks on one node: each task gets
