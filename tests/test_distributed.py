@@ -2,6 +2,7 @@
 launch/local.sh, sees exactly the global batches of one process, and resumes after a
 kill; --distributed's modes."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -131,7 +132,8 @@ def test_two_processes_preempted_save_one_step_and_resume(one, smoke_root, tmp_p
 
 
 # srun as it behaves for a job step of $SLURM_NTASKS tasks on one node: each task gets
-# its rank and node list in SLURM's variables; the step fails when a task fails.
+# its rank and node list in SLURM's variables; a signal srun gets goes to every task;
+# the step's exit status is the highest of its tasks'.
 STAND_IN_SRUN = r"""#!/usr/bin/env bash
 echo "$*" > "$SRUN_LOG_DIR/argv"
 while [ $# -gt 0 ]; do
@@ -140,12 +142,22 @@ done
 pids=()
 for ((i = 0; i < SLURM_NTASKS; i++)); do
   SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NODELIST=localhost SLURM_STEP_NUM_NODES=1 \
-    "$@" > "$SRUN_LOG_DIR/task_$i.log" 2>&1 &
+    "$@" >> "$SRUN_LOG_DIR/task_$i.log" 2>&1 &
   pids+=("$!")
 done
+trap 'kill -TERM "${pids[@]}" 2> /dev/null' TERM
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for pid in "${pids[@]}"; do
+  while :; do
+    code=0; wait "$pid" || code=$?
+    kill -0 "$pid" 2> /dev/null || break
+  done
+  if [ "$code" -gt "$status" ]; then status=$code; fi
+done
 exit $status
+"""
+STAND_IN_SCONTROL = r"""#!/usr/bin/env bash
+echo "$*" >> "$SRUN_LOG_DIR/scontrol"
 """
 
 
@@ -161,13 +173,15 @@ def _slurm_job_id() -> int:
   raise RuntimeError("no free port in 61440-65535")
 
 
-@pytest.mark.slow
-def test_the_slurm_recipe_trains_two_tasks_as_one_process(one, smoke_root, tmp_path):
-  bin_dir, logs, workdir = tmp_path / "bin", tmp_path / "logs", str(tmp_path / "run")
-  bin_dir.mkdir()
-  logs.mkdir()
-  (bin_dir / "srun").write_text(STAND_IN_SRUN)
-  (bin_dir / "srun").chmod(0o755)
+def _sbatch(tmp_path, smoke_root, workdir, **popen):
+  """launch/slurm_gpu.sbatch as sbatch runs it for a job of two tasks, with the stand-in
+  srun and scontrol; -> its Popen. Task I's output: tmp_path/logs/task_I.log."""
+  bin_dir, logs = tmp_path / "bin", tmp_path / "logs"
+  for folder in (bin_dir, logs):
+    folder.mkdir(exist_ok=True)
+  for name, text in (("srun", STAND_IN_SRUN), ("scontrol", STAND_IN_SCONTROL)):
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM", "JAX_PROCESS"))}
   env.update(  # what sbatch gives the batch script; the tasks' own come from srun
@@ -175,17 +189,52 @@ def test_the_slurm_recipe_trains_two_tasks_as_one_process(one, smoke_root, tmp_p
       SLURM_JOB_ID=str(_slurm_job_id()), SLURM_NTASKS="2", SLURM_SUBMIT_DIR=REPO,
       SLURM_CPUS_PER_TASK="1", SRUN_LOG_DIR=str(logs), JAX_PLATFORMS="cpu",
       XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONUNBUFFERED="1")
-  proc = subprocess.run(
+  return subprocess.Popen(
       ["bash", "launch/slurm_gpu.sbatch", "--experiment=demo", f"--workdir={workdir}",
        "--config=experiments/configs/demo.py:smoke", "--", *FLAGS[1:],
        f"--config.data.root={smoke_root}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  task0 = (logs / "task_0.log").read_text()
-  assert proc.returncode == 0, proc.stderr[-2000:] + task0[-3000:]
-  assert (logs / "argv").read_text().startswith("--kill-on-bad-exit=1 python -m "
-                                                "experiments.demo")
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      **popen)
+
+
+@pytest.mark.slow
+def test_the_slurm_recipe_trains_two_tasks_as_one_process(one, smoke_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = _sbatch(tmp_path, smoke_root, workdir)
+  _, err = proc.communicate(timeout=900)
+  task0 = (tmp_path / "logs" / "task_0.log").read_text()
+  assert proc.returncode == 0, err[-2000:] + task0[-3000:]
+  assert (tmp_path / "logs" / "argv").read_text().startswith("python -m experiments.demo")
   # jax.distributed.initialize() with no arguments found the job from SLURM's variables.
   assert "jax.distributed: 2 processes (slurm), 8 devices" in task0
+  _assert_same_params(one, workdir)
+
+
+@pytest.mark.slow
+def test_the_slurm_recipe_requeues_on_the_signal_and_resumes(one, smoke_root, tmp_path):
+  """Issue 23: SIGTERM to the batch script (#SBATCH --signal=B:TERM@120) reaches the
+  tasks through srun; they save one step and exit 75; the script requeues the job
+  (scontrol requeue JOBID), and the requeued job resumes to the uninterrupted
+  parameters."""
+  workdir, task0 = str(tmp_path / "run"), tmp_path / "logs" / "task_0.log"
+  proc = _sbatch(tmp_path, smoke_root, workdir)
+  deadline = time.time() + 600
+  while not (task0.exists() and "[train @ 2/8]" in task0.read_text()):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:] + task0.read_text()[-3000:]
+  job = re.search(r"requeueing job (\d+)", out)
+  assert job, out
+  assert (tmp_path / "logs" / "scontrol").read_text() == f"requeue {job.group(1)}\n"
+  saved = re.findall(r"Preempted \(SIGTERM\) at step (\d+)", task0.read_text())
+  assert len(saved) == 1 and 2 <= int(saved[0]) < 8
+
+  proc = _sbatch(tmp_path, smoke_root, workdir)  # the requeued job: the same script
+  _, err = proc.communicate(timeout=900)
+  assert proc.returncode == 0, err[-2000:]
+  assert f"Resumed from step {saved[0]}" in task0.read_text()
   _assert_same_params(one, workdir)
 
 
