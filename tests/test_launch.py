@@ -29,6 +29,11 @@ with open(os.environ["LAUNCH_CALLS"], "a") as f:
   f.write(json.dumps(argv) + "\\n")
 if "scp" in argv:  # keep what was sent: the script removes its temporary copy
   shutil.copyfile(argv[5], os.environ["LAUNCH_CALLS"] + ".sent")
+if "ssh" in argv and os.environ.get("LAUNCH_SSH_CODES"):  # scripted exit statuses
+  codes = open(os.environ["LAUNCH_SSH_CODES"]).read().split()
+  if codes:
+    open(os.environ["LAUNCH_SSH_CODES"], "w").write("\\n".join(codes[1:]))
+    sys.exit(int(codes[0]))
 if "describe" in argv:
   states = os.environ["LAUNCH_STATES"]
   lines = open(states).read().split()
@@ -48,10 +53,12 @@ def sh(tmp_path):
   for name in ("gcloud", "srun"):
     (bin_dir / name).write_text(STAND_IN.format(python=sys.executable))
     (bin_dir / name).chmod(0o755)
-  calls, states = tmp_path / "calls.jsonl", tmp_path / "states"
+  calls, states, codes = (tmp_path / n for n in ("calls.jsonl", "states", "ssh_codes"))
   states.write_text("")
+  codes.write_text("")
   env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-             LAUNCH_CALLS=str(calls), LAUNCH_STATES=str(states), TMPDIR=str(tmp_path))
+             LAUNCH_CALLS=str(calls), LAUNCH_STATES=str(states), TMPDIR=str(tmp_path),
+             LAUNCH_SSH_CODES=str(codes))
   for name in list(env):
     if name.startswith("SLURM_"):
       del env[name]
@@ -63,7 +70,7 @@ def sh(tmp_path):
     calls.unlink(missing_ok=True)
     return proc, sent
 
-  run.states = states
+  run.states, run.ssh_codes = states, codes
   return run
 
 
@@ -386,3 +393,52 @@ def test_a_detached_run_whose_name_starts_with_a_dash_links_its_log(sh):
   assert proc.returncode == 0, proc.stderr
   command = next(a for a in sent[-1] if a.startswith("--command="))
   assert "ln -sfn ./-x.log gralign_logs/latest.log" in command
+
+
+UNTIL_DONE = [*WHERE, "--workdir=gs://b/run", "--until_done", "--accelerator_type=v5p-8"]
+
+
+def _verbs(sent):
+  """gcloud calls as their verb: ssh, scp, describe, create, delete."""
+  return [a[4] if a[3] == "tpu-vm" else a[3] for a in sent]
+
+
+def test_until_done_dry_run_shows_the_restart(sh):
+  proc, sent = sh("tpu_run.sh", "--dry-run", *UNTIL_DONE, "--spot")
+  assert proc.returncode == 0 and not sent, proc.stderr
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("+ ")]
+  assert [os.path.basename(shlex.split(l[2:])[1]) for l in lines] == [
+      "compute", "compute", "tpu_delete.sh", "tpu_create.sh", "tpu_setup.sh"]
+  assert "--accelerator_type=v5p-8 --spot" in lines[3]
+  assert "which resumes from gs://b/run" in proc.stdout
+
+
+def test_until_done_recreates_a_preempted_tpu_and_runs_again(sh):
+  """Issue 23: the run's ssh drops (255) and the TPU reads PREEMPTED: delete, create
+  (its wait reads READY), set up, the same run again, which ends well."""
+  sh.ssh_codes.write_text("255")
+  sh.states.write_text("PREEMPTED READY")
+  proc, sent = sh("tpu_run.sh", *UNTIL_DONE)
+  assert proc.returncode == 0, proc.stderr
+  verbs = _verbs(sent)
+  assert verbs[:5] == ["ssh", "describe", "delete", "create", "describe"], verbs
+  assert "scp" in verbs[5:] and verbs[-1] == "ssh"
+  runs = [a for a in sent if a[4] == "ssh" and "experiments.demo" in a[-1]]
+  assert len(runs) == 2 and runs[0] == runs[1]  # the same command: it resumes
+  assert "a preemption; restart 1 of 10" in proc.stdout
+  assert "the run is done (after 1 restart(s))" in proc.stdout
+
+
+def test_until_done_does_not_restart_a_failure_or_forever(sh):
+  sh.ssh_codes.write_text("1")
+  sh.states.write_text("READY")
+  proc, sent = sh("tpu_run.sh", *UNTIL_DONE)
+  assert proc.returncode == 1 and _verbs(sent) == ["ssh", "describe"]
+  assert proc.stderr.strip().endswith("ended with status 1 and the TPU is READY: not a "
+                                      "preemption, so it is not restarted")
+  sh.ssh_codes.write_text("75 0 75")  # preemption notices: the run saved and exited 75
+  sh.states.write_text("READY READY READY")
+  proc, sent = sh("tpu_run.sh", *UNTIL_DONE, "--max_restarts=1")
+  assert proc.returncode == 1, proc.stdout
+  assert "--max_restarts=1 reached" in proc.stderr.strip().splitlines()[-1]
+  assert _verbs(sent).count("delete") == 1
