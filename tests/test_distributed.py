@@ -77,17 +77,8 @@ def one(smoke_root, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_and_resume_after_a_kill(one, smoke_root, tmp_path):
-  two, killed = (str(tmp_path / n) for n in ("two", "killed"))
-  cmd, kw = _local(two, smoke_root, tmp_path)
-  proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-  _assert_same_params(one, two)
-  # Only process 0 wrote the run's files; both saved the checkpoint together.
-  assert sorted(n for n in os.listdir(two) if not n.startswith(".")) == [
-      "checkpoints", "config.json", "metrics.jsonl", "results.json", "tensorboard",
-      "tokenizer"]
-
+def test_two_processes_resume_after_a_kill(one, smoke_root, tmp_path):
+  killed = str(tmp_path / "killed")
   cmd, kw = _local(killed, smoke_root, tmp_path, start_new_session=True)
   run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
   kill_after_mid_run_checkpoint(run, killed, first=2, last=8)
@@ -99,10 +90,12 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(one, smoke_root, tmp
 
 
 @pytest.mark.slow
-def test_two_processes_preempted_save_one_step_and_resume(one, smoke_root, tmp_path):
-  """Issue 23: SIGTERM to local.sh reaches both processes; JAX's preemption sync point
-  has them save the same step; both exit 75, local.sh too; the same command resumes
-  to the one-process run's parameters."""
+def test_two_processes_train_as_one_and_resume_after_a_preemption(one, smoke_root,
+                                                                  tmp_path):
+  """Two processes of four devices train as one of eight. Issue 23: SIGTERM to local.sh
+  reaches both processes; JAX's preemption sync point has them save the same step; both
+  exit 75, local.sh too; the same command resumes to the one-process run's
+  parameters."""
   stopped = str(tmp_path / "stopped")
   cmd, kw = _local(stopped, smoke_root, tmp_path)
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -129,6 +122,10 @@ def test_two_processes_preempted_save_one_step_and_resume(one, smoke_root, tmp_p
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert f"Resumed from step {min(saved)}" in proc.stdout
   _assert_same_params(one, stopped)
+  # Only process 0 wrote the run's files; both saved the checkpoints together.
+  assert sorted(n for n in os.listdir(stopped) if not n.startswith(".")) == [
+      "checkpoints", "config.json", "metrics.jsonl", "results.json", "tensorboard",
+      "tokenizer"]
 
 
 # srun as it behaves for a job step of $SLURM_NTASKS tasks on one node: each task gets
@@ -198,24 +195,12 @@ def _sbatch(tmp_path, smoke_root, workdir, **popen):
 
 
 @pytest.mark.slow
-def test_the_slurm_recipe_trains_two_tasks_as_one_process(one, smoke_root, tmp_path):
-  workdir = str(tmp_path / "run")
-  proc = _sbatch(tmp_path, smoke_root, workdir)
-  _, err = proc.communicate(timeout=900)
-  task0 = (tmp_path / "logs" / "task_0.log").read_text()
-  assert proc.returncode == 0, err[-2000:] + task0[-3000:]
-  assert (tmp_path / "logs" / "argv").read_text().startswith("python -m experiments.demo")
-  # jax.distributed.initialize() with no arguments found the job from SLURM's variables.
-  assert "jax.distributed: 2 processes (slurm), 8 devices" in task0
-  _assert_same_params(one, workdir)
-
-
-@pytest.mark.slow
-def test_the_slurm_recipe_requeues_on_the_signal_and_resumes(one, smoke_root, tmp_path):
-  """Issue 23: SIGTERM to the batch script (#SBATCH --signal=B:TERM@120) reaches the
-  tasks through srun; they save one step and exit 75; the script requeues the job
-  (scontrol requeue JOBID), and the requeued job resumes to the uninterrupted
-  parameters."""
+def test_the_slurm_recipe_trains_two_tasks_as_one_and_requeues_on_the_signal(
+    one, smoke_root, tmp_path):
+  """Two SLURM tasks train as one process of eight devices. Issue 23: SIGTERM to the
+  batch script (#SBATCH --signal=B:TERM@120) reaches the tasks through srun; they save
+  one step and exit 75; the script requeues the job (scontrol requeue JOBID), and the
+  requeued job resumes to the one-process run's parameters."""
   workdir, task0 = str(tmp_path / "run"), tmp_path / "logs" / "task_0.log"
   proc = _sbatch(tmp_path, smoke_root, workdir)
   deadline = time.time() + 600
@@ -230,6 +215,9 @@ def test_the_slurm_recipe_requeues_on_the_signal_and_resumes(one, smoke_root, tm
   assert (tmp_path / "logs" / "scontrol").read_text() == f"requeue {job.group(1)}\n"
   saved = re.findall(r"Preempted \(SIGTERM\) at step (\d+)", task0.read_text())
   assert len(saved) == 1 and 2 <= int(saved[0]) < 8
+  assert (tmp_path / "logs" / "argv").read_text().startswith("python -m experiments.demo")
+  # jax.distributed.initialize() with no arguments found the job from SLURM's variables.
+  assert "jax.distributed: 2 processes (slurm), 8 devices" in task0.read_text()
 
   proc = _sbatch(tmp_path, smoke_root, workdir)  # the requeued job: the same script
   _, err = proc.communicate(timeout=900)
