@@ -216,13 +216,16 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       progress.update(step, aux)
     else:
       progress.tick(step)
-    if (config.eval.every_steps > 0 and step % config.eval.every_steps == 0) or last:
+    # A preemption notice: save this step and stop, skipping its evaluation (the notice
+    # gives seconds). The last step ends as usual: its evaluation, save and final test.
+    preempted = notice.stop_at(step) and not last
+    if ((config.eval.every_steps > 0 and step % config.eval.every_steps == 0) or last
+        ) and not preempted:
       meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
       jax.block_until_ready(state["step"])  # the steps queued before it are training
       with meter.paused():
         evaluate_dev(step)
       clock = time.time()
-    preempted = notice.stop_at(step)
     if step % config.train.ckpt_every == 0 or last or preempted:
       meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
       clock = time.time()
