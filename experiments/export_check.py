@@ -49,6 +49,7 @@ from jax import export  # noqa: E402
 from experiments import records  # noqa: E402
 from experiments.configs import common  # noqa: E402
 from gralign_jax import configs  # noqa: E402
+from gralign_jax import gpu_targets  # noqa: E402
 from gralign_jax import optim  # noqa: E402
 from gralign_jax import sharding  # noqa: E402
 from gralign_jax import train  # noqa: E402
@@ -162,10 +163,12 @@ def lower(fn, args, platform: str, kernel: str | None = None) -> dict:
   return row
 
 
-def compile_tpu(fn, args) -> dict:
-  """Lowered and compiled by XLA:TPU for the devices the args' shardings name."""
+def compile_for(fn, args, options: dict | None = None) -> dict:
+  """Lowered and compiled (XLA:TPU or XLA:GPU, with compiler `options`) for the
+  compile-only devices the args' shardings name -> {ok, reason, seconds, memory_gib}:
+  arguments + outputs + temporaries - aliased (donated) bytes, per device."""
   t0 = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  compiled = fn.lower(*args).compile(options)
   mem = compiled.memory_analysis()
   per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
               mem.temp_size_in_bytes - mem.alias_size_in_bytes) if mem else 0
@@ -190,9 +193,10 @@ def tpu_topology_mesh(name: str, n_devices: int = 0):
 
 def check(dataset: str, backbones, platforms, names, *, smoke=False, batch=128,
           dtype="bfloat16", score_dtype="bfloat16", n_devices=8, tpu_compile="",
-          report=print) -> list[dict]:
+          cuda_compile="", report=print) -> list[dict]:
   """Every (backbone, platform, program) -> one row each (plus a compile row per tpu
-  program with tpu_compile). report(row) is called as each row is done."""
+  program with tpu_compile, per cuda program with cuda_compile). report(row) is called
+  as each row is done."""
   rows = []
   if n_devices > len(jax.devices()):
     raise ValueError(f"--devices={n_devices}, but this process has {len(jax.devices())}"
@@ -201,6 +205,9 @@ def check(dataset: str, backbones, platforms, names, *, smoke=False, batch=128,
   meshes = [("lower", p, cpu_mesh) for p in platforms]
   if tpu_compile and "tpu" in platforms:
     meshes.append((f"compile {tpu_compile}", "tpu", tpu_topology_mesh(tpu_compile)))
+  if cuda_compile and "cuda" in platforms:
+    meshes.append((f"compile {cuda_compile}", "cuda",
+                   sharding.make_mesh(gpu_targets.devices(cuda_compile))))
   for backbone in backbones:
     config = build_config(dataset, backbone, smoke=smoke, batch=batch, dtype=dtype)
     for stage, platform, mesh in meshes:
@@ -220,7 +227,8 @@ def check(dataset: str, backbones, platforms, names, *, smoke=False, batch=128,
             kernel = KERNEL_CALL[platform] if name == "score_pallas" else None
             row.update(lower(fn, args, platform, kernel))
           else:
-            row.update(compile_tpu(fn, args))
+            row.update(compile_for(fn, args, gpu_targets.COMPILER_OPTIONS
+                                   if platform == "cuda" else None))
         except Exception as e:  # pylint: disable=broad-except
           row.update(ok=False, reason=one_line(e))
         rows.append(row)
@@ -273,6 +281,14 @@ _DEVICES = flags.DEFINE_integer("devices", 8, "Mesh size of the lowered programs
                                 "(fake CPU devices standing for the chips).")
 _TPU_COMPILE = flags.DEFINE_string("tpu_compile", "", "A TPU topology, e.g. v5e:2x2: "
                                    "also compile the tpu rows for its chips (libtpu).")
+_CUDA_COMPILE = flags.DEFINE_string(
+    "cuda_compile", "", "NVIDIA GPUs described, not present, e.g. h100:8 (h100, h200, "
+    "a100): also compile the cuda rows for them (gpu_targets.py; the CUDA plugin in "
+    "--cuda_plugin).")
+_CUDA_PLUGIN = flags.DEFINE_string(
+    "cuda_plugin", os.environ.get("GRALIGN_CUDA_PLUGIN", ".cuda-plugin"),
+    "The folder the CUDA plugin is installed in (pip install --no-deps --target DIR "
+    "jax-cuda12-plugin==V jax-cuda12-pjrt==V, V = jax's version); $GRALIGN_CUDA_PLUGIN.")
 _OUT = flags.DEFINE_string("out", None, "Writes OUT.json and OUT.md; '' writes "
                            "nothing. Default: benchmarks/export_check[_tpu_<chip>] for "
                            "the whole grid at default sizes, else runs/benchmarks/.")
@@ -290,6 +306,9 @@ def out_prefix() -> str:
   if _TPU_COMPILE.value:  # its record holds the tpu rows, compiled for the chip
     full["platforms"] = ["tpu"]
     name += "_tpu_" + _TPU_COMPILE.value.split(":")[0]
+  elif _CUDA_COMPILE.value:  # the cuda rows, compiled for the card
+    full["platforms"] = ["cuda"]
+    name += "_cuda_" + _CUDA_COMPILE.value.split(":")[0]
   departures = [f.serialize() for f in _GRID_FLAGS if f.value != full[f.name]]
   return records.out_prefix(name, _OUT.value, departures)
 
@@ -302,6 +321,14 @@ def main(argv):
   if bad:
     sys.exit(f"Unknown --configs/--platforms/--programs value(s) {bad}; expected "
              f"{list(common.BACKBONES)}, {list(PLATFORMS)}, {list(PROGRAMS)}.")
+  if _CUDA_COMPILE.value:
+    if _TPU_COMPILE.value:
+      sys.exit("--tpu_compile and --cuda_compile: one at a time (each has its record).")
+    try:
+      gpu_targets.parse(_CUDA_COMPILE.value)
+      gpu_targets.use_plugin(_CUDA_PLUGIN.value)  # before any backend starts
+    except (ValueError, gpu_targets.PluginError) as e:
+      sys.exit(f"Error: {e}")
   command = " ".join(["python -m experiments.export_check"] + sys.argv[1:])
   print(command)
   out = out_prefix()
@@ -311,7 +338,8 @@ def main(argv):
   rows = check(_DATASET.value, _CONFIGS.value, _PLATFORMS.value, _PROGRAMS.value,
                smoke=_SMOKE.value, batch=_BATCH.value, dtype=_DTYPE.value,
                score_dtype=_SCORE_DTYPE.value, n_devices=_DEVICES.value,
-               tpu_compile=_TPU_COMPILE.value, report=print_row)
+               tpu_compile=_TPU_COMPILE.value, cuda_compile=_CUDA_COMPILE.value,
+               report=print_row)
   total = time.perf_counter() - t0
   failed = [r for r in rows if not r["ok"]]
   summary = (f"{len(rows) - len(failed)} of {len(rows)} OK, {len(failed)} failed, "
@@ -321,7 +349,9 @@ def main(argv):
     header = [f"`{command}`", "",
               f"jax {jax.__version__}, {os.cpu_count()} CPU cores, "
               f"{time.strftime('%Y-%m-%d')}; {summary}. Mesh: {_DEVICES.value} devices "
-              f"(lower), {_TPU_COMPILE.value or 'no'} TPU topology (compile)."]
+              f"(lower), {_TPU_COMPILE.value or 'no'} TPU topology, "
+              f"{_CUDA_COMPILE.value or 'no'} NVIDIA GPUs (compile"
+              f"{', Triton GEMMs off' if _CUDA_COMPILE.value else ''})."]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".json", "w") as f:
       json.dump({"command": command, "jax": jax.__version__, "seconds": total,

@@ -8,6 +8,10 @@ is also compiled for a v5e chip, and an over-large tiling must run out of VMEM.
 """
 import functools
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +20,8 @@ import pytest
 from experiments import export_check
 from gralign_jax.scores import fused
 from gralign_jax.scores import pallas_kernels as ps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("backbone", ["vit224", "swin224", "butd_bigru"])
@@ -113,7 +119,7 @@ def test_tpu_kernel_compiles_for_a_v5e_chip_and_vmem_overflow_is_caught():
   place = lambda tree: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=rep), tree)
   good = ps.TpuKernelParams()
-  row = export_check.compile_tpu(_kernel_fn(good),
+  row = export_check.compile_for(_kernel_fn(good),
                                  place(_paper_kernel_args(good, n=128)))
   assert row["ok"] and row["memory_gib"] > 0
   # 64 images of 256 x 256 float32 columns per program: a 16 MiB block, double-buffered
@@ -123,4 +129,39 @@ def test_tpu_kernel_compiles_for_a_v5e_chip_and_vmem_overflow_is_caught():
   args = place(_paper_kernel_args(big, n=128))
   assert export_check.lower(_kernel_fn(big), args, "tpu")["ok"]
   with pytest.raises(Exception, match="VmemOom|vmem"):
-    export_check.compile_tpu(_kernel_fn(big), args)
+    export_check.compile_for(_kernel_fn(big), args)
+
+
+CUDA_PLUGIN = os.environ.get("GRALIGN_CUDA_PLUGIN", os.path.join(REPO, ".cuda-plugin"))
+
+
+@pytest.mark.skipif(not os.path.isdir(CUDA_PLUGIN) and not os.environ.get("GRALIGN_CI"),
+                    reason="no CUDA plugin folder (gpu_targets.py says how; CI has one)")
+def test_the_smoke_config_compiles_for_eight_h100s_without_a_gpu(tmp_path):
+  """Issue 23: XLA:GPU's whole pipeline for compile-only H100s (the CUDA plugin's
+  topology API), the Pallas kernel through Triton included; memory per device read."""
+  out = tmp_path / "cuda"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.export_check", "--smoke", "--configs=vit224",
+       "--platforms=cuda", "--programs=train_step,score_pallas", "--cuda_compile=h100:8",
+       f"--cuda_plugin={CUDA_PLUGIN}", f"--out={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = {(r["program"], r["stage"]): r for r in json.loads(
+      (tmp_path / "cuda.json").read_text())["rows"]}
+  for program in ("train_step", "score_pallas"):
+    row = rows[(program, "compile h100:8")]
+    assert row["ok"] and row["memory_gib"] > 0, row
+  assert "NVIDIA GPUs (compile, Triton GEMMs off)" in (tmp_path / "cuda.md").read_text()
+
+
+def test_cuda_compile_refuses_a_bad_card_or_a_missing_plugin(tmp_path):
+  for flag, says in (("--cuda_compile=h900:8", "expected CARD:N with CARD one of h100"),
+                     ("--cuda_compile=h100:8", "no CUDA plugin in " + str(tmp_path))):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.export_check", "--smoke", flag,
+         f"--cuda_plugin={tmp_path}", "--out="], cwd=REPO, capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: "), proc.stderr[-500:]
+    assert says in proc.stderr
