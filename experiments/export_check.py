@@ -73,12 +73,14 @@ KERNEL_CALL = {"tpu": "tpu_custom_call", "cuda": TRITON_CALL}
 
 
 def build_config(dataset: str, backbone: str, *, smoke: bool = False,
-                 batch: int = 128, dtype: str = "bfloat16"):
-  """A paper config with random init (weights ""), bf16 compute, batch `batch`."""
+                 batch: int = 128, dtype: str = "bfloat16", grad_cache_chunks: int = 1):
+  """A paper config with random init (weights ""), bf16 compute, batch `batch`, the
+  train step's batch encoded in `grad_cache_chunks` chunks (grad_cache.py)."""
   config = common.paper_config(dataset, backbone + (",smoke" if smoke else ""))
   config.model.vision.weights = config.model.text.weights = ""
   config.model.compute_dtype = dtype
   config.train.batch_size = batch
+  config.train.grad_cache_chunks = grad_cache_chunks
   config.eval.backend = "xla"  # the evaluator's own scorer is not used here
   return configs.finalize(config, vocab_size=30522)  # BERT's WordPiece vocabulary
 
@@ -193,7 +195,7 @@ def tpu_topology_mesh(name: str, n_devices: int = 0):
 
 def check(dataset: str, backbones, platforms, names, *, smoke=False, batch=128,
           dtype="bfloat16", score_dtype="bfloat16", n_devices=8, tpu_compile="",
-          cuda_compile="", report=print) -> list[dict]:
+          cuda_compile="", grad_cache_chunks=1, report=print) -> list[dict]:
   """Every (backbone, platform, program) -> one row each (plus a compile row per tpu
   program with tpu_compile, per cuda program with cuda_compile). report(row) is called
   as each row is done."""
@@ -209,7 +211,8 @@ def check(dataset: str, backbones, platforms, names, *, smoke=False, batch=128,
     meshes.append((f"compile {cuda_compile}", "cuda",
                    sharding.make_mesh(gpu_targets.devices(cuda_compile))))
   for backbone in backbones:
-    config = build_config(dataset, backbone, smoke=smoke, batch=batch, dtype=dtype)
+    config = build_config(dataset, backbone, smoke=smoke, batch=batch, dtype=dtype,
+                          grad_cache_chunks=grad_cache_chunks)
     for stage, platform, mesh in meshes:
       base = {"config": backbone + (",smoke" if smoke else ""), "platform": platform,
               "stage": stage}
@@ -277,6 +280,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
                            "model.compute_dtype.")
 _SCORE_DTYPE = flags.DEFINE_enum("score_dtype", "bfloat16", ["bfloat16", "float32"],
                                  "eval.score_dtype of the score programs.")
+_GRAD_CACHE = flags.DEFINE_integer("grad_cache_chunks", 1, "train.grad_cache_chunks of "
+                                   "the train step (1: none).")
 _DEVICES = flags.DEFINE_integer("devices", 8, "Mesh size of the lowered programs "
                                 "(fake CPU devices standing for the chips).")
 _TPU_COMPILE = flags.DEFINE_string("tpu_compile", "", "A TPU topology, e.g. v5e:2x2: "
@@ -294,7 +299,7 @@ _OUT = flags.DEFINE_string("out", None, "Writes OUT.json and OUT.md; '' writes "
                            "the whole grid at default sizes, else runs/benchmarks/.")
 # The flags whose default values make the full grid, the committed record.
 _GRID_FLAGS = (_DATASET, _CONFIGS, _PLATFORMS, _PROGRAMS, _SMOKE, _BATCH, _DTYPE,
-               _SCORE_DTYPE, _DEVICES)
+               _SCORE_DTYPE, _DEVICES, _GRAD_CACHE)
 
 
 def out_prefix() -> str:
@@ -339,7 +344,7 @@ def main(argv):
                smoke=_SMOKE.value, batch=_BATCH.value, dtype=_DTYPE.value,
                score_dtype=_SCORE_DTYPE.value, n_devices=_DEVICES.value,
                tpu_compile=_TPU_COMPILE.value, cuda_compile=_CUDA_COMPILE.value,
-               report=print_row)
+               grad_cache_chunks=_GRAD_CACHE.value, report=print_row)
   total = time.perf_counter() - t0
   failed = [r for r in rows if not r["ok"]]
   summary = (f"{len(rows) - len(failed)} of {len(rows)} OK, {len(failed)} failed, "
