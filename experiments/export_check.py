@@ -292,8 +292,8 @@ _CUDA_COMPILE = flags.DEFINE_string(
     "--cuda_plugin).")
 _CUDA_PLUGIN = flags.DEFINE_string(
     "cuda_plugin", os.environ.get("GRALIGN_CUDA_PLUGIN", ".cuda-plugin"),
-    "The folder the CUDA plugin is installed in (pip install --no-deps --target DIR "
-    "jax-cuda12-plugin==V jax-cuda12-pjrt==V, V = jax's version); $GRALIGN_CUDA_PLUGIN.")
+    "The folder the CUDA plugin is installed in (python -m gralign_jax.gpu_targets "
+    "--install DIR); $GRALIGN_CUDA_PLUGIN.")
 _OUT = flags.DEFINE_string("out", None, "Writes OUT.json and OUT.md; '' writes "
                            "nothing. Default: benchmarks/export_check[_tpu_<chip>] for "
                            "the whole grid at default sizes, else runs/benchmarks/.")

@@ -9,7 +9,8 @@ them runs XLA:GPU's whole pipeline; `memory_analysis()` then says what fits.
 The plugin (`jax-cuda12-plugin` and `jax-cuda12-pjrt`, at jax's own version; no nvidia-*
 wheels are needed) is installed apart, in a folder of its own:
 
-  pip install --no-deps --target .cuda-plugin "jax-cuda12-plugin==$V" "jax-cuda12-pjrt==$V"
+  python -m gralign_jax.gpu_targets --install [.cuda-plugin]
+  (= pip install --no-deps --target .cuda-plugin jax-cuda12-plugin==V jax-cuda12-pjrt==V)
 
 because installed beside jax it would have every JAX process on a CPU-only host try to
 load CUDA and print a traceback. use_plugin(folder) puts it on sys.path; it must run
@@ -23,6 +24,7 @@ projection): COMPILER_OPTIONS turns Triton GEMMs off, so matmuls go to cuBLAS as
 would after autotuning found nothing better.
 """
 import os
+import subprocess
 import sys
 
 # The XLA:GPU options every compile-only program is compiled with (see above).
@@ -93,8 +95,7 @@ def use_plugin(folder: str) -> None:
   if not os.path.isdir(os.path.join(folder, "jax_plugins", "xla_cuda12")):
     raise PluginError(
         f"no CUDA plugin in {folder} (expected {folder}/jax_plugins/xla_cuda12): install "
-        f"it there with pip install --no-deps --target {folder} "
-        "jax-cuda12-plugin==JAX_VERSION jax-cuda12-pjrt==JAX_VERSION")
+        f"it there with python -m gralign_jax.gpu_targets --install {folder}")
   if folder not in sys.path:
     sys.path.insert(0, folder)
 
@@ -110,3 +111,20 @@ def devices(spec: str) -> list:
     raise PluginError("jax has no CUDA topology here: the CUDA plugin was not found when "
                       "the backends started (gpu_targets.use_plugin, before them)") from e
   return list(topology.devices)
+
+
+def install(folder: str = ".cuda-plugin") -> int:
+  """pip-installs the CUDA plugin at this jax's version into `folder` (see above)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(os.path.join(folder, "jax_plugins", "xla_cuda12")):
+    print(f"the CUDA plugin is in {folder} already")
+    return 0
+  return subprocess.call(
+      [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", folder,
+       f"jax-cuda12-plugin=={jax.__version__}", f"jax-cuda12-pjrt=={jax.__version__}"])
+
+
+if __name__ == "__main__":
+  if len(sys.argv) not in (2, 3) or sys.argv[1] != "--install":
+    sys.exit("usage: python -m gralign_jax.gpu_targets --install [FOLDER]")
+  sys.exit(install(*sys.argv[2:]))
