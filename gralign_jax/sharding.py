@@ -32,8 +32,9 @@ def check_divisible(global_batch: int, mesh: Mesh, what: str = "train.batch_size
   from gralign_jax import configs  # pylint: disable=g-import-not-at-top
   n = mesh.devices.size
   if global_batch % n:
-    raise configs.ConfigError(f"{what}={global_batch} must be a multiple of the number of devices "
-                     f"({n}) so that every device gets the same share of the batch.")
+    raise configs.ConfigError(
+        f"{what}={global_batch} must be a multiple of the number of devices ({n}) so "
+        "that every device gets the same share of the batch.")
 
 
 def global_batch(local: Any, mesh: Mesh) -> Any:

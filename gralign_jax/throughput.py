@@ -86,8 +86,8 @@ class Meter:
 
   def __init__(self, batch_size: int, flops: float | None, peak_per_device: float | None,
                devices: int):
-    self.batch_size, self.flops, self.devices = batch_size, flops, devices
-    self.peak = peak_per_device * devices if peak_per_device else None
+    self.batch_size, self.flops = batch_size, flops
+    self.peak = peak_per_device * devices if peak_per_device else None  # the whole job's
     self._since = self._step = None
     self._paused = 0.0
 

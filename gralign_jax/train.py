@@ -181,7 +181,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   budget = config.train.max_train_seconds
   progress = logs.Progress(start_step, total_steps, budget,
                            meta.get("train_seconds", 0.0))
-  collapse_reported, step = False, start_step
+  collapse_reported, preempted, step = False, False, start_step
   if budget > 0 and meta.get("train_seconds", 0.0) >= budget:
     total_steps = start_step  # the budget was spent before the last stop
   meter = _throughput_meter(config, mesh)
@@ -233,10 +233,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
       with meter.paused():
         checkpointer.save(step, state, batches.get_state(), dict(meta))
     if preempted:
-      progress.close()
-      profile.close()
-      checkpointer.wait()
-      raise preemption.Preempted(step, workdir)
+      break
     if out_of_time:
       logs.info(f"Stopping at step {step}: train.max_train_seconds={budget:.0f} reached.")
       break
@@ -244,6 +241,8 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   profile.close()
   notice.close()
   checkpointer.wait()
+  if preempted:  # its step is saved: the same command resumes from it
+    raise preemption.Preempted(step, workdir)
 
   # ---------------------------------------------------------------- final test
   best = checkpointer.restore_best(state, logs.info)
