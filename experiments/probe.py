@@ -10,7 +10,8 @@ record, which is written when missing; real captions: order and, with spaCy, nou
 and adjective swaps) are scored with the run's best checkpoint. Prints the accuracy per
 kind with n, per score part (S_ori, S_key, S_unc) and the text gates per word class
 (gralign_jax/evaluation/probe.py), and writes the report to <workdir>/probe_<split>.json
-and, with --out, there too. --config.<key>=value changes the run's saved config as
+(only when no --config value changed: the run's files describe its own data) and,
+with --out, there too. --config.<key>=value changes the run's saved config as
 experiments.evaluate allows (the data's root, layout and splits, eval.*). --out never
 replaces a file this command did not write.
 """
@@ -98,13 +99,18 @@ def main() -> None:
     print(probe.format_table(result))
     text = json.dumps(result, indent=2) + "\n"
     beside = paths.join(workdir, f"probe_{split_flag.value}.json")
-    try:
-      paths.write_text(beside, text)
-      print(f"Wrote {beside}")
-    except OSError as e:  # a read-only run: --out still gets it
-      logs.info(f"{workdir} is not writable ({e.strerror or e}); the report is not kept "
-                "beside the run" + (", only in --out." if out_flag.value else
-                                    ": give --out=FILE to keep it."))
+    if changes:  # the run's record describes its own data and settings only
+      logs.info(f"Not written to {beside}: --config changed {', '.join(changes)}"
+                + (", so only --out gets it." if out_flag.value else
+                   "; give --out=FILE to keep it."))
+    else:
+      try:
+        paths.write_text(beside, text)
+        print(f"Wrote {beside}")
+      except OSError as e:  # a read-only run: --out still gets it
+        logs.info(f"{workdir} is not writable ({e.strerror or e}); the report is not "
+                  "kept beside the run" + (", only in --out." if out_flag.value else
+                                           ": give --out=FILE to keep it."))
     if out_flag.value:
       paths.write_text(out_flag.value, text)
       print(f"Wrote {out_flag.value}")

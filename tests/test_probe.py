@@ -322,6 +322,17 @@ def test_trained_run_results_and_command_line_agree(smoke_root, tmp_path):
   assert written["step"] == results["best_step"]
   assert os.path.isfile(os.path.join(workdir, "probe_test.json"))
   assert re.search(r"^relation\s+\d+\s", done.stdout, re.M), done.stdout
+  # With a changed setting the run's own report stays as it was; --out gets the new one.
+  beside = os.path.join(workdir, "probe_test.json")
+  kept = open(beside, "rb").read()
+  changed = _probe_cli(f"--workdir={workdir}", f"--out={tmp_path / 'other.json'}",
+                       "--config.eval.batch_size=7")
+  assert changed.returncode == 0, changed.stderr
+  assert open(beside, "rb").read() == kept
+  assert "Not written to" in changed.stdout + changed.stderr
+  other = json.loads((tmp_path / "other.json").read_text())
+  assert other["config_changes"]["eval.batch_size"][1] == 7
+  assert other["perturbed"] == written["perturbed"]
 
   # Real captions: the same run on a copy of the set that is not known as synthetic.
   plain = str(tmp_path / "plain")
