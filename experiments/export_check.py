@@ -165,17 +165,23 @@ def lower(fn, args, platform: str, kernel: str | None = None) -> dict:
   return row
 
 
-def compile_for(fn, args, options: dict | None = None) -> dict:
+def compile_for(fn, args, options: dict | None = None,
+                budget: tuple[int, str] | None = None) -> dict:
   """Lowered and compiled (XLA:TPU or XLA:GPU, with compiler `options`) for the
   compile-only devices the args' shardings name -> {ok, reason, seconds, memory_gib}:
-  arguments + outputs + temporaries - aliased (donated) bytes, per device."""
+  arguments + outputs + temporaries - aliased (donated) bytes, per device. budget:
+  (bytes, what they are): the row fails when the program needs more."""
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile(options)
   mem = compiled.memory_analysis()
   per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
               mem.temp_size_in_bytes - mem.alias_size_in_bytes) if mem else 0
-  return {"ok": True, "reason": "", "seconds": time.perf_counter() - t0,
-          "memory_gib": per_chip / 2 ** 30}
+  row = {"ok": True, "reason": "", "seconds": time.perf_counter() - t0,
+         "memory_gib": per_chip / 2 ** 30}
+  if budget is not None and per_chip > budget[0]:
+    row.update(ok=False, reason=f"needs {per_chip / 2 ** 30:.2f} GiB per device, over "
+               f"the budget of {budget[0] / 2 ** 30:.2f} GiB ({budget[1]})")
+  return row
 
 
 def tpu_topology_mesh(name: str, n_devices: int = 0):
@@ -207,9 +213,13 @@ def check(dataset: str, backbones, platforms, names, *, smoke=False, batch=128,
   meshes = [("lower", p, cpu_mesh) for p in platforms]
   if tpu_compile and "tpu" in platforms:
     meshes.append((f"compile {tpu_compile}", "tpu", tpu_topology_mesh(tpu_compile)))
+  budget = None
   if cuda_compile and "cuda" in platforms:
     meshes.append((f"compile {cuda_compile}", "cuda",
                    sharding.make_mesh(gpu_targets.devices(cuda_compile))))
+    card = gpu_targets.parse(cuda_compile)[0]
+    budget = (gpu_targets.memory_budget(card), f"{gpu_targets.BUDGET_SHARE:.0%} of an "
+              f"{gpu_targets.CARDS[card][0]}: gpu_targets.BUDGET_SHARE")
   for backbone in backbones:
     config = build_config(dataset, backbone, smoke=smoke, batch=batch, dtype=dtype,
                           grad_cache_chunks=grad_cache_chunks)
@@ -230,8 +240,8 @@ def check(dataset: str, backbones, platforms, names, *, smoke=False, batch=128,
             kernel = KERNEL_CALL[platform] if name == "score_pallas" else None
             row.update(lower(fn, args, platform, kernel))
           else:
-            row.update(compile_for(fn, args, gpu_targets.COMPILER_OPTIONS
-                                   if platform == "cuda" else None))
+            row.update(compile_for(fn, args, gpu_targets.COMPILER_OPTIONS,
+                                   budget) if platform == "cuda" else compile_for(fn, args))
         except Exception as e:  # pylint: disable=broad-except
           row.update(ok=False, reason=one_line(e))
         rows.append(row)
@@ -357,6 +367,11 @@ def main(argv):
               f"(lower), {_TPU_COMPILE.value or 'no'} TPU topology, "
               f"{_CUDA_COMPILE.value or 'no'} NVIDIA GPUs (compile"
               f"{', Triton GEMMs off' if _CUDA_COMPILE.value else ''})."]
+    if _CUDA_COMPILE.value:
+      card = gpu_targets.parse(_CUDA_COMPILE.value)[0]
+      header.append(f"Memory budget: {gpu_targets.memory_budget(card) / 2 ** 30:.2f} GiB "
+                    f"per device ({gpu_targets.BUDGET_SHARE:.0%} of the card, "
+                    "gpu_targets.BUDGET_SHARE); a compiled row over it fails.")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".json", "w") as f:
       json.dump({"command": command, "jax": jax.__version__, "seconds": total,

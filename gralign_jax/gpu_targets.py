@@ -42,6 +42,22 @@ CARDS = {
 }
 
 
+# A default run's memory budget on an NVIDIA card: every program it compiles (the train
+# step, the evaluator's two encoders, its score program) needs at most this share of one
+# card's memory. JAX's allocator takes 75% of the card at start-up
+# (XLA_PYTHON_CLIENT_MEM_FRACTION); the quarter between the budget and that is for what
+# one program's compiled figure does not count: the training state that stays on the
+# device while the evaluator runs, the encoded gallery, cuBLAS and cuDNN workspaces
+# chosen by autotuning, and the allocator's fragmentation. experiments.export_check
+# fails a compiled row over it.
+BUDGET_SHARE = 0.5
+
+
+def memory_budget(card: str) -> int:
+  """The memory budget of one `card` (a key of CARDS) in bytes: see BUDGET_SHARE."""
+  return int(CARDS[card][5] * BUDGET_SHARE)
+
+
 def target_config(card: str) -> str:
   """The GpuTargetConfigProto text of `card` (a key of CARDS)."""
   (name, major, cores, fpus, clock, memory, bandwidth, l2, shared_per_core,

@@ -132,6 +132,18 @@ def test_tpu_kernel_compiles_for_a_v5e_chip_and_vmem_overflow_is_caught():
     export_check.compile_for(_kernel_fn(big), args)
 
 
+def test_a_compiled_program_over_its_memory_budget_fails_the_row():
+  """The budget check on any compile target (here the CPU): a 512 x 256 float32
+  argument is 0.5 MiB, so a 0.25 MiB budget fails the row and a 1 MiB one passes."""
+  fn = jax.jit(lambda x: (x @ x.T).sum())
+  arg = jax.ShapeDtypeStruct((512, 256), jnp.float32)
+  over = export_check.compile_for(fn, (arg,), budget=(2 ** 18, "a test's"))
+  assert not over["ok"] and over["memory_gib"] * 2 ** 30 >= 2 ** 19
+  assert over["reason"].startswith("needs ") and over["reason"].endswith(
+      " GiB per device, over the budget of 0.00 GiB (a test's)")
+  assert export_check.compile_for(fn, (arg,), budget=(2 ** 20, "a test's"))["ok"]
+
+
 CUDA_PLUGIN = os.environ.get("GRALIGN_CUDA_PLUGIN", os.path.join(REPO, ".cuda-plugin"))
 
 
@@ -153,6 +165,30 @@ def test_the_smoke_config_compiles_for_eight_h100s_without_a_gpu(tmp_path):
     row = rows[(program, "compile h100:8")]
     assert row["ok"] and row["memory_gib"] > 0, row
   assert "NVIDIA GPUs (compile, Triton GEMMs off)" in (tmp_path / "cuda.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(CUDA_PLUGIN) and not os.environ.get("GRALIGN_CI"),
+                    reason="no CUDA plugin folder (gpu_targets.py says how; CI has one)")
+def test_a_default_runs_programs_fit_the_memory_budget_on_eight_h100s(tmp_path):
+  """Issue 23: every program a default run of a paper configuration compiles (ViT-B/16
+  + BERT-base at batch 128, bf16: the train step, both encoders, both score programs at
+  COCO's 5K test split) within gpu_targets' budget per compile-only H100 (a row over
+  it fails, test_a_compiled_program_over_its_memory_budget_fails_the_row)."""
+  from gralign_jax import gpu_targets  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "cuda"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.export_check", "--configs=vit224",
+       "--platforms=cuda", "--cuda_compile=h100:8", f"--cuda_plugin={CUDA_PLUGIN}",
+       f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  budget = gpu_targets.memory_budget("h100") / 2 ** 30
+  compiled = [r for r in json.loads((tmp_path / "cuda.json").read_text())["rows"]
+              if r["stage"] == "compile h100:8"]
+  assert sorted(r["program"] for r in compiled) == sorted(export_check.PROGRAMS)
+  for r in compiled:
+    assert r["ok"] and 0 < r["memory_gib"] <= budget, r
+  assert f"Memory budget: {budget:.2f} GiB per device" in (tmp_path / "cuda.md").read_text()
 
 
 def test_cuda_compile_refuses_a_bad_card_or_a_missing_plugin(tmp_path):
