@@ -55,9 +55,9 @@ def user_errors() -> tuple[type[Exception], ...]:
   """Errors about data, weights, configs, files and the workdir that name what to fix."""
   # pylint: disable=g-import-not-at-top
   from gralign_jax import checkpoint, configs, paths, run_dir, weights
-  from gralign_jax.data import images, split
+  from gralign_jax.data import false_captions, images, split
   return (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-          split.DataFormatError, weights.CheckpointMismatchError, images.ImageDecodeError,
+          split.DataFormatError, false_captions.FalseCaptionError, weights.CheckpointMismatchError, images.ImageDecodeError,
           configs.ConfigError, run_dir.RunDirError, checkpoint.CheckpointError,
           paths.PathError)
 

@@ -90,7 +90,7 @@ def main() -> None:
       split = datasets.read_split(loaded.config, split_flag.value)
       result = probe.run(loaded.evaluator, loaded.params, loaded.config,
                          loaded.tokenizer, split, seed=seed_flag.value)
-    except main_lib.user_errors() + (probe.ProbeError,) as e:
+    except main_lib.user_errors() as e:
       sys.exit(f"Error: {e}")
     result.update(workdir=workdir, step=loaded.step, checkpoint=which_flag.value,
                   data_root=loaded.config.data.root,

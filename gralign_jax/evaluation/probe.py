@@ -1,8 +1,8 @@
 """The compositional probe: does the true caption outscore the same caption made false?
 
 For every caption of a split, perturbed captions that are false for its image
-(data/perturb_scenes.py on the synthetic set, which knows its scenes; data/perturb_text.py
-on real captions) are scored against that image with the run's model, and
+(data/false_captions.py: perturb_scenes.py on the synthetic set, which knows its
+scenes; perturb_text.py on real captions) are scored against that image with the run's model, and
 
   accuracy = 100 x fraction of (image, true caption, perturbed caption) with
              score(image, true) > score(image, perturbed)   (strictly: a tie, or a NaN,
@@ -21,8 +21,6 @@ blockwise kernels are tested against, taken pair by pair (the Scorer computes wh
 image x caption matrices and fuses the parts, and the probe needs each part of a few
 pairs per image).
 """
-import dataclasses
-import os
 import time
 
 import jax
@@ -30,8 +28,8 @@ import ml_collections
 import numpy as np
 
 from gralign_jax import logs
+from gralign_jax.data import false_captions
 from gralign_jax.data import perturb_scenes
-from gralign_jax.data import perturb_text
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
 from gralign_jax.data import synthetic_scenes
@@ -41,88 +39,6 @@ WORD_CLASSES = ("colour", "shape", "size", "relation", "other")
 PART_NAMES = {"total": "score", "ori": "S_ori", "key": "S_key", "unc": "S_unc",
               "global": "S_global"}
 _BLOCK = 256  # pairs scored per call
-
-
-class ProbeError(ValueError):
-  """The split's captions cannot be matched with the scene record (said in full)."""
-
-
-@dataclasses.dataclass
-class Perturbed:
-  """P perturbed captions: caption (P,) int, the index in the split of the true caption
-  each was made from (its image: caption // captions_per_image); kind, text, detail."""
-  caption: np.ndarray
-  kind: list[str]
-  text: list[str]
-  detail: list[str]
-
-  def __len__(self):
-    return len(self.text)
-
-
-# ------------------------------------------------------------------ perturbations
-
-
-def _scene_by_file(root: str, log: logs.Log) -> dict:
-  try:
-    record = synthetic_scenes.load_scene_record(root, log)
-  except ValueError as e:  # a marker whose parameters do not draw the set on disk
-    raise ProbeError(str(e)) from e
-  return {s["filename"]: s for s in record["scenes"]}
-
-
-def is_synthetic(root: str) -> bool:
-  """Whether root holds the synthetic scenes set (its record, or the marker that lets
-  the record be drawn again)."""
-  return (os.path.isfile(os.path.join(root, synthetic_scenes.SCENES_JSON))
-          or synthetic_scenes.is_complete(root))
-
-
-def _synthetic(split: readers.Split, root: str, seed: int, log: logs.Log) -> list[dict]:
-  scenes = _scene_by_file(root, log)
-  cpi = split.captions_per_image
-  out = []
-  for c, text in enumerate(split.captions):
-    name = os.path.basename(str(split.image_paths[c // cpi]))
-    scene = scenes.get(name)
-    if scene is None:
-      raise ProbeError(f"Image {name} of split {split.name!r} is not in the scene record "
-                       f"of {root}: expected the synthetic set that record describes.")
-    rec = next((r for r in scene["captions"] if r["raw"] == text), None)
-    if rec is None:
-      raise ProbeError(f"Caption {c} of split {split.name!r} ({text!r}) is not among the "
-                       f"captions the scene record of {root} holds for {name}.")
-    out.append(perturb_scenes.perturb(text, scene["objects"], rec.get("relation"),
-                                      np.random.default_rng([seed, c])))
-  return out
-
-
-def build(config: ml_collections.ConfigDict, split: readers.Split, seed: int = 0,
-          log: logs.Log = logs.info) -> tuple[Perturbed, dict]:
-  """The perturbed captions of a split -> (Perturbed, info): info["set"] is
-  "synthetic" or "captions", info["kinds"] the kinds tried, info["notes"] what was
-  left out and why. Caption c draws from default_rng([seed, c])."""
-  root, notes = config.data.root, []
-  if is_synthetic(root):
-    kinds, made = perturb_scenes.KINDS, _synthetic(split, root, seed, log)
-    what = "synthetic"
-  else:
-    kinds, what = perturb_text.KINDS, "captions"
-    why = perturb_text.tagger_problem()
-    if why:
-      kinds = ("order",)
-      notes.append(f"noun_swap and adjective_swap left out: {why}.")
-    made = perturb_text.perturb_all(list(split.captions), seed, kinds)
-  caption, kind, text, detail = [], [], [], []
-  for c, found in enumerate(made):
-    for k in kinds:
-      if k in found:
-        caption.append(c)
-        kind.append(k)
-        text.append(found[k][0])
-        detail.append(found[k][1])
-  return (Perturbed(np.asarray(caption, np.int64), kind, text, detail),
-          {"set": what, "kinds": list(kinds), "notes": notes})
 
 
 # ------------------------------------------------------------------ scores
@@ -141,13 +57,11 @@ def pair_scores(images: dict, texts: dict, image_index: np.ndarray,
   keys_i = [k for k in similarity.SCORE_KEYS if k in images]
   keys_t = [k for k in similarity.SCORE_KEYS if k in texts]
 
-  def one(img, txt):  # one pair, as a 1 x 1 block
-    add = lambda x: x[None]
-    s = similarity.pair_scores(jax.tree.map(add, img), jax.tree.map(add, txt), cfg)
-    s["total"] = similarity.total_score(s, cfg)
-    return {k: v[0, 0] for k, v in s.items()}
+  def matched(img, txt):
+    s = similarity.matched_scores(img, txt, cfg)
+    return dict(s, total=similarity.total_score(s, cfg))
 
-  score_block = jax.jit(jax.vmap(one))
+  score_block = jax.jit(matched)
   n = len(image_index)
   parts = []
   for start in range(0, n, block):
@@ -249,7 +163,7 @@ def run(evaluator, params, config: ml_collections.ConfigDict, tokenizer,
   pair), "details" {kind: {detail: {"n", "accuracy", "parts"}}}, "gates" (synthetic
   set, text adapter on), and where it came from. Accuracies in percent."""
   t0 = time.time()
-  pert, info = build(config, split, seed, log)
+  pert, info = false_captions.build(config, split, seed=seed, log=log)
   cpi = split.captions_per_image
   max_len = int(config.data.max_len)
   log(f"Probe on split {split.name!r} ({info['set']}): {split.num_images} images, "

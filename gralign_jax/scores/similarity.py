@@ -123,6 +123,21 @@ def pair_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],
   return scores
 
 
+def matched_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],
+                   model_config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Image b with caption b only: img and txt with the same leading axis P ->
+  {name: (P,)} float32, pair_scores' entries (b, b) without the other P^2 - P pairs."""
+  keys_i = {k: img[k] for k in SCORE_KEYS if k in img}
+  keys_t = {k: txt[k] for k in SCORE_KEYS if k in txt}
+
+  def one(i, t):  # one pair, as a 1 x 1 block
+    s = pair_scores(jax.tree.map(lambda x: x[None], i), jax.tree.map(lambda x: x[None], t),
+                    model_config)
+    return {k: v[0, 0] for k, v in s.items()}
+
+  return jax.vmap(one)(keys_i, keys_t)
+
+
 def weighted_sum(values: Mapping[str, jax.Array],
                  weights: Sequence[float]) -> jax.Array:
   """sum_k w_k values[k] / sum_k w_k over the keys present ("global": weight 1).
