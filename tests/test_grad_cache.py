@@ -89,6 +89,21 @@ def _loss(config, batch, kind, hardest):
   return loss_of
 
 
+def _reference(encode, loss_of, inputs, n=4):
+  """jax.value_and_grad, as one graph, of the loss over the whole batch encoded chunk by
+  chunk (rows c, c + n, ...): what gradient caching must equal. The encoders see the
+  chunks' shapes, as in gradient caching, because a one-batch encode rounds differently
+  (other matmul blocking) and the max-pooled scores route gradients through an argmax
+  that such rounding can flip: measured on an AMD EPYC host, the summed triplet's
+  gradients then differed by 1.5e-4 relative, InfoNCE's by 4e-5; the hardest triplet's
+  by 6e-7."""
+  def whole(p):
+    parts = [encode(p, jax.tree.map(lambda x, c=c: x[c::n], inputs), c) for c in range(n)]
+    outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+    return loss_of(jax.tree.map(grad_cache.unchunked, outputs))
+  return jax.jit(jax.value_and_grad(whole, has_aux=True))
+
+
 def _close(got, want, what):
   (loss, aux), grads = got
   (loss_ref, aux_ref), grads_ref = want
@@ -106,13 +121,12 @@ def _close(got, want, what):
 @pytest.mark.parametrize("kind, hardest", [("triplet", True), ("triplet", False),
                                            ("infonce", False)])
 def test_chunked_gradients_equal_the_whole_batch(setting, kind, hardest):
-  """Deterministic encoders (no random draws): 4 chunks == jax.grad of the whole batch
-  in one graph, for each loss."""
+  """Deterministic encoders (no random draws): 4 chunks == jax.grad of the whole batch's
+  loss in one graph (_reference), for each loss."""
   config, model, params, batch = setting
   loss_of = _loss(config, batch, kind, hardest)
   encode, inputs = _encoder(model, config, batch, train_mode=False)
-  want = jax.jit(jax.value_and_grad(lambda p: loss_of(encode(p, inputs)),
-                                    has_aux=True))(params)
+  want = _reference(lambda q, x, c: encode(q, x), loss_of, inputs)(params)
   got = jax.jit(lambda p: grad_cache.value_and_grad(
       lambda q, x, c: encode(q, x), loss_of, p, inputs, 4))(params)
   _close(got, want, f"{kind} hardest={hardest}")
@@ -124,13 +138,7 @@ def test_chunked_gradients_with_the_training_draws(setting):
   config, model, params, batch = setting
   loss_of = _loss(config, batch, "triplet", True)
   encode, inputs = _encoder(model, config, batch, train_mode=True)
-
-  def whole(p, n=4):
-    parts = [encode(p, jax.tree.map(lambda x, c=c: x[c::n], inputs), c) for c in range(n)]
-    outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
-    return loss_of(jax.tree.map(grad_cache.unchunked, outputs))
-
-  want = jax.jit(jax.value_and_grad(whole, has_aux=True))(params)
+  want = _reference(encode, loss_of, inputs)(params)
   got = jax.jit(lambda p: grad_cache.value_and_grad(encode, loss_of, p, inputs, 4))(params)
   _close(got, want, "training draws")
 
@@ -151,5 +159,77 @@ def test_a_cached_train_step_is_the_same_on_one_device_and_eight(setting):
       state, aux = step(state, sharding.global_batch(batch, mesh))
     out[n] = jax.device_get((state["params"], aux["loss"]))
   np.testing.assert_allclose(out[1][1], out[8][1], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               out[1][0], out[8][0])
+
+
+@pytest.fixture(scope="module")
+def false_batch(setting, smoke_root):
+  """setting's batch with loss.hard_negatives' keys: each row's caption made false."""
+  from gralign_jax.data import false_captions  # pylint: disable=g-import-not-at-top
+  config, _, _, _ = setting
+  tokenizer = datasets.load_tokenizer(config)
+  split = datasets.read_split(config, "train")
+  made, info = false_captions.build(config, split, seed=0)
+  false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
+                                         tokenizer, config.data.max_len)
+  caps = pipeline.encode_captions(split.captions, tokenizer, config.data.max_len)
+  batch = next(pipeline.train_iterator(split, caps, config, seed=0, false=false))
+  batch.pop("bad_images", None)
+  assert batch["false_valid"].any()
+  return batch
+
+
+def test_chunked_gradients_with_false_captions_equal_the_whole_batch(setting,
+                                                                      false_batch):
+  """The false captions are a third encoder output: chunked like the rest, their scores
+  with their own image (similarity.matched_scores) join the loss over the whole batch."""
+  config, model, params, _ = setting
+  batch = false_batch
+  encode2, inputs = _encoder(model, config, batch, train_mode=False)
+  inputs.update(false_ids=jnp.asarray(batch["false_ids"]),
+                false_mask=jnp.asarray(batch["false_mask"]))
+
+  def encode(p, x, chunk=None):
+    false = model.apply({"params": p}, x["false_ids"], x["false_mask"], train=False,
+                        gumbel_tau=1.0, method=grm.GRM.encode_text)
+    return encode2(p, x, chunk) + (false,)
+
+  loss_config = config.loss.copy_and_resolve_references()
+  valid = jnp.asarray(batch["false_valid"])
+
+  def loss_of(outputs):
+    img, txt, false = outputs
+    return losses.grm_loss(
+        similarity.pair_scores(img, txt, config.model), img,
+        jnp.asarray(batch["image_id"]), loss_config, hardest=jnp.bool_(True), txt=txt,
+        false_scores=similarity.matched_scores(img, false, config.model),
+        false_valid=valid)
+
+  want = _reference(lambda q, x, c: encode(q, x), loss_of, inputs)(params)
+  got = jax.jit(lambda p: grad_cache.value_and_grad(
+      lambda q, x, c: encode(q, x), loss_of, p, inputs, 4))(params)
+  assert 0 <= float(want[0][1]["false_win"]) <= 1
+  _close(got, want, "false captions")
+
+
+def test_a_train_step_with_false_captions_is_the_same_on_one_device_and_eight(
+    setting, false_batch):
+  """make_train_step with loss.hard_negatives' batch keys, gradient caching on."""
+  config, model, _, _ = setting
+  config = config.copy_and_resolve_references()
+  config.train.grad_cache_chunks = 2
+  config.loss.hard_negatives = "all"
+  tx = optim.make_optimizer(config, steps_per_epoch=10)
+  objective = losses.Objective.from_config(config, steps_per_epoch=1)
+  out = {}
+  for n in (1, 8):
+    mesh = sharding.make_mesh(jax.devices()[:n])
+    state = train.create_state(model, tx, config, mesh, log=lambda *a: None)
+    step = train.make_train_step(model, tx, config, mesh, objective)
+    state, aux = step(state, sharding.global_batch(false_batch, mesh))
+    out[n] = jax.device_get((state["params"], aux["loss"], aux["false_win"]))
+  np.testing.assert_allclose(out[1][1], out[8][1], rtol=1e-5)
+  assert out[1][2] == out[8][2]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                out[1][0], out[8][0])
