@@ -84,6 +84,12 @@ def loss_config() -> ml_collections.ConfigDict:
                                   # per-token H): also asks each token to pick prompts
       keep_ratio=-1.0,            # rho of the optional (mean(a) - rho)^2 penalty; < 0: off
       keep_ratio_weight=0.0,
+      # Composition-aware hard negatives (NegCLIP): each training caption brings one of
+      # its own made false (data/false_captions.py), one more negative caption for its
+      # image. "" off; "all" or a comma list of kinds: shape, colour, size, binding,
+      # relation, order on the synthetic set; order, noun_swap, adjective_swap on
+      # real captions.
+      hard_negatives="",
   ))
 
 

@@ -109,8 +109,9 @@ class Progress:
     eta = (self.total - step) / max(rate, 1e-9)
     if self.budget_left is not None:  # evaluations count here, not in the budget
       eta = min(eta, max(self.budget_left - elapsed, 0.0))
+    false = (f"  beats false {aux['false_win']:.0%}" if "false_win" in aux else "")
     info(f"[train @ {step}/{self.total}] loss {aux['loss']:.4f}  score spread "
-         f"{aux['score_spread']:.3f}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min"
+         f"{aux['score_spread']:.3f}{false}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min"
          f"{throughput_text(aux)}")
 
   def close(self) -> None:

@@ -47,12 +47,16 @@ def _offdiag_negatives(positives: jax.Array) -> jax.Array:
 
 
 def triplet(scores: jax.Array, positives: jax.Array, margin: float,
-            hardest: jax.Array) -> jax.Array:
+            hardest: jax.Array, false_scores: Optional[jax.Array] = None,
+            false_valid: Optional[jax.Array] = None) -> jax.Array:
   """scores (B, B) rows = images, cols = captions of the batch pairs -> scalar.
 
   positives (B, B) bool: pairs that share an image id (never negatives).
   hardest: bool scalar; False sums over all violating negatives (warm-up), True keeps
   only the hardest negative per anchor, in each direction.
+  false_scores (B,): image i with a caption of its own made false (composition-aware
+  hard negatives), one more negative caption for image anchor i where false_valid (B,)
+  bool; captions stay anchors of the batch's images only.
   """
   scores = scores.astype(jnp.float32)
   neg = _offdiag_negatives(positives)
@@ -61,23 +65,34 @@ def triplet(scores: jax.Array, positives: jax.Array, margin: float,
   # images i.
   cost_c = jnp.where(neg, jax.nn.relu(margin + scores - diag[:, None]), 0.0)
   cost_i = jnp.where(neg, jax.nn.relu(margin + scores - diag[None, :]), 0.0)
+  if false_scores is not None:  # one more column per image anchor
+    cost_f = jnp.where(false_valid, jax.nn.relu(
+        margin + false_scores.astype(jnp.float32) - diag), 0.0)
+    cost_c = jnp.concatenate([cost_c, cost_f[:, None]], axis=1)
   summed = jnp.sum(cost_c) + jnp.sum(cost_i)
   hard = jnp.sum(jnp.max(cost_c, axis=1)) + jnp.sum(jnp.max(cost_i, axis=0))
   return jnp.where(hardest, hard, summed)
 
 
-def infonce(scores: jax.Array, positives: jax.Array, temperature: float) -> jax.Array:
+def infonce(scores: jax.Array, positives: jax.Array, temperature: float,
+            false_scores: Optional[jax.Array] = None,
+            false_valid: Optional[jax.Array] = None) -> jax.Array:
   """Symmetric InfoNCE: scores (B, B), positives (B, B) bool -> scalar.
 
   The diagonal is the target; other positives (same image) leave the denominators, so
-  a caption is never pushed away from its own image.
+  a caption is never pushed away from its own image. false_scores (B,), false_valid
+  (B,) bool: as in triplet, one more caption in image i's denominator.
   """
   logits = scores.astype(jnp.float32) / temperature
   b = scores.shape[0]
   others = positives & ~jnp.eye(b, dtype=bool)
   logits = jnp.where(others, similarity.NEG, logits)
-  i2t = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
   t2i = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=0)))
+  if false_scores is not None:
+    extra = jnp.where(false_valid, false_scores.astype(jnp.float32) / temperature,
+                      similarity.NEG)
+    logits = jnp.concatenate([logits, extra[:, None]], axis=1)
+  i2t = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
   return i2t + t2i
 
 
@@ -168,7 +183,9 @@ def keep_ratio_penalty(gates: jax.Array, mask: jax.Array, rho: float) -> jax.Arr
 def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
              image_ids: jax.Array, loss_config: ml_collections.ConfigDict,
              hardest: jax.Array,
-             txt: Optional[Mapping[str, jax.Array]] = None
+             txt: Optional[Mapping[str, jax.Array]] = None,
+             false_scores: Optional[Mapping[str, jax.Array]] = None,
+             false_valid: Optional[jax.Array] = None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The full objective on one batch of B pairs.
 
@@ -177,6 +194,10 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   image_ids (B,) int: pairs with the same id are positives.
   hardest: bool scalar, the warm-up switch of the triplet loss.
   txt: GRM.encode_text output, only read by the keep-ratio penalty on text gates.
+  false_scores {name: (B,)}, false_valid (B,) bool: image i scored with a caption of
+  its own made false (similarity.matched_scores; loss.hard_negatives), one more
+  negative caption per image anchor; aux then has "false_win" (the share of valid
+  rows whose true caption outscores the false one, by the total score).
   Returns (loss, aux): aux has "loss", "l_con", "l_<score>" per score, "l_recon",
   "l_kl", "l_ent" (when regions are on; reported even if switched off),
   "prompt_coverage" (K,) (mean share of an image each prompt takes; 1/K each when
@@ -190,10 +211,12 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   reg_scale = regularizer_scale(cfg, image_ids.shape[0])
   terms = {}
   for name, s in scores.items():
+    extra = {} if false_scores is None else dict(false_scores=false_scores[name],
+                                                 false_valid=false_valid)
     if cfg.kind == "triplet":
-      terms[name] = triplet(s, positives, cfg.margin, hardest)
+      terms[name] = triplet(s, positives, cfg.margin, hardest, **extra)
     elif cfg.kind == "infonce":
-      terms[name] = infonce(s, positives, cfg.temperature)
+      terms[name] = infonce(s, positives, cfg.temperature, **extra)
     else:
       raise ValueError(f"config.loss.kind must be 'triplet' or 'infonce', got "
                        f"{cfg.kind!r}")
@@ -233,6 +256,11 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   aux["score_spread"] = jnp.std(total)
   aux["pos_score"] = jnp.sum(total * pos) / jnp.maximum(jnp.sum(pos), 1.0)
   aux["neg_score"] = jnp.sum(total * (1 - pos)) / jnp.maximum(jnp.sum(1 - pos), 1.0)
+  if false_scores is not None:
+    f_total = jax.lax.stop_gradient(similarity.weighted_sum(false_scores, cfg.weights))
+    valid = false_valid.astype(jnp.float32)
+    aux["false_win"] = (jnp.sum((jnp.diagonal(total) > f_total) * valid)
+                        / jnp.maximum(jnp.sum(valid), 1.0))
   aux["reg_scale"] = jnp.float32(reg_scale)
   aux["loss"] = loss
   return loss, aux
@@ -266,9 +294,10 @@ class Objective:
     return cls(ml_collections.FrozenConfigDict(config.loss), config.train.batch_size,
                hard_from, config.train.warmup_steps)
 
-  def __call__(self, scores, img, image_ids, step, txt=None):
+  def __call__(self, scores, img, image_ids, step, txt=None, false_scores=None,
+               false_valid=None):
     return grm_loss(scores, img, image_ids, self.config, hardest=step >= self.hard_from,
-                    txt=txt)
+                    txt=txt, false_scores=false_scores, false_valid=false_valid)
 
   def describe(self, total_steps: int) -> str:
     """'loss triplet, hardest negatives from step 312' (the switch when it comes)."""

@@ -171,6 +171,7 @@ BEFORE_THE_KEY_EXISTED = {
     "loss.regularizer_scale": 1.0, "loss.entropy_form": "paper",
     "model.gumbel_tau_final": 1.0, "finalized": True,
     "train.grad_cache_chunks": 1, "train.profile_steps": "", "eval.probe": False,
+    "loss.hard_negatives": "",
 }
 
 

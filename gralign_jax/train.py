@@ -27,6 +27,7 @@ from gralign_jax import run_dir
 from gralign_jax import sharding
 from gralign_jax import throughput
 from gralign_jax.data import datasets
+from gralign_jax.data import false_captions
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.evaluation import evaluator as evaluator_lib
@@ -95,6 +96,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
         f"({config.data.train_split!r} under {config.data.root}).")
   captions = {s: pipeline.encode_captions(sp.captions, tokenizer, config.data.max_len)
               for s, sp in splits.items()}
+  false = _false_captions(config, splits["train"], tokenizer)
   steps_per_epoch = splits["train"].num_captions // config.train.batch_size
   total_steps = (config.train.num_steps if config.train.num_steps > 0
                  else int(round(config.train.num_epochs * steps_per_epoch)))
@@ -131,7 +133,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
 
   # ---------------------------------------------------------------- checkpoint and resume
   batches = pipeline.train_iterator(splits["train"], captions["train"], config,
-                                    seed=config.seed)
+                                    seed=config.seed, false=false)
   meta = {"best_rsum": -1.0, "best_step": -1}
   restored = checkpointer.restore_latest(state, logs.info)
   if restored is not None:
@@ -334,12 +336,29 @@ def abstract_state(model, tx, config: ml_collections.ConfigDict, mesh) -> dict:
                       jax.eval_shape(init, jax.random.PRNGKey(config.seed)))
 
 
+def _false_captions(config, split, tokenizer) -> pipeline.FalseCaptions | None:
+  """loss.hard_negatives: the training captions made false, tokenised once (or None)."""
+  if not config.loss.hard_negatives:
+    return None
+  kinds = false_captions.chosen_kinds(config.loss.hard_negatives, config.data.root)
+  made, info = false_captions.build(config, split, seed=config.seed, kinds=kinds)
+  false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
+                                         tokenizer, config.data.max_len)
+  counts = ", ".join(f"{k} {n}" for k, n in zip(false.kinds, false.valid.sum(0)))
+  logs.info(f"  hard negatives: {len(made)} false captions ({counts}); "
+            f"{int(false.valid.any(1).sum())} of {split.num_captions} training captions "
+            "have one" + "".join(f"; {n}" for n in info["notes"]))
+  return false
+
+
 def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh,
                     objective: losses.Objective | None = None,
                     total_steps: int | None = None):
   """(state, batch) -> (state, aux), jitted, state donated, batch split over 'data'.
 
-  batch: image uint8 (B, S, S, 3), ids int32 (B, L), mask bool (B, L), image_id (B,).
+  batch: image uint8 (B, S, S, 3), ids int32 (B, L), mask bool (B, L), image_id (B,);
+  with loss.hard_negatives also false_ids (B, L), false_mask (B, L), false_valid (B,):
+  each image's own caption made false, one more negative for it.
   The objective gets the step (its warm-up switch; default: config.loss with hardest
   negatives from step 0) and the adapters' Gumbel temperature follows its schedule over
   `total_steps` (default train.num_steps), without recompiling. With
@@ -359,16 +378,27 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh,
                                  config.model.gumbel_tau_final, total_steps)
     pixels = images_lib.model_input(batch["image"], mean, std)  # precomp: features
 
-    def encode(params, inputs, rngs):  # -> (img, txt) token sets
-      return model.apply({"params": params}, inputs["pixels"], inputs["ids"],
-                         inputs["mask"], train=True, gumbel_tau=tau, rngs=rngs)
+    def encode(params, inputs, rngs):  # -> (img, txt[, false txt]) token sets
+      out = model.apply({"params": params}, inputs["pixels"], inputs["ids"],
+                        inputs["mask"], train=True, gumbel_tau=tau, rngs=rngs)
+      if "false_ids" not in inputs:
+        return out
+      other = {name: jax.random.fold_in(key, 1) for name, key in rngs.items()}
+      return out + (model.apply({"params": params}, inputs["false_ids"],
+                                inputs["false_mask"], train=True, gumbel_tau=tau,
+                                rngs=other, method=grm.GRM.encode_text),)
 
     def loss_of(outputs):
-      img, txt = outputs
+      img, txt, *false = outputs
       scores = similarity.pair_scores(img, txt, config.model)
-      return objective(scores, img, batch["image_id"], state["step"], txt=txt)
+      extra = {} if not false else dict(
+          false_scores=similarity.matched_scores(img, false[0], config.model),
+          false_valid=batch["false_valid"])
+      return objective(scores, img, batch["image_id"], state["step"], txt=txt, **extra)
 
-    inputs = {"pixels": pixels, "ids": batch["ids"], "mask": batch["mask"]}
+    inputs = {k: batch[k] for k in ("ids", "mask", "false_ids", "false_mask")
+              if k in batch}
+    inputs["pixels"] = pixels
     if chunks > 1:  # the whole batch's loss and gradients, one chunk's activations
       (loss, aux), grads = grad_cache.value_and_grad(
           lambda p, x, c: encode(p, x, grad_cache.fold_chunk(rngs, c)), loss_of,

@@ -10,11 +10,13 @@ from gralign_jax import configs
 from gralign_jax import losses
 
 
-def np_triplet(s, ids, margin, hardest):
+def np_triplet(s, ids, margin, hardest, false=None, valid=None):
   b = len(ids)
   total = 0.0
-  for i in range(b):  # image anchor, negative captions
+  for i in range(b):  # image anchor, negative captions (and its own made false)
     costs = [max(0.0, margin + s[i, j] - s[i, i]) for j in range(b) if ids[j] != ids[i]]
+    if false is not None and valid[i]:
+      costs.append(max(0.0, margin + false[i] - s[i, i]))
     total += (max(costs) if hardest else sum(costs)) if costs else 0.0
   for j in range(b):  # caption anchor, negative images
     costs = [max(0.0, margin + s[i, j] - s[j, j]) for i in range(b) if ids[i] != ids[j]]
@@ -22,11 +24,13 @@ def np_triplet(s, ids, margin, hardest):
   return total
 
 
-def np_infonce(s, ids, temperature):
+def np_infonce(s, ids, temperature, false=None, valid=None):
   b = len(ids)
   i2t = t2i = 0.0
   for a in range(b):
     row = [s[a, j] / temperature for j in range(b) if j == a or ids[j] != ids[a]]
+    if false is not None and valid[a]:
+      row.append(false[a] / temperature)
     i2t += -(s[a, a] / temperature - math.log(sum(math.exp(x) for x in row)))
     col = [s[i, a] / temperature for i in range(b) if i == a or ids[i] != ids[a]]
     t2i += -(s[a, a] / temperature - math.log(sum(math.exp(x) for x in col)))
@@ -98,6 +102,45 @@ def test_infonce_matches_reference():
   s = np.random.RandomState(2).uniform(-0.2, 1.0, (8, 8))
   got = losses.infonce(jnp.asarray(s), jnp.asarray(IDS[:, None] == IDS[None]), 0.05)
   np.testing.assert_allclose(got, np_infonce(s, IDS, 0.05), rtol=1e-5)
+
+
+FALSE_VALID = np.array([1, 1, 0, 1, 1, 0, 1, 1], bool)
+
+
+@pytest.mark.parametrize("kind", ["triplet_summed", "triplet_hardest", "infonce"])
+def test_false_captions_are_one_more_negative_per_image_anchor(kind):
+  """loss.hard_negatives: image i's own caption made false joins its negatives (not
+  where false_valid is False); the caption anchors are unchanged."""
+  rng = np.random.RandomState(3)
+  s = rng.uniform(-0.2, 1.0, (8, 8))
+  false = np.diagonal(s) + rng.uniform(-0.3, 0.3, 8)  # near the true pair's score
+  pos = jnp.asarray(IDS[:, None] == IDS[None])
+  args = dict(false_scores=jnp.asarray(false), false_valid=jnp.asarray(FALSE_VALID))
+  if kind == "infonce":
+    got = losses.infonce(jnp.asarray(s), pos, 0.05, **args)
+    want, without = (np_infonce(s, IDS, 0.05, false, FALSE_VALID),
+                     np_infonce(s, IDS, 0.05))
+  else:
+    hardest = kind == "triplet_hardest"
+    got = losses.triplet(jnp.asarray(s), pos, 0.2, jnp.asarray(hardest), **args)
+    want, without = (np_triplet(s, IDS, 0.2, hardest, false, FALSE_VALID),
+                     np_triplet(s, IDS, 0.2, hardest))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert want > without + 1e-3  # the false captions weigh
+
+
+def test_grm_loss_reports_how_often_the_true_caption_beats_the_false_one():
+  rng = np.random.RandomState(4)
+  b = 8
+  scores = {"ori": jnp.asarray(rng.uniform(size=(b, b)), jnp.float32)}
+  false = np.diagonal(np.asarray(scores["ori"])) + np.array(
+      [-0.1, 0.1, -0.1, -0.1, 0.1, 0.2, -0.1, -0.1])  # rows 1, 4 lose; 5 is not valid
+  cfg = configs.loss_config()
+  cfg.weights = (1.0,)
+  _, aux = losses.grm_loss(scores, {}, jnp.asarray(IDS), cfg, jnp.asarray(False),
+                           false_scores={"ori": jnp.asarray(false, jnp.float32)},
+                           false_valid=jnp.asarray(FALSE_VALID))
+  np.testing.assert_allclose(aux["false_win"], 4 / 6, rtol=1e-6)
 
 
 def test_kl_recon_entropy_keep():

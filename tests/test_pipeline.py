@@ -63,6 +63,39 @@ def test_epoch_covers_every_caption_once_then_reshuffles(data):
     assert b["image_id"].max() < split.num_images
 
 
+def test_hard_negatives_are_false_captions_of_each_rows_own_caption(data):
+  """loss.hard_negatives: every row carries a false caption made from its own caption
+  (one of the kinds that caption has), and the images, crops included, are those of
+  the same iterator without them."""
+  from gralign_jax.data import false_captions  # pylint: disable=g-import-not-at-top
+  config, split, captions = data
+  tokenizer = datasets.load_tokenizer(config)
+  made, info = false_captions.build(config, split, seed=0)
+  false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
+                                         tokenizer, config.data.max_len)
+  texts = {}  # caption -> the ids of its false captions, tokenised apart
+  for c, text in zip(made.caption, made.text):
+    ids = pipeline.encode_captions([text], tokenizer, config.data.max_len).ids[0]
+    texts.setdefault(int(c), []).append(tuple(ids))
+  with_false = take(pipeline.train_iterator(split, captions, config, seed=2,
+                                            false=false), 6)
+  plain = take(pipeline.train_iterator(split, captions, config, seed=2), 6)
+  drawn = set()
+  for b, p in zip(with_false, plain):
+    assert set(b) - set(p) == {"false_ids", "false_mask", "false_valid"}
+    for k in p:
+      np.testing.assert_array_equal(b[k], p[k])
+    for row in range(len(b["ids"])):
+      c = int(b["caption_id"][row])
+      assert bool(b["false_valid"][row]) == (c in texts)
+      if c in texts:
+        got = tuple(b["false_ids"][row])
+        assert got in texts[c] and got != tuple(captions.ids[c])
+        np.testing.assert_array_equal(b["false_mask"][row], np.asarray(got) != 0)
+        drawn.add(got)
+  assert len(drawn) > 20  # many kinds and captions, not one fixed choice
+
+
 def test_worker_processes_give_the_same_batches(data):
   config, split, captions = data
   in_process = take(pipeline.train_iterator(split, captions, config, seed=0), 4)

@@ -25,6 +25,7 @@ import numpy as np
 
 from gralign_jax import configs
 from gralign_jax import logs
+from gralign_jax.data import false_captions
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import readers
 from gralign_jax.data import text
@@ -43,6 +44,30 @@ def encode_captions(captions: Sequence[str], tokenizer,
   """Captions (a split's, or any list) -> EncodedCaptions, tokenised once."""
   ids, mask, truncated = text.tokenize(tokenizer, list(captions), max_len)
   return EncodedCaptions(ids.astype(np.int32), mask.astype(bool), int(truncated.sum()))
+
+
+@dataclasses.dataclass(frozen=True)
+class FalseCaptions:
+  """Each caption of a split made false in K ways, tokenised: ids / mask (M, K, L);
+  valid (M, K) bool: whether caption m has a false caption of kind kinds[k]."""
+  ids: np.ndarray
+  mask: np.ndarray
+  valid: np.ndarray
+  kinds: tuple[str, ...]
+
+
+def encode_false_captions(made: false_captions.Perturbed, num_captions: int,
+                          kinds: Sequence[str], tokenizer, max_len: int) -> FalseCaptions:
+  """false_captions.build's captions (at most one per kind per caption) -> FalseCaptions
+  over the split's num_captions captions, tokenised once."""
+  enc = encode_captions(made.text, tokenizer, max_len)
+  ids = np.zeros((num_captions, len(kinds), max_len), np.int32)
+  mask = np.zeros((num_captions, len(kinds), max_len), bool)
+  valid = np.zeros((num_captions, len(kinds)), bool)
+  k = np.asarray([kinds.index(kind) for kind in made.kind], np.int64)
+  ids[made.caption, k], mask[made.caption, k], valid[made.caption, k] = (
+      enc.ids, enc.mask, True)
+  return FalseCaptions(ids, mask, valid, tuple(kinds))
 
 
 _WARNED: set = set()  # images already reported bad by this process
@@ -69,7 +94,9 @@ class _TrainExample:
   With skip_bad_images, a caption whose image cannot be read is replaced by the same
   caption slot of the next readable image, so batches keep their size and every host
   its step count; "bad_images" counts the failed reads behind this record (a bad
-  image is met once per caption per epoch).
+  image is met once per caption per epoch). With `false`, the record also holds one
+  of its caption's false captions, a kind drawn among those it has ("false_ids",
+  "false_mask"; "false_valid" False, and padding, for a caption with none).
   """
   split: readers.Split
   captions: EncodedCaptions
@@ -78,6 +105,7 @@ class _TrainExample:
   hflip: bool
   skip_bad_images: bool = False
   resize_method: str = "bilinear"
+  false: FalseCaptions | None = None
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict:
     cpi, n = self.split.captions_per_image, self.split.num_images
@@ -100,9 +128,15 @@ class _TrainExample:
                                              method=self.resize_method)
       if self.hflip and rng.random() < 0.5:
         image = images_lib.hflip(image)
-    return {"image": image, "ids": self.captions.ids[c], "mask": self.captions.mask[c],
-            "image_id": np.int32(i), "caption_id": np.int32(c),
-            "bad_images": np.int32(bad)}
+    out = {"image": image, "ids": self.captions.ids[c], "mask": self.captions.mask[c],
+           "image_id": np.int32(i), "caption_id": np.int32(c),
+           "bad_images": np.int32(bad)}
+    if self.false is not None:  # drawn after the crop: the crops stay those of a run without
+      kinds = np.flatnonzero(self.false.valid[c])
+      k = kinds[rng.integers(len(kinds))] if len(kinds) else 0
+      out.update(false_ids=self.false.ids[c, k], false_mask=self.false.mask[c, k],
+                 false_valid=np.bool_(len(kinds) > 0))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,12 +204,15 @@ def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
 
 
 def train_iterator(split: readers.Split, captions: EncodedCaptions,
-                   config: ml_collections.ConfigDict, *, seed: int) -> grain.DatasetIterator:
+                   config: ml_collections.ConfigDict, *, seed: int,
+                   false: FalseCaptions | None = None) -> grain.DatasetIterator:
   """Endless iterator of this host's training batches.
 
   Yields dicts: image uint8 (b, S, S, 3) (features: float32 (b, R, D)), ids int32
   (b, L), mask bool (b, L), image_id and caption_id int32 (b,), bad_images int32 (b,)
-  (images passed over, see _TrainExample), where b = train.batch_size / process_count.
+  (images passed over, see _TrainExample), where b = train.batch_size / process_count;
+  with `false` (loss.hard_negatives) also false_ids int32 (b, L), false_mask bool
+  (b, L) and false_valid bool (b,): one false caption of each row's caption.
   `get_state()` / `set_state()` give its position for checkpoints.
   """
   configs.require_final(config, "pipeline.train_iterator")
@@ -190,7 +227,7 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
   ds = ds.random_map(_TrainExample(split, captions, config.data.image_size,
                                    tuple(config.data.crop_scale), bool(config.data.hflip),
                                    bool(config.data.skip_bad_images),
-                                   _resize_method(config)), seed=seed)
+                                   _resize_method(config), false), seed=seed)
   local = global_batch // process_count
   ds = grain.MapDataset.range(len(ds) // global_batch * local).map(
       _HostRows(ds, global_batch, local, jax.process_index()))
