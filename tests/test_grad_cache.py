@@ -143,24 +143,33 @@ def test_chunked_gradients_with_the_training_draws(setting):
   _close(got, want, "training draws")
 
 
-def test_a_cached_train_step_is_the_same_on_one_device_and_eight(setting):
-  """Strided chunks are the same rows whatever the number of devices."""
-  config, model, _, batch = setting
+def _steps_on_one_device_and_eight(setting, batch, steps=2, **loss_changes):
+  """The cached train step (2 chunks) `steps` times on 1 and on 8 devices -> the two
+  (params, aux)."""
+  config, model, _, _ = setting
   config = config.copy_and_resolve_references()
   config.train.grad_cache_chunks = 2
+  config.loss.update(loss_changes)
   tx = optim.make_optimizer(config, steps_per_epoch=10)
   objective = losses.Objective.from_config(config, steps_per_epoch=1)
-  out = {}
+  out = []
   for n in (1, 8):
     mesh = sharding.make_mesh(jax.devices()[:n])
     state = train.create_state(model, tx, config, mesh, log=lambda *a: None)
     step = train.make_train_step(model, tx, config, mesh, objective)
-    for _ in range(2):
+    for _ in range(steps):
       state, aux = step(state, sharding.global_batch(batch, mesh))
-    out[n] = jax.device_get((state["params"], aux["loss"]))
-  np.testing.assert_allclose(out[1][1], out[8][1], rtol=1e-5)
+    out.append(jax.device_get((state["params"], aux)))
+  (params_1, aux_1), (params_8, aux_8) = out
+  np.testing.assert_allclose(aux_1["loss"], aux_8["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               out[1][0], out[8][0])
+               params_1, params_8)
+  return aux_1, aux_8
+
+
+def test_a_cached_train_step_is_the_same_on_one_device_and_eight(setting):
+  """Strided chunks are the same rows whatever the number of devices."""
+  _steps_on_one_device_and_eight(setting, setting[3])
 
 
 @pytest.fixture(scope="module")
@@ -216,20 +225,6 @@ def test_chunked_gradients_with_false_captions_equal_the_whole_batch(setting,
 def test_a_train_step_with_false_captions_is_the_same_on_one_device_and_eight(
     setting, false_batch):
   """make_train_step with loss.hard_negatives' batch keys, gradient caching on."""
-  config, model, _, _ = setting
-  config = config.copy_and_resolve_references()
-  config.train.grad_cache_chunks = 2
-  config.loss.hard_negatives = "all"
-  tx = optim.make_optimizer(config, steps_per_epoch=10)
-  objective = losses.Objective.from_config(config, steps_per_epoch=1)
-  out = {}
-  for n in (1, 8):
-    mesh = sharding.make_mesh(jax.devices()[:n])
-    state = train.create_state(model, tx, config, mesh, log=lambda *a: None)
-    step = train.make_train_step(model, tx, config, mesh, objective)
-    state, aux = step(state, sharding.global_batch(false_batch, mesh))
-    out[n] = jax.device_get((state["params"], aux["loss"], aux["false_win"]))
-  np.testing.assert_allclose(out[1][1], out[8][1], rtol=1e-5)
-  assert out[1][2] == out[8][2]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               out[1][0], out[8][0])
+  aux_1, aux_8 = _steps_on_one_device_and_eight(setting, false_batch, steps=1,
+                                                hard_negatives="all")
+  assert aux_1["false_win"] == aux_8["false_win"]
