@@ -341,10 +341,12 @@ def _false_captions(config, split, tokenizer) -> pipeline.FalseCaptions | None:
   if not config.loss.hard_negatives:
     return None
   kinds = false_captions.chosen_kinds(config.loss.hard_negatives, config.data.root)
-  made, info = false_captions.build(config, split, seed=config.seed, kinds=kinds)
+  made, info = false_captions.build(config, split, seed=config.seed, kinds=tuple(kinds))
   false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
-                                         tokenizer, config.data.max_len)
-  counts = ", ".join(f"{k} {n}" for k, n in zip(false.kinds, false.valid.sum(0)))
+                                         tokenizer, config.data.max_len,
+                                         [kinds[k] for k in info["kinds"]])
+  counts = ", ".join(f"{k} {n}" + (f" x{w:g}" if len(set(false.weights)) > 1 else "")
+                     for k, n, w in zip(false.kinds, false.valid.sum(0), false.weights))
   logs.info(f"  hard negatives: {len(made)} false captions ({counts}); "
             f"{int(false.valid.any(1).sum())} of {split.num_captions} training captions "
             "have one" + "".join(f"; {n}" for n in info["notes"]))

@@ -96,6 +96,42 @@ def test_hard_negatives_are_false_captions_of_each_rows_own_caption(data):
   assert len(drawn) > 20  # many kinds and captions, not one fixed choice
 
 
+def test_hard_negative_kinds_are_drawn_in_proportion_to_their_weights(data):
+  """loss.hard_negatives="order:1,colour:3": among captions that have both kinds,
+  colour is drawn about 3 times in 4; a caption with one kind always gets that one."""
+  from gralign_jax.data import false_captions  # pylint: disable=g-import-not-at-top
+  config, split, captions = data
+  kinds = false_captions.chosen_kinds("order:1,colour:3", config.data.root)
+  assert kinds == {"order": 1.0, "colour": 3.0}
+  made, info = false_captions.build(config, split, seed=0, kinds=tuple(kinds))
+  false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
+                                         datasets.load_tokenizer(config),
+                                         config.data.max_len, list(kinds.values()))
+  kind_of = {(int(c), tuple(false.ids[c, info["kinds"].index(k)])): k
+             for c, k in zip(made.caption, made.kind)}
+  steps = split.num_captions // config.train.batch_size
+  drawn = {"both": [], "one": []}
+  for b in take(pipeline.train_iterator(split, captions, config, seed=5, false=false),
+                8 * steps):
+    for row in range(len(b["ids"])):
+      c = int(b["caption_id"][row])
+      if b["false_valid"][row]:
+        k = kind_of[(c, tuple(b["false_ids"][row]))]
+        drawn["both" if false.valid[c].all() else "one"].append(k == "colour")
+  both = np.mean(drawn["both"])
+  assert len(drawn["both"]) > 300 and 0.68 < both < 0.82, (len(drawn["both"]), both)
+  # a caption with only one kind (colour: every caption names a colour) draws it
+  assert drawn["one"] and all(drawn["one"])
+
+
+@pytest.mark.parametrize("spec", ["relation:0", "relation:x", "shape,shape", "teeth:2", ""])
+def test_hard_negative_kinds_that_do_not_parse_are_named(data, spec):
+  from gralign_jax.data import false_captions  # pylint: disable=g-import-not-at-top
+  config = data[0]
+  with pytest.raises(false_captions.FalseCaptionError, match="kind:weight"):
+    false_captions.chosen_kinds(spec, config.data.root)
+
+
 def test_worker_processes_give_the_same_batches(data):
   config, split, captions = data
   in_process = take(pipeline.train_iterator(split, captions, config, seed=0), 4)

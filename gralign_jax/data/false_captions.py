@@ -79,17 +79,32 @@ def kinds_of(root: str) -> tuple[str, ...]:
   return perturb_scenes.KINDS if is_synthetic(root) else perturb_text.KINDS
 
 
-def chosen_kinds(spec: str, root: str) -> tuple[str, ...]:
-  """"all" or a comma list of kinds (e.g. loss.hard_negatives) -> the kinds, checked
-  against those the data under root allow; raises FalseCaptionError naming them."""
+def chosen_kinds(spec: str, root: str) -> dict[str, float]:
+  """"all", or a comma list of kinds each with an optional weight ("relation:6,shape:3,
+  binding") (e.g. loss.hard_negatives) -> {kind: weight}, checked against the kinds
+  the data under root allow ("all": each of them, weight 1). A caption's false caption
+  is drawn among the kinds it has with probability proportional to their weights.
+  Raises FalseCaptionError naming what does not fit."""
   allowed = kinds_of(root)
-  kinds = allowed if spec == "all" else tuple(k.strip() for k in spec.split(",") if k.strip())
-  bad = [k for k in kinds if k not in allowed]
-  if bad or not kinds:
+  if spec.strip() == "all":
+    return dict.fromkeys(allowed, 1.0)
+  chosen, bad = {}, []
+  for item in (i.strip() for i in spec.split(",")):
+    kind, _, weight = item.partition(":")
+    try:
+      w = float(weight) if weight else 1.0
+    except ValueError:
+      w = float("nan")
+    if kind.strip() not in allowed or not w > 0 or kind.strip() in chosen:
+      bad.append(repr(item))
+    else:
+      chosen[kind.strip()] = w
+  if bad or not chosen:
     raise FalseCaptionError(
-        f"{spec!r}: expected 'all' or a comma list of {', '.join(allowed)} (the kinds of "
-        f"false caption the data under {root} allow); found {', '.join(bad) or 'none'}.")
-  return kinds
+        f"{spec!r}: expected 'all' or a comma list of kinds, each once with an optional "
+        f"positive weight (kind:weight), among {', '.join(allowed)} (the kinds of false "
+        f"caption the data under {root} allow); found {', '.join(bad) or 'none'}.")
+  return chosen
 
 
 def build(config: ml_collections.ConfigDict, split: readers.Split, *, seed: int = 0,

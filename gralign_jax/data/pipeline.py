@@ -49,17 +49,22 @@ def encode_captions(captions: Sequence[str], tokenizer,
 @dataclasses.dataclass(frozen=True)
 class FalseCaptions:
   """Each caption of a split made false in K ways, tokenised: ids / mask (M, K, L);
-  valid (M, K) bool: whether caption m has a false caption of kind kinds[k]."""
+  valid (M, K) bool: whether caption m has a false caption of kind kinds[k];
+  weights (K,): a caption's false caption is drawn among the kinds it has with
+  probability proportional to these."""
   ids: np.ndarray
   mask: np.ndarray
   valid: np.ndarray
   kinds: tuple[str, ...]
+  weights: np.ndarray
 
 
 def encode_false_captions(made: false_captions.Perturbed, num_captions: int,
-                          kinds: Sequence[str], tokenizer, max_len: int) -> FalseCaptions:
+                          kinds: Sequence[str], tokenizer, max_len: int,
+                          weights: Sequence[float] | None = None) -> FalseCaptions:
   """false_captions.build's captions (at most one per kind per caption) -> FalseCaptions
-  over the split's num_captions captions, tokenised once."""
+  over the split's num_captions captions, tokenised once; weights per kind (default
+  all 1: a kind drawn uniformly among those a caption has)."""
   enc = encode_captions(made.text, tokenizer, max_len)
   ids = np.zeros((num_captions, len(kinds), max_len), np.int32)
   mask = np.zeros((num_captions, len(kinds), max_len), bool)
@@ -67,7 +72,8 @@ def encode_false_captions(made: false_captions.Perturbed, num_captions: int,
   k = np.asarray([kinds.index(kind) for kind in made.kind], np.int64)
   ids[made.caption, k], mask[made.caption, k], valid[made.caption, k] = (
       enc.ids, enc.mask, True)
-  return FalseCaptions(ids, mask, valid, tuple(kinds))
+  weights = np.ones(len(kinds)) if weights is None else np.asarray(weights, np.float64)
+  return FalseCaptions(ids, mask, valid, tuple(kinds), weights)
 
 
 _WARNED: set = set()  # images already reported bad by this process
@@ -95,7 +101,8 @@ class _TrainExample:
   caption slot of the next readable image, so batches keep their size and every host
   its step count; "bad_images" counts the failed reads behind this record (a bad
   image is met once per caption per epoch). With `false`, the record also holds one
-  of its caption's false captions, a kind drawn among those it has ("false_ids",
+  of its caption's false captions, a kind drawn among those it has in proportion to
+  its weight ("false_ids",
   "false_mask"; "false_valid" False, and padding, for a caption with none).
   """
   split: readers.Split
@@ -133,7 +140,8 @@ class _TrainExample:
            "bad_images": np.int32(bad)}
     if self.false is not None:  # drawn after the crop: the crops stay those of a run without
       kinds = np.flatnonzero(self.false.valid[c])
-      k = kinds[rng.integers(len(kinds))] if len(kinds) else 0
+      cum = np.cumsum(self.false.weights[kinds])
+      k = kinds[np.searchsorted(cum, rng.random() * cum[-1], side="right")] if len(kinds) else 0
       out.update(false_ids=self.false.ids[c, k], false_mask=self.false.mask[c, k],
                  false_valid=np.bool_(len(kinds) > 0))
     return out
