@@ -88,7 +88,8 @@ def loss_config() -> ml_collections.ConfigDict:
       # its own made false (data/false_captions.py), one more negative caption for its
       # image. "" off; "all" or a comma list of kinds: shape, colour, size, binding,
       # relation, order on the synthetic set; order, noun_swap, adjective_swap on
-      # real captions.
+      # real captions. A kind may carry a weight, "relation:6,shape:3,order": a
+      # caption's false caption is drawn among its kinds in proportion to them.
       hard_negatives="",
   ))
 
