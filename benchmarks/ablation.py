@@ -3,6 +3,13 @@
   python benchmarks/ablation.py                      # the whole grid, then the table
   python benchmarks/ablation.py --variants=grm,ori --seeds=0,1,2
   python benchmarks/ablation.py --table_only         # the table from the runs so far
+  python benchmarks/ablation.py --grid=composition   # hard negatives and patches
+
+Every run evaluates with the probe (eval.probe=True, experiments/probe.py): the tables
+give its accuracy per kind of false caption (mean +- sd over seeds) beside rSum, for
+the runs that have it (runs recorded before the probe existed have none). The
+composition grid (hard negatives of the probe's kinds, 8 px patches, against `grm`)
+has its own ledger and tables: benchmarks/composition.*.
 
 Each (variant, seed) is one demo run (experiments/configs/demo.py:VARIANT, config.seed
 = SEED; the data set is the same for all) in RUNS/VARIANT-sSEED, with the demo's budget:
@@ -70,12 +77,25 @@ GATE_FORMS = (
     ("tau_anneal", "soft Gumbel-softmax, tau annealed 1 -> 0.1"),
     ("hard_gates", "straight-through hard Gumbel (0/1 gates)"),
 )
-TABLES = (("The ablation rows", VARIANTS), ("The gate form", GATE_FORMS))
+# What teaches composition (the probe's kinds): a variant "a+b" is demo.py:a,b.
+COMPOSITION = (
+    ("grm", "the demo as it is"),
+    ("hard_negatives", "false captions of every kind, drawn uniformly"),
+    ("relation_negatives", "false captions weighted relation 6, shape 3, binding 3, order 1"),
+    ("relation_negatives+patch8", "the same, with 8 px patches (65 visual tokens)"),
+)
+GRIDS = {
+    "ablation": (("The ablation rows", VARIANTS), ("The gate form", GATE_FORMS)),
+    "composition": (("Hard negatives and patches", COMPOSITION),),
+}
+PROBE_KINDS = ("shape", "colour", "size", "binding", "relation", "order")
+GATE_WORDS = ("colour", "shape", "size", "relation")
 
 
 def _run(variant: str, seed: int, workdir: str, args, cores=None) -> None:
+  words = variant.replace("+", ",") + (",smoke" if args.smoke else "")
   cmd = [sys.executable, "-m", "experiments.demo",
-         f"--config=experiments/configs/demo.py:{variant}{',smoke' if args.smoke else ''}",
+         f"--config=experiments/configs/demo.py:{words}", "--config.eval.probe=True",
          f"--config.seed={seed}", f"--workdir={workdir}"]
   if args.seconds > 0:
     cmd += ["--config.train.num_steps=100000",
@@ -112,13 +132,24 @@ def last_train_step(workdir: str) -> int:
 
 
 def _record(workdir: str) -> dict | None:
+  """A finished run's figures; with its probe (results.json's, else the probe_test.json
+  experiments.probe wrote beside it) when it has one."""
   path = os.path.join(workdir, "results.json")
   if not os.path.isfile(path):
     return None
   with open(path) as f:
     results = json.load(f)
-  return {"test_rsum": results["test"]["rsum"], "dev_rsum": results["dev"]["rsum"],
-          "best_step": results.get("best_step"), "steps": last_train_step(workdir)}
+  record = {"test_rsum": results["test"]["rsum"], "dev_rsum": results["dev"]["rsum"],
+            "best_step": results.get("best_step"), "steps": last_train_step(workdir)}
+  probe = results.get("probe")
+  beside = os.path.join(workdir, "probe_test.json")
+  if probe is None and os.path.isfile(beside):
+    with open(beside) as f:
+      probe = json.load(f)
+  if probe is not None:
+    record["probe"] = {k: v["accuracy"] for k, v in probe["kinds"].items()}
+    record["gates"] = {k: v["gate"] for k, v in probe["gates"].items()}
+  return record
 
 
 @functools.cache
@@ -173,15 +204,20 @@ def table(runs: dict, variants, seeds, reference: str = "grm") -> tuple[dict, st
   that paired difference, not of the two means, says whether a component matters.
   """
   ref = {s: r for s in seeds if (r := runs.get(f"{reference}-s{s}")) is not None}
+  probed = any("probe" in r for v, _ in variants for s in seeds
+               if (r := runs.get(f"{v}-s{s}")) is not None)
+  extra = ((" | " + " | ".join(PROBE_KINDS) + " | gates " + " / ".join(GATE_WORDS))
+           if probed else "")
+  blank = " |" * (len(PROBE_KINDS) + 1) if probed else ""
   rows, lines = {}, [
       f"| variant | what it is | seeds | test rSum per seed | test rSum (mean +- sd) | "
-      f"vs `{reference}`, paired (mean +- sd) | dev rSum | steps |",
-      "|---|---|---|---|---|---|---|---|"]
+      f"vs `{reference}`, paired (mean +- sd) | dev rSum | steps{extra} |",
+      "|---|---|---|---|---|---|---|---|" + "---|" * (len(PROBE_KINDS) + 1) * probed]
   for variant, what in variants:
     got = {s: r for s in seeds if (r := runs.get(f"{variant}-s{s}")) is not None}
     rows[variant] = {"what": what, "seeds": got}
     if not got:
-      lines.append(f"| `{variant}` | {what} | 0 | not run | | | | |")
+      lines.append(f"| `{variant}` | {what} | 0 | not run | | | | |{blank}")
       continue
     test, sd = stats([r["test_rsum"] for r in got.values()])
     dev, _ = stats([r["dev_rsum"] for r in got.values()])
@@ -194,8 +230,19 @@ def table(runs: dict, variants, seeds, reference: str = "grm") -> tuple[dict, st
       rows[variant].update(vs_reference_mean=d_mean, vs_reference_sd=d_sd)
       paired = spread(d_mean, d_sd, "+")
     rows[variant].update(test_mean=test, test_sd=sd, dev_mean=dev, steps_mean=steps)
+    probe = ""
+    if probed:
+      with_probe = [r for r in got.values() if "probe" in r]
+      accuracy = {k: stats([r["probe"][k] for r in with_probe if k in r["probe"]])
+                  for k in PROBE_KINDS if with_probe}
+      gates = "" if not with_probe else " / ".join(
+          f"{stats([r['gates'][w] for r in with_probe])[0]:.2f}" for w in GATE_WORDS)
+      rows[variant].update(probe_seeds=len(with_probe), probe={
+          k: {"mean": m, "sd": d} for k, (m, d) in accuracy.items()})
+      probe = "".join(f" {spread(*accuracy[k])} |" if k in accuracy else " |"
+                      for k in PROBE_KINDS) + (f" {gates} |" if gates else " |")
     lines.append(f"| `{variant}` | {what} | {len(got)} | {per_seed} | {spread(test, sd)} "
-                 f"| {paired} | {dev:.1f} | {steps:.0f} |")
+                 f"| {paired} | {dev:.1f} | {steps:.0f} |{probe}")
   return rows, "\n".join(lines)
 
 
@@ -223,10 +270,12 @@ def machine() -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  known = {v: what for _, rows in TABLES for v, what in rows}
-  parser.add_argument("--variants", default=",".join(known))
+  parser.add_argument("--grid", default="ablation", choices=sorted(GRIDS),
+                      help="ablation: the paper's rows and the gate form; "
+                      "composition: hard negatives and patches")
+  parser.add_argument("--variants", default="", help="(default: every one of the grid)")
   parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-  parser.add_argument("--runs", default=os.path.join(REPO, "runs", "ablation"))
+  parser.add_argument("--runs", default="", help="(default: runs/GRID)")
   parser.add_argument("--seconds", type=float, default=0,
                       help="training time per run (0: the config's own num_steps)")
   parser.add_argument("--data_root", default="", help="the synthetic set's folder")
@@ -236,10 +285,13 @@ def main() -> None:
   parser.add_argument("--table_only", action="store_true")
   parser.add_argument("--out", default=None,
                       help="writes OUT.md, OUT.json and the ledger OUT_runs.json "
-                      "(default benchmarks/ablation for the full grid, else "
-                      "runs/benchmarks/ablation)")
+                      "(default benchmarks/GRID for the full grid, else "
+                      "runs/benchmarks/GRID)")
   args = parser.parse_args()
-  names = [v.strip() for v in args.variants.split(",") if v.strip()]
+  tables = GRIDS[args.grid]
+  known = {v: what for _, rows in tables for v, what in rows}
+  args.runs = args.runs or os.path.join(REPO, "runs", args.grid)
+  names = [v.strip() for v in (args.variants or ",".join(known)).split(",") if v.strip()]
   unknown = [v for v in names if v not in known]
   if unknown:
     sys.exit(f"Error: --variants: unknown {unknown}; expected some of {list(known)}.")
@@ -254,7 +306,7 @@ def main() -> None:
              "util-linux), which is not on PATH; run with --jobs=1.")
   departures = ((["--smoke"] if args.smoke else []) +
                 ([f"--seconds={args.seconds:g}"] if args.seconds > 0 else []))
-  args.out = records.out_prefix("ablation", args.out, departures)
+  args.out = records.out_prefix(args.grid, args.out, departures)
   ledger = args.out + "_runs.json"
   os.makedirs(args.runs, exist_ok=True)
   if not args.table_only:
@@ -285,7 +337,7 @@ def main() -> None:
   if records.is_committed(args.out):  # the whole grid, whichever part this run filled
     names, seeds = list(known), sorted(set(SEEDS) | set(seeds))
   rows, markdown = {}, []
-  for title, variants in TABLES:
+  for title, variants in tables:
     chosen = [(v, what) for v, what in variants if v in names]
     if chosen:
       got, md = table(ledger_runs, chosen, seeds)

@@ -49,6 +49,10 @@ def test_the_grid_runs_each_seed_once_and_tables_mean_and_spread(smoke_root, tmp
   ledger = json.loads((tmp_path / "ablation_runs.json").read_text())["runs"]
   assert sorted(ledger) == ["grm-s0", "grm-s1", "tau_anneal-s0", "tau_anneal-s1"]
   assert [ledger[f"grm-s{s}"]["test_rsum"] for s in (0, 1)] == tests["grm"]
+  with open(runs / "grm-s0" / "results.json") as f:  # every run is probed
+    probe = json.load(f)["probe"]
+  assert ledger["grm-s0"]["probe"] == {k: v["accuracy"] for k, v in probe["kinds"].items()}
+  assert "| relation | order | gates colour / shape / size / relation |" in md
   assert ledger["grm-s0"]["cores_per_run"] == len(os.sched_getaffinity(0)) // jobs
 
   # The ledger, not the runs folder, is the record: without RUNS/ nothing is run again
@@ -95,3 +99,22 @@ def test_the_table_gives_a_spread_only_where_there_are_two_seeds():
   assert "| 300.0 | -130.0 |" in lines["`global`"]  # one seed: no spread, no nan
   assert rows["global"]["test_sd"] is None and rows["global"]["vs_reference_sd"] is None
   assert "nan" not in md
+
+
+def test_probe_columns_are_mean_and_spread_over_the_seeds_that_have_a_probe():
+  ablation = _ablation_module()
+  probe = lambda relation: {k: 90.0 for k in ablation.PROBE_KINDS} | {"relation": relation}
+  gates = {"colour": 1.0, "shape": 0.5, "size": 0.0, "relation": 0.25, "other": 0.0}
+  record = lambda test, **more: {"test_rsum": test, "dev_rsum": test, "steps": 10, **more}
+  records = {"grm-s0": record(430.0, probe=probe(50.0), gates=gates),
+             "grm-s1": record(440.0, probe=probe(60.0), gates=gates),
+             "grm-s2": record(450.0),  # recorded before the probe existed
+             "ori-s0": record(420.0)}
+  rows, md = ablation.table(records, (("grm", "full"), ("ori", "S_ori")), seeds=[0, 1, 2])
+  header, _, grm, ori = md.splitlines()
+  assert header.endswith("| relation | order | gates colour / shape / size / relation |")
+  assert grm.endswith("| 90.0 +- 0.0 | 55.0 +- 7.1 | 90.0 +- 0.0 | 1.00 / 0.50 / 0.00 / 0.25 |")
+  assert rows["grm"]["probe_seeds"] == 2
+  assert rows["grm"]["probe"]["relation"]["mean"] == pytest.approx(55.0)
+  assert ori.endswith("| 10 | | | | | | | |")  # no probe: blank cells, as many
+  assert len(ori.split("|")) == len(header.split("|"))
