@@ -91,6 +91,8 @@ def loss_config() -> ml_collections.ConfigDict:
       # real captions. A kind may carry a weight, "relation:6,shape:3,order": a
       # caption's false caption is drawn among its kinds in proportion to them.
       hard_negatives="",
+      hard_negatives_per_caption=1,  # false captions each training row carries (of
+                                     # distinct kinds, as many as its caption has)
   ))
 
 
@@ -284,6 +286,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "eval.batch_size"):
     if not _get(config, key) > 0:
       fail(key, "a value > 0")
+  if not (isinstance(config.loss.hard_negatives_per_caption, int)
+          and config.loss.hard_negatives_per_caption >= 1):
+    fail("loss.hard_negatives_per_caption", "a whole number >= 1")
   for key in ("data.train_split", "data.dev_split"):
     if not _get(config, key):
       fail(key, "a split name (only data.test_split may be empty: no final test)")

@@ -54,9 +54,9 @@ def triplet(scores: jax.Array, positives: jax.Array, margin: float,
   positives (B, B) bool: pairs that share an image id (never negatives).
   hardest: bool scalar; False sums over all violating negatives (warm-up), True keeps
   only the hardest negative per anchor, in each direction.
-  false_scores (B,): image i with a caption of its own made false (composition-aware
-  hard negatives), one more negative caption for image anchor i where false_valid (B,)
-  bool; captions stay anchors of the batch's images only.
+  false_scores (B, K): image i with K captions of its own made false (composition-aware
+  hard negatives), K more negative captions for image anchor i where false_valid
+  (B, K) bool; captions stay anchors of the batch's images only.
   """
   scores = scores.astype(jnp.float32)
   neg = _offdiag_negatives(positives)
@@ -65,10 +65,10 @@ def triplet(scores: jax.Array, positives: jax.Array, margin: float,
   # images i.
   cost_c = jnp.where(neg, jax.nn.relu(margin + scores - diag[:, None]), 0.0)
   cost_i = jnp.where(neg, jax.nn.relu(margin + scores - diag[None, :]), 0.0)
-  if false_scores is not None:  # one more column per image anchor
+  if false_scores is not None:  # K more columns per image anchor
     cost_f = jnp.where(false_valid, jax.nn.relu(
-        margin + false_scores.astype(jnp.float32) - diag), 0.0)
-    cost_c = jnp.concatenate([cost_c, cost_f[:, None]], axis=1)
+        margin + false_scores.astype(jnp.float32) - diag[:, None]), 0.0)
+    cost_c = jnp.concatenate([cost_c, cost_f], axis=1)
   summed = jnp.sum(cost_c) + jnp.sum(cost_i)
   hard = jnp.sum(jnp.max(cost_c, axis=1)) + jnp.sum(jnp.max(cost_i, axis=0))
   return jnp.where(hardest, hard, summed)
@@ -80,8 +80,8 @@ def infonce(scores: jax.Array, positives: jax.Array, temperature: float,
   """Symmetric InfoNCE: scores (B, B), positives (B, B) bool -> scalar.
 
   The diagonal is the target; other positives (same image) leave the denominators, so
-  a caption is never pushed away from its own image. false_scores (B,), false_valid
-  (B,) bool: as in triplet, one more caption in image i's denominator.
+  a caption is never pushed away from its own image. false_scores (B, K), false_valid
+  (B, K) bool: as in triplet, K more captions in image i's denominator.
   """
   logits = scores.astype(jnp.float32) / temperature
   b = scores.shape[0]
@@ -91,7 +91,7 @@ def infonce(scores: jax.Array, positives: jax.Array, temperature: float,
   if false_scores is not None:
     extra = jnp.where(false_valid, false_scores.astype(jnp.float32) / temperature,
                       similarity.NEG)
-    logits = jnp.concatenate([logits, extra[:, None]], axis=1)
+    logits = jnp.concatenate([logits, extra], axis=1)
   i2t = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
   return i2t + t2i
 
@@ -194,10 +194,10 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   image_ids (B,) int: pairs with the same id are positives.
   hardest: bool scalar, the warm-up switch of the triplet loss.
   txt: GRM.encode_text output, only read by the keep-ratio penalty on text gates.
-  false_scores {name: (B,)}, false_valid (B,) bool: image i scored with a caption of
-  its own made false (similarity.matched_scores; loss.hard_negatives), one more
-  negative caption per image anchor; aux then has "false_win" (the share of valid
-  rows whose true caption outscores the false one, by the total score).
+  false_scores {name: (B, K)}, false_valid (B, K) bool: image i scored with K captions
+  of its own made false (similarity.matched_scores; loss.hard_negatives), K more
+  negative captions per image anchor; aux then has "false_win" (the share of valid
+  false captions that the true caption outscores, by the total score).
   Returns (loss, aux): aux has "loss", "l_con", "l_<score>" per score, "l_recon",
   "l_kl", "l_ent" (when regions are on; reported even if switched off),
   "prompt_coverage" (K,) (mean share of an image each prompt takes; 1/K each when
@@ -259,7 +259,7 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   if false_scores is not None:
     f_total = jax.lax.stop_gradient(similarity.weighted_sum(false_scores, cfg.weights))
     valid = false_valid.astype(jnp.float32)
-    aux["false_win"] = (jnp.sum((jnp.diagonal(total) > f_total) * valid)
+    aux["false_win"] = (jnp.sum((jnp.diagonal(total)[:, None] > f_total) * valid)
                         / jnp.maximum(jnp.sum(valid), 1.0))
   aux["reg_scale"] = jnp.float32(reg_scale)
   aux["loss"] = loss

@@ -172,6 +172,7 @@ BEFORE_THE_KEY_EXISTED = {
     "model.gumbel_tau_final": 1.0, "finalized": True,
     "train.grad_cache_chunks": 1, "train.profile_steps": "", "eval.probe": False,
     "loss.hard_negatives": "",
+    "loss.hard_negatives_per_caption": 1,
 }
 
 

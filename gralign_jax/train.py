@@ -344,12 +344,14 @@ def _false_captions(config, split, tokenizer) -> pipeline.FalseCaptions | None:
   made, info = false_captions.build(config, split, seed=config.seed, kinds=tuple(kinds))
   false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
                                          tokenizer, config.data.max_len,
-                                         [kinds[k] for k in info["kinds"]])
+                                         [kinds[k] for k in info["kinds"]],
+                                         config.loss.hard_negatives_per_caption)
   counts = ", ".join(f"{k} {n}" + (f" x{w:g}" if len(set(false.weights)) > 1 else "")
                      for k, n, w in zip(false.kinds, false.valid.sum(0), false.weights))
   logs.info(f"  hard negatives: {len(made)} false captions ({counts}); "
             f"{int(false.valid.any(1).sum())} of {split.num_captions} training captions "
-            "have one" + "".join(f"; {n}" for n in info["notes"]))
+            f"have one; up to {false.per_caption} per training caption"
+            + "".join(f"; {n}" for n in info["notes"]))
   return false
 
 
@@ -359,8 +361,8 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh,
   """(state, batch) -> (state, aux), jitted, state donated, batch split over 'data'.
 
   batch: image uint8 (B, S, S, 3), ids int32 (B, L), mask bool (B, L), image_id (B,);
-  with loss.hard_negatives also false_ids (B, L), false_mask (B, L), false_valid (B,):
-  each image's own caption made false, one more negative for it.
+  with loss.hard_negatives also false_ids (B, n, L), false_mask (B, n, L), false_valid
+  (B, n): each image's own caption made false in n ways, n more negatives for it.
   The objective gets the step (its warm-up switch; default: config.loss with hardest
   negatives from step 0) and the adapters' Gumbel temperature follows its schedule over
   `total_steps` (default train.num_steps), without recompiling. With
@@ -386,15 +388,17 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict, mesh,
       if "false_ids" not in inputs:
         return out
       other = {name: jax.random.fold_in(key, 1) for name, key in rngs.items()}
-      return out + (model.apply({"params": params}, inputs["false_ids"],
-                                inputs["false_mask"], train=True, gumbel_tau=tau,
-                                rngs=other, method=grm.GRM.encode_text),)
+      b, n, length = inputs["false_ids"].shape
+      false = model.apply({"params": params}, inputs["false_ids"].reshape(b * n, length),
+                          inputs["false_mask"].reshape(b * n, length), train=True,
+                          gumbel_tau=tau, rngs=other, method=grm.GRM.encode_text)
+      return out + (jax.tree.map(lambda x: x.reshape(b, n, *x.shape[1:]), false),)
 
     def loss_of(outputs):
       img, txt, *false = outputs
       scores = similarity.pair_scores(img, txt, config.model)
       extra = {} if not false else dict(
-          false_scores=similarity.matched_scores(img, false[0], config.model),
+          false_scores=similarity.own_captions_scores(img, false[0], config.model),
           false_valid=batch["false_valid"])
       return objective(scores, img, batch["image_id"], state["step"], txt=txt, **extra)
 

@@ -174,25 +174,27 @@ def test_a_cached_train_step_is_the_same_on_one_device_and_eight(setting):
 
 @pytest.fixture(scope="module")
 def false_batch(setting, smoke_root):
-  """setting's batch with loss.hard_negatives' keys: each row's caption made false."""
+  """setting's batch with loss.hard_negatives' keys: each row's caption made false in
+  two ways (loss.hard_negatives_per_caption=2)."""
   from gralign_jax.data import false_captions  # pylint: disable=g-import-not-at-top
   config, _, _, _ = setting
   tokenizer = datasets.load_tokenizer(config)
   split = datasets.read_split(config, "train")
   made, info = false_captions.build(config, split, seed=0)
   false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
-                                         tokenizer, config.data.max_len)
+                                         tokenizer, config.data.max_len, per_caption=2)
   caps = pipeline.encode_captions(split.captions, tokenizer, config.data.max_len)
   batch = next(pipeline.train_iterator(split, caps, config, seed=0, false=false))
   batch.pop("bad_images", None)
-  assert batch["false_valid"].any()
+  assert batch["false_valid"][:, 1].any()
   return batch
 
 
 def test_chunked_gradients_with_false_captions_equal_the_whole_batch(setting,
                                                                       false_batch):
   """The false captions are a third encoder output: chunked like the rest, their scores
-  with their own image (similarity.matched_scores) join the loss over the whole batch."""
+  with their own image (similarity.own_captions_scores) join the loss over the whole
+  batch."""
   config, model, params, _ = setting
   batch = false_batch
   encode2, inputs = _encoder(model, config, batch, train_mode=False)
@@ -200,9 +202,12 @@ def test_chunked_gradients_with_false_captions_equal_the_whole_batch(setting,
                 false_mask=jnp.asarray(batch["false_mask"]))
 
   def encode(p, x, chunk=None):
-    false = model.apply({"params": p}, x["false_ids"], x["false_mask"], train=False,
+    b, n, length = x["false_ids"].shape
+    false = model.apply({"params": p}, x["false_ids"].reshape(b * n, length),
+                        x["false_mask"].reshape(b * n, length), train=False,
                         gumbel_tau=1.0, method=grm.GRM.encode_text)
-    return encode2(p, x, chunk) + (false,)
+    return encode2(p, x, chunk) + (jax.tree.map(
+        lambda v: v.reshape(b, n, *v.shape[1:]), false),)
 
   loss_config = config.loss.copy_and_resolve_references()
   valid = jnp.asarray(batch["false_valid"])
@@ -212,7 +217,7 @@ def test_chunked_gradients_with_false_captions_equal_the_whole_batch(setting,
     return losses.grm_loss(
         similarity.pair_scores(img, txt, config.model), img,
         jnp.asarray(batch["image_id"]), loss_config, hardest=jnp.bool_(True), txt=txt,
-        false_scores=similarity.matched_scores(img, false, config.model),
+        false_scores=similarity.own_captions_scores(img, false, config.model),
         false_valid=valid)
 
   want = _reference(lambda q, x, c: encode(q, x), loss_of, inputs)(params)

@@ -15,8 +15,8 @@ def np_triplet(s, ids, margin, hardest, false=None, valid=None):
   total = 0.0
   for i in range(b):  # image anchor, negative captions (and its own made false)
     costs = [max(0.0, margin + s[i, j] - s[i, i]) for j in range(b) if ids[j] != ids[i]]
-    if false is not None and valid[i]:
-      costs.append(max(0.0, margin + false[i] - s[i, i]))
+    if false is not None:  # false (B, K), valid (B, K)
+      costs += [max(0.0, margin + f - s[i, i]) for f, v in zip(false[i], valid[i]) if v]
     total += (max(costs) if hardest else sum(costs)) if costs else 0.0
   for j in range(b):  # caption anchor, negative images
     costs = [max(0.0, margin + s[i, j] - s[j, j]) for i in range(b) if ids[i] != ids[j]]
@@ -29,8 +29,8 @@ def np_infonce(s, ids, temperature, false=None, valid=None):
   i2t = t2i = 0.0
   for a in range(b):
     row = [s[a, j] / temperature for j in range(b) if j == a or ids[j] != ids[a]]
-    if false is not None and valid[a]:
-      row.append(false[a] / temperature)
+    if false is not None:
+      row += [f / temperature for f, v in zip(false[a], valid[a]) if v]
     i2t += -(s[a, a] / temperature - math.log(sum(math.exp(x) for x in row)))
     col = [s[i, a] / temperature for i in range(b) if i == a or ids[i] != ids[a]]
     t2i += -(s[a, a] / temperature - math.log(sum(math.exp(x) for x in col)))
@@ -104,26 +104,32 @@ def test_infonce_matches_reference():
   np.testing.assert_allclose(got, np_infonce(s, IDS, 0.05), rtol=1e-5)
 
 
-FALSE_VALID = np.array([1, 1, 0, 1, 1, 0, 1, 1], bool)
+FALSE_VALID = np.array([1, 1, 0, 1, 1, 0, 1, 1], bool)[:, None]
+# Two per image anchor: both, the first only, or none.
+FALSE_VALID_2 = np.array([[1, 1], [1, 0], [0, 0], [1, 1], [1, 1], [0, 0], [1, 0], [1, 1]],
+                         bool)
 
 
+@pytest.mark.parametrize("per_caption", [1, 2])
 @pytest.mark.parametrize("kind", ["triplet_summed", "triplet_hardest", "infonce"])
-def test_false_captions_are_one_more_negative_per_image_anchor(kind):
-  """loss.hard_negatives: image i's own caption made false joins its negatives (not
-  where false_valid is False); the caption anchors are unchanged."""
+def test_false_captions_are_more_negatives_per_image_anchor(kind, per_caption):
+  """loss.hard_negatives: image i's own captions made false (K of them) join its
+  negatives (not where false_valid is False); the caption anchors are unchanged."""
   rng = np.random.RandomState(3)
   s = rng.uniform(-0.2, 1.0, (8, 8))
-  false = np.diagonal(s) + rng.uniform(-0.3, 0.3, 8)  # near the true pair's score
+  valid = FALSE_VALID if per_caption == 1 else FALSE_VALID_2
+  # about as high as the row's highest score, so that they weigh for the hardest too
+  false = s.max(1)[:, None] + rng.uniform(-0.1, 0.2, (8, per_caption))
   pos = jnp.asarray(IDS[:, None] == IDS[None])
-  args = dict(false_scores=jnp.asarray(false), false_valid=jnp.asarray(FALSE_VALID))
+  args = dict(false_scores=jnp.asarray(false), false_valid=jnp.asarray(valid))
   if kind == "infonce":
     got = losses.infonce(jnp.asarray(s), pos, 0.05, **args)
-    want, without = (np_infonce(s, IDS, 0.05, false, FALSE_VALID),
+    want, without = (np_infonce(s, IDS, 0.05, false, valid),
                      np_infonce(s, IDS, 0.05))
   else:
     hardest = kind == "triplet_hardest"
     got = losses.triplet(jnp.asarray(s), pos, 0.2, jnp.asarray(hardest), **args)
-    want, without = (np_triplet(s, IDS, 0.2, hardest, false, FALSE_VALID),
+    want, without = (np_triplet(s, IDS, 0.2, hardest, false, valid),
                      np_triplet(s, IDS, 0.2, hardest))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   assert want > without + 1e-3  # the false captions weigh
@@ -133,8 +139,8 @@ def test_grm_loss_reports_how_often_the_true_caption_beats_the_false_one():
   rng = np.random.RandomState(4)
   b = 8
   scores = {"ori": jnp.asarray(rng.uniform(size=(b, b)), jnp.float32)}
-  false = np.diagonal(np.asarray(scores["ori"])) + np.array(
-      [-0.1, 0.1, -0.1, -0.1, 0.1, 0.2, -0.1, -0.1])  # rows 1, 4 lose; 5 is not valid
+  false = np.diagonal(np.asarray(scores["ori"]))[:, None] + np.array(
+      [-0.1, 0.1, -0.1, -0.1, 0.1, 0.2, -0.1, -0.1])[:, None]  # rows 1, 4 lose; 5 invalid
   cfg = configs.loss_config()
   cfg.weights = (1.0,)
   _, aux = losses.grm_loss(scores, {}, jnp.asarray(IDS), cfg, jnp.asarray(False),

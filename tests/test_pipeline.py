@@ -64,15 +64,15 @@ def test_epoch_covers_every_caption_once_then_reshuffles(data):
 
 
 def test_hard_negatives_are_false_captions_of_each_rows_own_caption(data):
-  """loss.hard_negatives: every row carries a false caption made from its own caption
-  (one of the kinds that caption has), and the images, crops included, are those of
-  the same iterator without them."""
+  """loss.hard_negatives with 2 per caption: every row carries false captions made from
+  its own caption, of distinct kinds (as many as that caption has, up to 2; padding
+  after), and the images, crops included, are those of the same iterator without them."""
   from gralign_jax.data import false_captions  # pylint: disable=g-import-not-at-top
   config, split, captions = data
   tokenizer = datasets.load_tokenizer(config)
   made, info = false_captions.build(config, split, seed=0)
   false = pipeline.encode_false_captions(made, split.num_captions, info["kinds"],
-                                         tokenizer, config.data.max_len)
+                                         tokenizer, config.data.max_len, per_caption=2)
   texts = {}  # caption -> the ids of its false captions, tokenised apart
   for c, text in zip(made.caption, made.text):
     ids = pipeline.encode_captions([text], tokenizer, config.data.max_len).ids[0]
@@ -83,16 +83,20 @@ def test_hard_negatives_are_false_captions_of_each_rows_own_caption(data):
   drawn = set()
   for b, p in zip(with_false, plain):
     assert set(b) - set(p) == {"false_ids", "false_mask", "false_valid"}
+    assert b["false_ids"].shape == (8, 2, config.data.max_len)
     for k in p:
       np.testing.assert_array_equal(b[k], p[k])
     for row in range(len(b["ids"])):
       c = int(b["caption_id"][row])
-      assert bool(b["false_valid"][row]) == (c in texts)
-      if c in texts:
-        got = tuple(b["false_ids"][row])
-        assert got in texts[c] and got != tuple(captions.ids[c])
-        np.testing.assert_array_equal(b["false_mask"][row], np.asarray(got) != 0)
-        drawn.add(got)
+      has = min(2, len(texts.get(c, ())))
+      np.testing.assert_array_equal(b["false_valid"][row], np.arange(2) < has)
+      got = [tuple(ids) for ids in b["false_ids"][row][:has]]
+      assert len(set(got)) == has  # distinct kinds
+      for ids in got:
+        assert ids in texts[c] and ids != tuple(captions.ids[c])
+      np.testing.assert_array_equal(b["false_mask"][row], b["false_ids"][row] != 0)
+      assert not b["false_ids"][row][has:].any()  # padding past the kinds it has
+      drawn.update(got)
   assert len(drawn) > 20  # many kinds and captions, not one fixed choice
 
 
@@ -115,8 +119,8 @@ def test_hard_negative_kinds_are_drawn_in_proportion_to_their_weights(data):
                 8 * steps):
     for row in range(len(b["ids"])):
       c = int(b["caption_id"][row])
-      if b["false_valid"][row]:
-        k = kind_of[(c, tuple(b["false_ids"][row]))]
+      if b["false_valid"][row, 0]:
+        k = kind_of[(c, tuple(b["false_ids"][row, 0]))]
         drawn["both" if false.valid[c].all() else "one"].append(k == "colour")
   both = np.mean(drawn["both"])
   assert len(drawn["both"]) > 300 and 0.68 < both < 0.82, (len(drawn["both"]), both)

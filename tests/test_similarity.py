@@ -212,3 +212,21 @@ def test_score_keys_cover_what_pair_scores_reads():
   keep = lambda d: {k: v for k, v in jx(d).items() if k in similarity.SCORE_KEYS}
   got = similarity.pair_scores(keep(img), keep(txt), cfg)
   assert set(got) == {"ori", "key", "unc"}
+
+
+@pytest.mark.parametrize("score", ["grm", "global"])
+def test_own_captions_scores_are_the_pairs_entries_of_each_image_with_its_own(score):
+  """own_captions_scores: image b with its K captions, as the literal reference scores
+  image b against every caption; matched_scores is the K = 1 case."""
+  cfg = configs.model_config()
+  cfg.score = score
+  img, txt = random_inputs(5, ni=3, nt=6)  # 3 images, 2 captions of their own each
+  want = np_pair_scores(img, txt, cfg)
+  own = {k: v.reshape(3, 2, *v.shape[1:]) for k, v in txt.items()}
+  got = similarity.own_captions_scores(jx(img), jx(own), cfg)
+  one = similarity.matched_scores(jx(img), jx({k: v[:, 0] for k, v in own.items()}), cfg)
+  assert set(got) == set(want)
+  for name in want:
+    expected = np.stack([want[name][b, 2 * b:2 * b + 2] for b in range(3)])
+    np.testing.assert_allclose(got[name], expected, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(one[name], expected[:, 0], atol=1e-5, err_msg=name)

@@ -146,10 +146,9 @@ VARIANTS = {
     "triplet": {"loss.kind": "triplet"},
     # Composition (the probe, experiments.probe): NegCLIP-style false captions of each
     # batch's own captions as negatives, uniform over the kinds or leaning on the kinds
-    # the probe finds weak; 8 px patches (4x the visual tokens at 64 px).
+    # the probe finds weak (the synthetic set's kinds).
     "hard_negatives": {"loss.hard_negatives": "all"},
     "relation_negatives": {"loss.hard_negatives": "relation:6,shape:3,binding:3,order:1"},
-    "patch8": {"model.vision.patch_size": 8},
 }
 
 

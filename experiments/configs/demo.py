@@ -1,7 +1,8 @@
 """GRM on the synthetic scenes set: the Quickstart's job, sized for a 2-core CPU.
 
 Arguments (comma-separated): a variant of common.VARIANTS ("global",
-"ori", "no_regions", ...) and/or "smoke" (a tiny set and a few steps, for tests).
+"ori", "no_regions", ...), "patch8" (8 px patches: 65 visual tokens, about twice the
+step time) and/or "smoke" (a tiny set and a few steps, for tests).
   python -m experiments.demo --config=experiments/configs/demo.py:global
 """
 from experiments.configs import common
@@ -9,7 +10,7 @@ from gralign_jax import configs
 
 
 def get_config(arg: str | None = None):
-  _, words = common.parse_arg(arg)
+  _, words = common.parse_arg(arg, extra=("patch8",))
   config = configs.base_config()
   config.data.update(name="synthetic", root="data/synthetic", format="laps",
                      image_dir="images", max_len=28, hflip=False,
@@ -28,6 +29,8 @@ def get_config(arg: str | None = None):
                       ckpt_every=300)
   config.eval.update(every_steps=300, block_images=40, block_texts=500, batch_size=256)
   common.apply_variants(config, words)
+  if "patch8" in words:
+    config.model.vision.patch_size = 8
   if "smoke" in words:
     common.smoke(config)
     config.data.root = "data/synthetic_smoke"

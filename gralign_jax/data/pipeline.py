@@ -50,21 +50,37 @@ def encode_captions(captions: Sequence[str], tokenizer,
 class FalseCaptions:
   """Each caption of a split made false in K ways, tokenised: ids / mask (M, K, L);
   valid (M, K) bool: whether caption m has a false caption of kind kinds[k];
-  weights (K,): a caption's false caption is drawn among the kinds it has with
-  probability proportional to these."""
+  weights (K,): a caption's false captions are drawn among the kinds it has with
+  probability proportional to these; per_caption: how many a training row carries."""
   ids: np.ndarray
   mask: np.ndarray
   valid: np.ndarray
   kinds: tuple[str, ...]
   weights: np.ndarray
+  per_caption: int = 1
+
+  def draw(self, c: int, rng: np.random.Generator) -> dict:
+    """Caption c's per_caption false captions, distinct kinds drawn one after another
+    in proportion to their weights -> false_ids int32 (n, L), false_mask bool (n, L),
+    false_valid bool (n,) (False, and padding, past the kinds the caption has)."""
+    kinds, picked = list(np.flatnonzero(self.valid[c])), []
+    for _ in range(min(self.per_caption, len(kinds))):
+      cum = np.cumsum(self.weights[kinds])
+      picked.append(kinds.pop(int(np.searchsorted(cum, rng.random() * cum[-1],
+                                                   side="right"))))
+    valid = np.arange(self.per_caption) < len(picked)
+    k = np.asarray(picked + [0] * (self.per_caption - len(picked)), np.int64)
+    return dict(false_ids=np.where(valid[:, None], self.ids[c, k], 0),
+                false_mask=self.mask[c, k] & valid[:, None], false_valid=valid)
 
 
 def encode_false_captions(made: false_captions.Perturbed, num_captions: int,
                           kinds: Sequence[str], tokenizer, max_len: int,
-                          weights: Sequence[float] | None = None) -> FalseCaptions:
+                          weights: Sequence[float] | None = None,
+                          per_caption: int = 1) -> FalseCaptions:
   """false_captions.build's captions (at most one per kind per caption) -> FalseCaptions
   over the split's num_captions captions, tokenised once; weights per kind (default
-  all 1: a kind drawn uniformly among those a caption has)."""
+  all 1: kinds drawn uniformly among those a caption has), per_caption drawn per row."""
   enc = encode_captions(made.text, tokenizer, max_len)
   ids = np.zeros((num_captions, len(kinds), max_len), np.int32)
   mask = np.zeros((num_captions, len(kinds), max_len), bool)
@@ -73,7 +89,7 @@ def encode_false_captions(made: false_captions.Perturbed, num_captions: int,
   ids[made.caption, k], mask[made.caption, k], valid[made.caption, k] = (
       enc.ids, enc.mask, True)
   weights = np.ones(len(kinds)) if weights is None else np.asarray(weights, np.float64)
-  return FalseCaptions(ids, mask, valid, tuple(kinds), weights)
+  return FalseCaptions(ids, mask, valid, tuple(kinds), weights, per_caption)
 
 
 _WARNED: set = set()  # images already reported bad by this process
@@ -100,10 +116,9 @@ class _TrainExample:
   With skip_bad_images, a caption whose image cannot be read is replaced by the same
   caption slot of the next readable image, so batches keep their size and every host
   its step count; "bad_images" counts the failed reads behind this record (a bad
-  image is met once per caption per epoch). With `false`, the record also holds one
-  of its caption's false captions, a kind drawn among those it has in proportion to
-  its weight ("false_ids",
-  "false_mask"; "false_valid" False, and padding, for a caption with none).
+  image is met once per caption per epoch). With `false`, the record also holds
+  false.per_caption of its caption's false captions (FalseCaptions.draw: "false_ids",
+  "false_mask", "false_valid").
   """
   split: readers.Split
   captions: EncodedCaptions
@@ -139,11 +154,7 @@ class _TrainExample:
            "image_id": np.int32(i), "caption_id": np.int32(c),
            "bad_images": np.int32(bad)}
     if self.false is not None:  # drawn after the crop: the crops stay those of a run without
-      kinds = np.flatnonzero(self.false.valid[c])
-      cum = np.cumsum(self.false.weights[kinds])
-      k = kinds[np.searchsorted(cum, rng.random() * cum[-1], side="right")] if len(kinds) else 0
-      out.update(false_ids=self.false.ids[c, k], false_mask=self.false.mask[c, k],
-                 false_valid=np.bool_(len(kinds) > 0))
+      out.update(self.false.draw(c, rng))
     return out
 
 
@@ -219,8 +230,9 @@ def train_iterator(split: readers.Split, captions: EncodedCaptions,
   Yields dicts: image uint8 (b, S, S, 3) (features: float32 (b, R, D)), ids int32
   (b, L), mask bool (b, L), image_id and caption_id int32 (b,), bad_images int32 (b,)
   (images passed over, see _TrainExample), where b = train.batch_size / process_count;
-  with `false` (loss.hard_negatives) also false_ids int32 (b, L), false_mask bool
-  (b, L) and false_valid bool (b,): one false caption of each row's caption.
+  with `false` (loss.hard_negatives) also false_ids int32 (b, n, L), false_mask bool
+  (b, n, L) and false_valid bool (b, n): n = loss.hard_negatives_per_caption false
+  captions of each row's caption.
   `get_state()` / `set_state()` give its position for checkpoints.
   """
   configs.require_final(config, "pipeline.train_iterator")

@@ -138,6 +138,14 @@ def matched_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],
   return jax.vmap(one)(keys_i, keys_t)
 
 
+def own_captions_scores(img: Mapping[str, jax.Array], txt: Mapping[str, jax.Array],
+                        model_config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Image b with K captions of its own: img with leading axis P, txt with leading axes
+  (P, K) -> {name: (P, K)} float32, matched_scores for each of the K."""
+  return jax.vmap(lambda t: matched_scores(img, t, model_config), in_axes=1,
+                  out_axes=1)(txt)
+
+
 def weighted_sum(values: Mapping[str, jax.Array],
                  weights: Sequence[float]) -> jax.Array:
   """sum_k w_k values[k] / sum_k w_k over the keys present ("global": weight 1).
