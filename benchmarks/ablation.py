@@ -83,6 +83,7 @@ COMPOSITION = (
     ("hard_negatives", "false captions of every kind, drawn uniformly"),
     ("relation_negatives", "false captions weighted relation 6, shape 3, binding 3, order 1"),
     ("relation_negatives+patch8", "the same, with 8 px patches (65 visual tokens)"),
+    ("all_negatives", "one false caption of every kind the caption has, at each step"),
 )
 GRIDS = {
     "ablation": (("The ablation rows", VARIANTS), ("The gate form", GATE_FORMS)),

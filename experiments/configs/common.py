@@ -146,9 +146,10 @@ VARIANTS = {
     "triplet": {"loss.kind": "triplet"},
     # Composition (the probe, experiments.probe): NegCLIP-style false captions of each
     # batch's own captions as negatives, uniform over the kinds or leaning on the kinds
-    # the probe finds weak (the synthetic set's kinds).
+    # the probe finds weak (the synthetic set's kinds), or one of every kind at each step.
     "hard_negatives": {"loss.hard_negatives": "all"},
     "relation_negatives": {"loss.hard_negatives": "relation:6,shape:3,binding:3,order:1"},
+    "all_negatives": {"loss.hard_negatives": "all", "loss.hard_negatives_per_caption": 6},
 }
 
 
