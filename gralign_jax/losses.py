@@ -195,7 +195,7 @@ def grm_loss(scores: Mapping[str, jax.Array], img: Mapping[str, jax.Array],
   hardest: bool scalar, the warm-up switch of the triplet loss.
   txt: GRM.encode_text output, only read by the keep-ratio penalty on text gates.
   false_scores {name: (B, K)}, false_valid (B, K) bool: image i scored with K captions
-  of its own made false (similarity.matched_scores; loss.hard_negatives), K more
+  of its own made false (similarity.own_captions_scores; loss.hard_negatives), K more
   negative captions per image anchor; aux then has "false_win" (the share of valid
   false captions that the true caption outscores, by the total score).
   Returns (loss, aux): aux has "loss", "l_con", "l_<score>" per score, "l_recon",
