@@ -56,6 +56,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments import records  # noqa: E402  (needs REPO on sys.path)
+from gralign_jax.data import perturb_scenes  # noqa: E402
 
 SEEDS = (0, 1, 2)
 _LEDGER_LOCK = threading.Lock()  # --jobs: the runs' threads add to one ledger
@@ -89,7 +90,7 @@ GRIDS = {
     "ablation": (("The ablation rows", VARIANTS), ("The gate form", GATE_FORMS)),
     "composition": (("Hard negatives and patches", COMPOSITION),),
 }
-PROBE_KINDS = ("shape", "colour", "size", "binding", "relation", "order")
+PROBE_KINDS = perturb_scenes.KINDS  # the probe's kinds on the synthetic set
 GATE_WORDS = ("colour", "shape", "size", "relation")
 
 
