@@ -30,7 +30,9 @@ time never drops a row.
 The ledger, OUT_runs.json, keeps each finished run's record (figures, commit, machine,
 date) as soon as the run ends: RUNS/ holds checkpoints and is not kept in git, the
 ledger is, so a grid spread over several machines or sessions loses nothing. Delete a
-run's entry (or the file) to run it again.
+run's entry (or the file) to run it again; --redo_unprobed runs again those recorded
+before the probe existed, and each new record keeps the one it replaces under
+"earlier" (training is deterministic on one machine kind, so its figures should match).
 
 --jobs=N runs N runs at once, the cores split evenly between them: on a many-core
 machine, where one small run cannot use every core, that multiplies the throughput; on
@@ -285,6 +287,10 @@ def main() -> None:
   parser.add_argument("--jobs", type=int, default=1,
                       help="runs at once, the cores split evenly between them")
   parser.add_argument("--table_only", action="store_true")
+  parser.add_argument("--redo_unprobed", action="store_true",
+                      help="run again the recorded runs that have no probe (recorded "
+                      "before it existed); each new record keeps the old one's figures "
+                      "under 'earlier'")
   parser.add_argument("--out", default=None,
                       help="writes OUT.md, OUT.json and the ledger OUT_runs.json "
                       "(default benchmarks/GRID for the full grid, else "
@@ -314,7 +320,9 @@ def main() -> None:
   if not args.table_only:
     # Seed-major: a partial grid has every variant at seed 0 first.
     recorded = load_ledger(ledger)
-    todo = [(v, s) for s in seeds for v in names if f"{v}-s{s}" not in recorded]
+    todo = [(v, s) for s in seeds for v in names
+            if f"{v}-s{s}" not in recorded
+            or (args.redo_unprobed and "probe" not in recorded[f"{v}-s{s}"])]
     if todo and args.jobs > 1:
       _prepare_data(args)  # once, before the runs that would race to generate it
     per_job = len(cores) // args.jobs
@@ -323,14 +331,24 @@ def main() -> None:
 
     def one(variant, seed):
       workdir = os.path.join(args.runs, f"{variant}-s{seed}")
+      done = _record(workdir)
+      if args.redo_unprobed and done is not None and "probe" not in done:
+        sys.exit(f"Error: --redo_unprobed: {workdir} holds a finished run without the "
+                 "probe, so it would be recorded again as it is; expected a --runs "
+                 "folder without it, or its probe written beside it first "
+                 f"(python -m experiments.probe --workdir={workdir}).")
       core = free.pop()
       try:
-        if _record(workdir) is None:
+        if done is None:
           _run(variant, seed, workdir, args, core)
       finally:
         free.append(core)
-      add_to_ledger(ledger, f"{variant}-s{seed}", _record(workdir),
-                     len(core) if core else len(cores))
+      record, old = _record(workdir), recorded.get(f"{variant}-s{seed}")
+      if old is not None:  # --redo_unprobed: the same run again, now with the probe
+        record["earlier"] = {k: old[k] for k in ("test_rsum", "dev_rsum", "commit",
+                                                 "finished") if k in old}
+      add_to_ledger(ledger, f"{variant}-s{seed}", record,
+                    len(core) if core else len(cores))
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
       for done in [pool.submit(one, v, s) for v, s in todo]:

@@ -55,8 +55,33 @@ def test_the_grid_runs_each_seed_once_and_tables_mean_and_spread(smoke_root, tmp
   assert "| relation | order | gates colour / shape / size / relation |" in md
   assert ledger["grm-s0"]["cores_per_run"] == len(os.sched_getaffinity(0)) // jobs
 
+  # --redo_unprobed: a record from before the probe is made again from its run, which
+  # has the probe; the record it replaces is kept under "earlier". A run folder
+  # without the probe is refused rather than recorded as it is.
+  path = tmp_path / "ablation_runs.json"
+  old = json.loads(path.read_text())
+  for name in ("grm-s0", "grm-s1"):
+    old["runs"][name].pop("probe")
+    old["runs"][name]["commit"] = "before"
+  path.write_text(json.dumps(old))
+  with open(runs / "grm-s1" / "results.json") as f:
+    unprobed = {k: v for k, v in json.load(f).items() if k != "probe"}
+  (runs / "grm-s1" / "results.json").write_text(json.dumps(unprobed))
+  redo = cmd + ["--redo_unprobed", "--variants=grm"]  # the later flag wins
+  refused = subprocess.run(redo, cwd=REPO, capture_output=True, text=True)
+  assert refused.returncode != 0
+  last = refused.stderr.strip().splitlines()[-1]
+  assert "grm-s1 holds a finished run without the probe" in last
+  subprocess.run(redo + ["--seeds=0"], cwd=REPO, check=True, capture_output=True)
+  redone = json.loads(path.read_text())["runs"]
+  assert redone["grm-s0"]["probe"] == ledger["grm-s0"]["probe"]
+  assert redone["grm-s0"]["earlier"]["commit"] == "before"
+  assert redone["grm-s0"]["earlier"]["test_rsum"] == ledger["grm-s0"]["test_rsum"]
+  assert "probe" not in redone["grm-s1"] and "earlier" not in redone["grm-s1"]
+
   # The ledger, not the runs folder, is the record: without RUNS/ nothing is run again
   # and the table is the same.
+  path.write_text(json.dumps({"what": "", "runs": ledger}))
   shutil.rmtree(runs)
   again = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
   assert "[ablation]" not in again.stdout
