@@ -37,7 +37,6 @@ import ml_collections
 import numpy as np
 
 from gralign_jax.models import layers
-from gralign_jax.models.regions import l2_normalize
 from gralign_jax.scores import similarity
 
 
@@ -114,7 +113,7 @@ def reconstruction(mu: jax.Array, tokens: jax.Array, mask: jax.Array,
   if kind == "mse":
     return jnp.mean(jnp.square(pred - target))
   if kind == "cos":
-    cos = jnp.sum(l2_normalize(pred) * l2_normalize(target), -1)
+    cos = jnp.sum(layers.l2_normalize(pred) * layers.l2_normalize(target), -1)
     return jnp.mean(1.0 - cos)
   raise ValueError(f"config.loss.recon must be 'mse' or 'cos', got {kind!r}")
 

@@ -87,7 +87,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   # experiments/evaluate.py): results.json then holds dev only.
   splits = {s: datasets.read_split(config, getattr(config.data, f"{s}_split"))
             for s in ("train", "dev", "test") if getattr(config.data, f"{s}_split")}
-  splits["dev"] = evaluator_lib.subset(splits["dev"], config.eval.dev_max_images)
+  splits["dev"] = splits["dev"].first_images(config.eval.dev_max_images)
   datasets.check_images(config, splits, logs.info)
   if config.train.batch_size > splits["train"].num_captions:
     raise configs.ConfigError(

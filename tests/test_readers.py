@@ -452,3 +452,13 @@ def test_laps_with_sub_folders(tmp_path):
   assert s.image_paths == (str(root / "imgs" / "val2014" / "x.jpg"),)
   assert s.captions == tuple(f"cap {i}" for i in range(5)) and s.image_ids == (42,)
   assert s.name == "testall"
+
+
+def test_first_images_keeps_each_image_with_its_own_captions():
+  split = split_lib.Split("dev", ("a.jpg", "b.jpg", "c.jpg"), (7, 8, 9),
+                          ("a0", "a1", "b0", "b1", "c0", "c1"), captions_per_image=2)
+  two = split.first_images(2)
+  assert two.image_paths == ("a.jpg", "b.jpg") and two.image_ids == (7, 8)
+  assert two.captions == ("a0", "a1", "b0", "b1") and two.name == "dev"
+  assert split.first_images(0) is split and split.first_images(3) is split
+  assert split.first_images(5) is split

@@ -85,6 +85,16 @@ class Split:
   def num_captions(self) -> int:
     return len(self.captions)
 
+  def first_images(self, num_images: int) -> "Split":
+    """The first num_images images with their captions (<= 0: all of them); a source
+    is indexed by position, so it stays as it is."""
+    if num_images <= 0 or num_images >= self.num_images:
+      return self
+    return dataclasses.replace(
+        self, image_paths=self.image_paths[:num_images],
+        image_ids=self.image_ids[:num_images],
+        captions=self.captions[:num_images * self.captions_per_image])
+
   @property
   def kind(self) -> str:
     """"pixels" (uint8 (H, W, 3) images) or "features" (float32 (R, D) regions)."""

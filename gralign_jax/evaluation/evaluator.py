@@ -6,7 +6,6 @@ score needs (similarity.SCORE_KEYS) are kept on the host. The score matrix is bu
 scorer.Scorer (config.eval.backend: XLA blocks or the fused Pallas kernel) over
 blockwise.py's blocks, so the images x captions x tokens x tokens tensor never exists.
 """
-import dataclasses
 
 import jax
 import ml_collections
@@ -20,16 +19,6 @@ from gralign_jax.evaluation import recall
 from gralign_jax.scores import blockwise
 from gralign_jax.scores import scorer as scorer_lib
 from gralign_jax.scores import similarity
-
-
-def subset(split: readers.Split, num_images: int) -> readers.Split:
-  """The first num_images images of a split with their captions (<= 0: all)."""
-  if num_images <= 0 or num_images >= split.num_images:
-    return split
-  cpi = split.captions_per_image
-  return dataclasses.replace(split, image_paths=split.image_paths[:num_images],
-                             image_ids=split.image_ids[:num_images],
-                             captions=split.captions[:num_images * cpi])
 
 
 class Evaluator:

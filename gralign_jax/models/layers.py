@@ -79,6 +79,12 @@ class Mlp(nn.Module):
                     name="output")(gelu(y))
 
 
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
+  """x / max(||x||, eps): a zero vector stays zero instead of becoming NaN."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   """x (B, L, d), mask (B, L) -> (B, d) float32 mean over valid tokens."""
   m = mask.astype(jnp.float32)[..., None]

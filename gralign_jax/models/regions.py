@@ -26,12 +26,6 @@ import jax.numpy as jnp
 from gralign_jax.models import layers
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
-  """x / max(||x||, eps): a zero vector stays zero instead of becoming NaN."""
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
-
-
 class RegionPrompts(nn.Module):
   """V_hat (B, Lv, d), mask (B, Lv) bool -> dict of regions (see __call__)."""
   num_regions: int
@@ -47,7 +41,7 @@ class RegionPrompts(nn.Module):
     v_hat = v_hat.astype(jnp.float32)
     d = v_hat.shape[-1]
     prompts = self.param("prompts", nn.initializers.normal(1.0), (self.num_regions, d))
-    a = jax.nn.sigmoid(jnp.einsum("bld,kd->blk", v_hat, l2_normalize(prompts)))
+    a = jax.nn.sigmoid(jnp.einsum("bld,kd->blk", v_hat, layers.l2_normalize(prompts)))
     a = jnp.where(mask[..., None], a, 0.0)
     # sigmoid > 0, so every column of a valid image has a positive sum.
     a_hat = a / jnp.maximum(jnp.sum(a, axis=1, keepdims=True), 1e-12)

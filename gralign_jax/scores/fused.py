@@ -61,7 +61,7 @@ def score_mix(model_config, weights: Mapping[str, float] | None = None) -> dict:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-  """l2-normalised float32 (a zero vector stays zero, as models.regions.l2_normalize)."""
+  """l2-normalised float32 (a zero vector stays zero, as models.layers.l2_normalize)."""
   x = np.asarray(x, np.float32)
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 

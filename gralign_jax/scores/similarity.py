@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gralign_jax.models.regions import l2_normalize
+from gralign_jax.models.layers import l2_normalize
 
 # The encoder outputs a score needs; evaluation caches only these.
 SCORE_KEYS = ("tokens", "mask", "gates", "regions", "global")
