@@ -135,7 +135,7 @@ def last_train_step(workdir: str) -> int:
   return steps
 
 
-def _record(workdir: str) -> dict | None:
+def run_record(workdir: str) -> dict | None:
   """A finished run's figures; with its probe (results.json's, else the probe_test.json
   experiments.probe wrote beside it) when it has one."""
   path = os.path.join(workdir, "results.json")
@@ -331,7 +331,7 @@ def main() -> None:
 
     def one(variant, seed):
       workdir = os.path.join(args.runs, f"{variant}-s{seed}")
-      done = _record(workdir)
+      done = run_record(workdir)
       if args.redo_unprobed and done is not None and "probe" not in done:
         sys.exit(f"Error: --redo_unprobed: {workdir} holds a finished run without the "
                  "probe, so it would be recorded again as it is; expected a --runs "
@@ -343,7 +343,7 @@ def main() -> None:
           _run(variant, seed, workdir, args, core)
       finally:
         free.append(core)
-      record, old = _record(workdir), recorded.get(f"{variant}-s{seed}")
+      record, old = run_record(workdir), recorded.get(f"{variant}-s{seed}")
       if old is not None:  # --redo_unprobed: the same run again, now with the probe
         record["earlier"] = {k: old[k] for k in ("test_rsum", "dev_rsum", "commit",
                                                  "finished") if k in old}

@@ -239,11 +239,9 @@ def main():
       t0 = time.time()
       row = {"run": name, "workdir": workdir, "step": r.step,
              "changes": _changes(r.config), **readouts(r, split, scenes)}
-      results = os.path.join(workdir, "results.json")
-      if r.step and os.path.exists(results):
-        with open(results, encoding="utf-8") as f:
-          probe = json.load(f).get("probe") or {}
-        row["probe_relation"] = probe.get("kinds", {}).get("relation", {}).get("accuracy")
+      record = ablation.run_record(workdir) if r.step else None  # its probe, if any
+      if record and "probe" in record:
+        row["probe_relation"] = record["probe"].get("relation")
       rows.append(row)
       print(f"{name}: {json.dumps({k: row[k] for k in ('vision', 'text')})} "
             f"[{time.time() - t0:.0f} s]", flush=True)
