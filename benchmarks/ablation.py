@@ -152,7 +152,8 @@ def run_record(workdir: str) -> dict | None:
       probe = json.load(f)
   if probe is not None:
     record["probe"] = {k: v["accuracy"] for k, v in probe["kinds"].items()}
-    record["gates"] = {k: v["gate"] for k, v in probe["gates"].items()}
+    if probe.get("gates"):  # the text adapter's: absent for variants without one
+      record["gates"] = {k: v["gate"] for k, v in probe["gates"].items()}
   return record
 
 
@@ -239,8 +240,10 @@ def table(runs: dict, variants, seeds, reference: str = "grm") -> tuple[dict, st
       with_probe = [r for r in got.values() if "probe" in r]
       accuracy = {k: stats([r["probe"][k] for r in with_probe if k in r["probe"]])
                   for k in PROBE_KINDS if with_probe}
-      gates = "" if not with_probe else " / ".join(
-          f"{stats([r['gates'][w] for r in with_probe])[0]:.2f}" for w in GATE_WORDS)
+      gated = [r["gates"] for r in with_probe
+               if all(w in r.get("gates", {}) for w in GATE_WORDS)]
+      gates = "" if not gated else " / ".join(
+          f"{stats([g[w] for g in gated])[0]:.2f}" for w in GATE_WORDS)
       rows[variant].update(probe_seeds=len(with_probe), probe={
           k: {"mean": m, "sd": d} for k, (m, d) in accuracy.items()})
       probe = "".join(f" {spread(*accuracy[k])} |" if k in accuracy else " |"

@@ -134,12 +134,27 @@ def test_probe_columns_are_mean_and_spread_over_the_seeds_that_have_a_probe():
   records = {"grm-s0": record(430.0, probe=probe(50.0), gates=gates),
              "grm-s1": record(440.0, probe=probe(60.0), gates=gates),
              "grm-s2": record(450.0),  # recorded before the probe existed
-             "ori-s0": record(420.0)}
-  rows, md = ablation.table(records, (("grm", "full"), ("ori", "S_ori")), seeds=[0, 1, 2])
-  header, _, grm, ori = md.splitlines()
+             "ori-s0": record(420.0),
+             "global-s0": record(300.0, probe=probe(51.0))}  # no text adapter: no gates
+  rows, md = ablation.table(records, (("grm", "full"), ("ori", "S_ori"), ("global", "VSE")),
+                            seeds=[0, 1, 2])
+  header, _, grm, ori, global_ = md.splitlines()
+  assert global_.endswith("| 90.0 | 51.0 | 90.0 | |")
   assert header.endswith("| relation | order | gates colour / shape / size / relation |")
   assert grm.endswith("| 90.0 +- 0.0 | 55.0 +- 7.1 | 90.0 +- 0.0 | 1.00 / 0.50 / 0.00 / 0.25 |")
   assert rows["grm"]["probe_seeds"] == 2
   assert rows["grm"]["probe"]["relation"]["mean"] == pytest.approx(55.0)
   assert ori.endswith("| 10 | | | | | | | |")  # no probe: blank cells, as many
   assert len(ori.split("|")) == len(header.split("|"))
+
+
+def test_a_run_probed_without_text_gates_is_recorded_without_them(tmp_path):
+  ablation = _ablation_module()
+  kinds = {k: {"n": 10, "accuracy": 60.0, "parts": {}} for k in ablation.PROBE_KINDS}
+  results = {"dev": {"rsum": 400.0}, "test": {"rsum": 350.0}, "best_step": 20,
+             "probe": {"kinds": kinds}}  # the global score: no adapter, no gates
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  (tmp_path / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 20}) + "\n")
+  record = ablation.run_record(str(tmp_path))
+  assert record["probe"] == {k: 60.0 for k in ablation.PROBE_KINDS}
+  assert "gates" not in record and record["steps"] == 20
