@@ -180,24 +180,31 @@ def _untrained(run):
 
 
 def _changes(config) -> dict:
-  """What a run changed that matters here (hard negatives, model shape)."""
-  return {"loss.hard_negatives": config.loss.hard_negatives,
-          "model.score": config.model.score,
-          "vision depth, patch": [config.model.vision.depth, config.model.vision.patch_size],
-          "text depth": config.model.text.depth}
+  """The settings that tell the demo runs here apart (hard negatives, model shape)."""
+  model = config.model
+  out = {"loss.hard_negatives": config.loss.hard_negatives or "none",
+         "model.score": model.score,
+         "model.vision.depth": model.vision.depth,
+         "model.vision.patch_size": model.vision.patch_size,
+         "model.text.depth": model.text.depth}
+  if "token_positions" in model:  # benchmarks/patches/token_positions.diff applied
+    out["model.token_positions"] = model.token_positions
+  return out
 
 
 def table(rows: list[dict]) -> str:
-  head = ("| run | step | object token -> centre, R^2 | relation from token a | from "
-          "tokens a, b | from true centre a | from true centres a, b | majority | "
-          "shape/colour word cos, true vs flipped | relation word cos | relation from "
-          "first shape word | probe relation |\n|" + "---|" * 12)
+  head = ("| run | settings | step | object token -> centre, R^2 | relation from token "
+          "a | from tokens a, b | from true centre a | from true centres a, b | majority "
+          "| shape/colour word cos, true vs flipped | relation word cos | relation from "
+          "first shape word | probe relation |\n|" + "---|" * 13)
   lines = [head]
   for r in rows:
     v, t = r["vision"], r["text"]
     probe = r.get("probe_relation")
+    settings = ", ".join(f"{k.split('.', 1)[1]} {w}" for k, w in r["changes"].items())
     lines.append(
-        f"| {r['run']} | {r['step']} | {v['centre_r2']:.3f} | {v['relation_from_a']} | "
+        f"| {r['run']} | {settings} | {r['step']} | {v['centre_r2']:.3f} | "
+        f"{v['relation_from_a']} | "
         f"{v['relation_from_a_b']} | {v['relation_from_true_centre_a']} | "
         f"{v['relation_from_true_centres']} | {v['majority']} | "
         f"{t['object_word_cos']:.4f} | {t['relation_word_cos']:.4f} | "
