@@ -57,7 +57,7 @@ def test_split_validates_its_lengths():
 
 
 def test_missing_root(tmp_path):
-  with pytest.raises(FileNotFoundError, match=r"nowhere.*does not exist.*synthetic_scenes"):
+  with pytest.raises(FileNotFoundError, match=r"nowhere.*does not exist.*generate_synthetic"):
     readers.read_split(str(tmp_path / "nowhere"), "train")
 
 

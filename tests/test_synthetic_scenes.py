@@ -343,7 +343,7 @@ def test_the_command_line_refuses_a_folder_of_the_users_in_one_line(tmp_path):
   """It was a 13-line traceback (issue 22, finding 11)."""
   (tmp_path / "photo.jpg").write_bytes(b"a photo of the user's")
   proc = subprocess.run(
-      [sys.executable, "-m", "gralign_jax.data.synthetic_scenes", f"--root={tmp_path}",
+      [sys.executable, "-m", "experiments.generate_synthetic", f"--root={tmp_path}",
        "--num_train=4", "--num_dev=2", "--num_test=2"], cwd=REPO, capture_output=True,
       text=True, timeout=300)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -352,3 +352,17 @@ def test_the_command_line_refuses_a_folder_of_the_users_in_one_line(tmp_path):
   assert "photo.jpg" in proc.stderr
   assert os.listdir(tmp_path) == ["photo.jpg"]
   assert (tmp_path / "photo.jpg").read_bytes() == b"a photo of the user's"
+
+
+def test_the_command_line_writes_the_set_and_says_what_it_wrote(tmp_path):
+  root = tmp_path / "set"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.generate_synthetic", f"--root={root}",
+       "--num_train=4", "--num_dev=2", "--num_test=2", "--image_size=32"], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  last = proc.stdout.strip().splitlines()[-1]
+  assert last.startswith(f"Wrote {root} in ") and "train 4 images, dev 2 images" in last
+  with open(root / "scenes.json") as f:
+    assert len(json.load(f)["scenes"]) == 8
+  assert ss.is_complete(str(root))

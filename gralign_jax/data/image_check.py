@@ -16,7 +16,7 @@ decoded in full. What it cannot see is damage inside a file of the right length
 over it with data.skip_bad_images, and `inspect_data --check_images` decodes everything.
 
 Cost (2 shared CPU cores, files in the page cache, 16 threads for both; measured with
-`python -m gralign_jax.data.image_check --root DIR --decode`): on the 9,500 64 px
+`python benchmarks/image_check.py --root=DIR --decode`): on the 9,500 64 px
 JPEGs of the synthetic set, 10,000-14,000 images/s against 3,300-5,800 for a full
 decode; on 2,000 500 px JPEGs (67 KB, the size of a Flickr30K or COCO photo), 8,500-
 13,000 images/s against 360-410. COCO's 123K images: about 10 s, against 5 minutes.
@@ -75,7 +75,7 @@ class CheckReport:
     return f"{head}: {listed}{more}."
 
 
-def _decode_failure(path: str) -> str | None:
+def decode_failure(path: str) -> str | None:
   """None if images.decode_image reads the file, else why not (without the path)."""
   try:
     images_lib.decode_image(path)
@@ -120,9 +120,9 @@ def check_file(path: str) -> str | None:
       return None
     missing = "the PNG IEND chunk"
   else:
-    why = _decode_failure(path)
+    why = decode_failure(path)
     return None if why is None else f"does not decode ({fmt}: {why})"
-  why = _decode_failure(path)
+  why = decode_failure(path)
   return None if why is None else f"is truncated or corrupt: it ends without {missing} " \
                                   f"and does not decode ({why})"
 
@@ -155,44 +155,3 @@ def check_split(split: split_lib.Split, workers: int = 16) -> CheckReport:
   t0 = time.perf_counter()
   bad = check_files(split.image_paths, workers)
   return CheckReport(split.name, split.num_images, bad, time.perf_counter() - t0)
-
-
-def _decode_all(paths: Sequence[str], workers: int) -> int:
-  """Decodes every file (the cost the header check avoids) -> the number that failed."""
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    return sum(r is not None for r in pool.map(_decode_failure, paths))
-
-
-def main(argv=None) -> int:
-  """Checks the splits of a data set and prints the cost, against a full decode."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  from gralign_jax.data import readers  # pylint: disable=g-import-not-at-top
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--root", required=True, help="data set folder (config.data.root)")
-  p.add_argument("--format", default="laps", choices=readers.FORMATS)
-  p.add_argument("--image_dir", default="images")
-  p.add_argument("--splits", default="train,dev,test")
-  p.add_argument("--workers", type=int, default=16)
-  p.add_argument("--decode", action="store_true",
-                 help="also decode every image, to compare the time")
-  args = p.parse_args(argv)
-  bad = 0
-  for name in args.splits.split(","):
-    split = readers.read_split(args.root, name, format=args.format,
-                               image_dir=args.image_dir, check_images=False)
-    report = check_split(split, args.workers)
-    bad += len(report.bad)
-    print(report.summary(limit=len(report.bad)))
-    if report.checked:
-      print(f"  header check: {report.images_per_second:,.0f} images/s "
-            f"({args.workers} threads)")
-    if args.decode and report.checked:
-      t0 = time.perf_counter()
-      failed = _decode_all(split.image_paths, args.workers)
-      rate = split.num_images / (time.perf_counter() - t0)
-      print(f"  full decode:  {rate:,.0f} images/s ({failed} failed)")
-  return 1 if bad else 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

@@ -134,7 +134,7 @@ def read_split(root: str, split: str, *, format: str = "laps", image_dir: str = 
   if problem == split_lib.MISSING:
     raise FileNotFoundError(
         f"Data root {root!r} does not exist (config.data.root). For the synthetic set, "
-        "generate one with: python -m gralign_jax.data.synthetic_scenes --root DIR")
+        "generate one with: python -m experiments.generate_synthetic --root=DIR")
   if problem:
     raise DataPathError(f"Data root {root!r} (config.data.root) {problem}.")
   root = os.path.abspath(root)

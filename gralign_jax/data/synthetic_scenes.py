@@ -37,20 +37,17 @@ whose files are all in its own "files" list is written to; that earlier set is m
 aside (<parent>/.<name>.old) and only its listed files are deleted. Any other file in
 root makes `generate` refuse, naming it: it never deletes what it did not write.
 
-Usage: python -m gralign_jax.data.synthetic_scenes --root DIR [--image_size 64] ...
+By hand: python -m experiments.generate_synthetic --root=DIR [--image_size=64] ...
 """
-import argparse
 import io
 import json
 import math
 import os
-import sys
 import posixpath
 import re
 import shutil
 import socket
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -811,38 +808,3 @@ def load_scene_record(root: str, log=print) -> dict:
   log(f"Wrote {path}: the scene record of {root}, drawn again from its {MARKER} "
       "parameters (the captions on disk match).")
   return record
-
-
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--root", required=True, help="output folder")
-  p.add_argument("--image_size", type=int, default=64)
-  p.add_argument("--num_train", type=int, default=8000)
-  p.add_argument("--num_dev", type=int, default=500)
-  p.add_argument("--num_test", type=int, default=1000)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--vocab_size", type=int, default=1000)
-  args = p.parse_args(argv)
-  t0 = time.time()
-  try:
-    generate(args.root, num_train=args.num_train, num_dev=args.num_dev,
-             num_test=args.num_test, image_size=args.image_size, seed=args.seed,
-             vocab_size=args.vocab_size)
-  except OSError as e:  # a folder it refuses (a user's files), or cannot write: one line
-    sys.exit(f"Error: {e}")
-  with open(os.path.join(args.root, "scenes.json"), encoding="utf-8") as f:
-    scenes = json.load(f)["scenes"]
-  caps = [c for s in scenes for c in s["captions"]]
-  kinds = {k: sum(c["kind"] == k for c in caps) for k in ("full", "single", "relation",
-                                                            "subset")}
-  vocab = len(text_lib.load_tokenizer(os.path.join(args.root, "tokenizer")).get_vocab())
-  print(f"Wrote {args.root} in {time.time() - t0:.1f} s: "
-        + ", ".join(f"{sp} {sum(s['split'] == sp for s in scenes)} images"
-                    for sp, _ in SPLITS)
-        + f"; {len(caps)} captions ({kinds}); "
-        f"{sum(s['swap_of'] is not None for s in scenes)} attribute-swapped twins; "
-        f"tokenizer vocabulary {vocab}.")
-
-
-if __name__ == "__main__":
-  main()
