@@ -17,6 +17,7 @@ from gralign_jax import configs
 from gralign_jax import optim
 from gralign_jax import sharding
 from gralign_jax import train
+from gralign_jax import train_state
 from gralign_jax.models import grm
 
 ROWS = {  # name -> (config argument, overrides)
@@ -41,7 +42,7 @@ def time_step(arg, overrides, repeats: int) -> float:
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=312)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train.create_state(model, tx, config, mesh)
+  state = train_state.create_state(model, tx, config, mesh)
   step = train.make_train_step(model, tx, config, mesh)
   rng = np.random.default_rng(0)
   b, s, l = config.train.batch_size, config.data.image_size, config.data.max_len

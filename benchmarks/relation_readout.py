@@ -72,7 +72,7 @@ def _unit(x) -> np.ndarray:
 
 
 def object_token(layout, image_size: int, centre) -> int:
-  """visualize/numeric.py's TokenLayout of a ViT, the image size and a centre (x, y) in
+  """models/token_grid.py's TokenLayout of a ViT, the image size and a centre (x, y) in
   pixels -> the index of the visual token of the patch that holds it."""
   rows, cols = layout.grid
   row = min(int(centre[1] * rows / image_size), rows - 1)
@@ -82,7 +82,7 @@ def object_token(layout, image_size: int, centre) -> int:
 
 def vision_readouts(tokens: np.ndarray, scenes: list[dict], layout,
                     image_size: int) -> dict:
-  """tokens (N, L_v, d) laid out as `layout` (visualize/numeric.py); scenes: the
+  """tokens (N, L_v, d) laid out as `layout` (models/token_grid.py); scenes: the
   split's scene records in image order -> the vision read-outs."""
   token = lambda i, obj: tokens[i, object_token(layout, image_size, obj["centre"])]
   from gralign_jax.data import synthetic_scenes  # pylint: disable=g-import-not-at-top
@@ -140,7 +140,7 @@ def text_readouts(true_tokens, false_tokens, pieces: list[list[str]],
 
 
 def readouts(run, split, scenes: list[dict]) -> dict:
-  """One loaded run (retrieval.Run) on a split of the synthetic set -> its read-outs."""
+  """One loaded run (inference.Run) on a split of the synthetic set -> its read-outs."""
   # pylint: disable=g-import-not-at-top
   from gralign_jax.data import false_captions
   from gralign_jax.data import pipeline
@@ -148,9 +148,9 @@ def readouts(run, split, scenes: list[dict]) -> dict:
   config = run.config
   vision = config.model.vision
   images = run.evaluator.encode_images(run.params, split)
-  from gralign_jax.visualize import numeric  # pylint: disable=g-import-not-at-top
+  from gralign_jax.models import token_grid  # pylint: disable=g-import-not-at-top
   tokens = _unit(images["tokens"])
-  layout = numeric.visual_layout(vision, tokens.shape[1])
+  layout = token_grid.visual_layout(vision, tokens.shape[1])
   out = {"vision": vision_readouts(tokens, scenes, layout, vision.image_size)}
   pert, _ = false_captions.build(config, split, kinds=("relation",), log=lambda *a: None)
   max_len = int(config.data.max_len)
@@ -222,7 +222,7 @@ def main():
   args = parser.parse_args()
   # pylint: disable=g-import-not-at-top
   from gralign_jax import logs
-  from gralign_jax import retrieval
+  from gralign_jax import inference
   from gralign_jax.data import datasets
   from gralign_jax.data import false_captions
   from gralign_jax.data import synthetic_scenes
@@ -230,7 +230,7 @@ def main():
   prefix = records.out_prefix("relation_readout", args.out, departures=[])
   rows = []
   for i, workdir in enumerate(w for w in args.runs.split(",") if w):
-    run = retrieval.load_run(workdir, "best", log=lambda *a: None)
+    run = inference.load_run(workdir, "best", log=lambda *a: None)
     root = run.config.data.root
     if not false_captions.is_synthetic(root):
       sys.exit(f"Error: {workdir}: its data ({root}) is not the synthetic scenes set; "

@@ -25,6 +25,7 @@ from gralign_jax import configs
 from gralign_jax import optim
 from gralign_jax import sharding
 from gralign_jax import train
+from gralign_jax import train_state
 from gralign_jax.models import grm
 
 
@@ -56,7 +57,7 @@ def build(backbone: str, batch: int, dtype: str, remat: bool, image_size: int = 
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=1000)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train.create_state(model, tx, config, mesh, log=lambda *_: None)
+  state = train_state.create_state(model, tx, config, mesh, log=lambda *_: None)
   step = train.make_train_step(model, tx, config, mesh)
   image = grm.example_inputs(config.model, config.data.max_len)[0]
   rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ entries (i2t_r1 ... rsum) under the split's name, the checkpoint's step and the 
 read. --config.<key>=value changes the run's saved config where that leaves the
 checkpoint meaningful (the data's root, layout, folders and splits, eval.*); a change
 to the model, the pixels or the tokenizer is refused, naming the keys
-(gralign_jax/evaluation/evaluate_split.py). --out never replaces a file this command did not
+(gralign_jax/inference/evaluate.py). --out never replaces a file this command did not
 write.
 """
 import sys
@@ -30,7 +30,7 @@ def main() -> None:
   def run(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from gralign_jax import evaluate_split  # pylint: disable=g-import-not-at-top
+    from gralign_jax.inference import evaluate as evaluate_split  # pylint: disable=g-import-not-at-top
     try:
       config, changes = command.config()
       result = evaluate_split.evaluate_run(command.workdir, config, command.split.value,

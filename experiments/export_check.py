@@ -53,6 +53,7 @@ from gralign_jax import gpu_targets  # noqa: E402
 from gralign_jax import optim  # noqa: E402
 from gralign_jax import sharding  # noqa: E402
 from gralign_jax import train  # noqa: E402
+from gralign_jax import train_state  # noqa: E402
 from gralign_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from gralign_jax.models import grm  # noqa: E402
 from gralign_jax.scores import blockwise  # noqa: E402
@@ -95,7 +96,7 @@ def programs(config, mesh, platform: str, dataset: str, score_dtype: str) -> dic
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=1000)
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  state = train.abstract_state(model, tx, config, mesh)
+  state = train_state.abstract_state(model, tx, config, mesh)
   image = grm.example_inputs(config.model, config.data.max_len)[0]
   pixels = jnp.uint8 if config.model.vision.name != "butd" else jnp.float32
   lt = config.data.max_len

@@ -9,7 +9,7 @@ Any config with a pixel backbone (vit, swin, dinov2) and any data set in a suppo
 format: each split's images are resized as for evaluation, run through
 config.model.vision with its weights, and written as {split}_ims.npy (N, L, C) float32,
 {split}_caps.txt and {split}_ids.txt, with features.json saying what made them
-(gralign_jax/extract_features.py). --out must be a new or empty folder.
+(gralign_jax/inference/features.py). --out must be a new or empty folder.
 """
 import sys
 
@@ -41,7 +41,7 @@ def main(argv):
     sys.exit("Error: --out is required: a new folder for the feature files.")
   if _BATCH.value < 1:
     sys.exit(f"Error: --batch_size={_BATCH.value}: expected 1 or more.")
-  from gralign_jax import extract_features  # pylint: disable=g-import-not-at-top
+  from gralign_jax.inference import features as extract_features  # pylint: disable=g-import-not-at-top
   try:
     manifest = extract_features.extract(config, _OUT.value, _SPLITS.value,
                                         _BATCH.value)

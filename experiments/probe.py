@@ -34,13 +34,13 @@ def main() -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     # pylint: disable=g-import-not-at-top
-    from gralign_jax import logs, paths, retrieval
+    from gralign_jax import inference, logs, paths
     from gralign_jax.data import datasets
     from gralign_jax.evaluation import probe
     # pylint: enable=g-import-not-at-top
     try:
       config, changes = command.config()
-      loaded = retrieval.load_run(command.workdir, command.checkpoint.value,
+      loaded = inference.load_run(command.workdir, command.checkpoint.value,
                                   config=config)
       split = datasets.read_split(loaded.config, command.split.value)
       result = probe.run(loaded.evaluator, loaded.params, loaded.config,

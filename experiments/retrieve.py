@@ -129,8 +129,9 @@ def _check_flags() -> list[str]:
   if out:
     _check_output("out", out, "a JSON file", _is_result)
   if page:
-    from gralign_jax import retrieval_page  # pylint: disable=g-import-not-at-top
-    _check_output("html", page, "an HTML page", retrieval_page.is_page)
+    # pylint: disable-next=g-import-not-at-top
+    from gralign_jax.inference import page as page_lib
+    _check_output("html", page, "an HTML page", page_lib.is_page)
   if out and page != "" and paths.resolve(page or os.path.splitext(out)[0] + ".html"
                                           ) == paths.resolve(out):
     raise UsageError(f"--out={out!r} and the page (--html={page or out!r}) are the same "
@@ -170,27 +171,27 @@ def main(argv):
   except UsageError as e:
     sys.exit(f"Error: {shown(str(e))}")
   main_lib.start_distributed(_DISTRIBUTED)  # before anything touches a JAX backend
-  from gralign_jax import retrieval  # after flag parsing: jax reads XLA_FLAGS at import
-  from gralign_jax import retrieval_page
-  user_errors = main_lib.user_errors() + (retrieval.RetrievalError,)
+  from gralign_jax import inference  # after flag parsing: jax reads XLA_FLAGS at import
+  from gralign_jax.inference import page as page_lib
+  user_errors = main_lib.user_errors() + (inference.RetrievalError,)
   try:
-    split = retrieval.gallery_split(_IMAGES.value)  # before the model: fails fast
-    run = retrieval.load_run(_WORKDIR.value, _CHECKPOINT.value)
-    result = retrieval.retrieve(run, split, captions, k=_K.value)
+    split = inference.gallery_split(_IMAGES.value)  # before the model: fails fast
+    run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
+    found = inference.run_query(run, split, captions, k=_K.value)
+    result = found.record
     print(f"Run {run.workdir}, step {run.step}: {len(result['images'])} images, "
           f"{len(captions)} captions\n")
     _print_results(result)
     print()
-    out = retrieval.write_result(result, _OUT.value)
+    out = inference.write_result(result, _OUT.value)
     written = [out]
     if _HTML.value != "":
       page = _HTML.value or os.path.splitext(out)[0] + ".html"
-      pictures = retrieval_page.alignment_pictures(run, result, _PICTURES.value, log=print)
-      paths.write_text(page, retrieval_page.render(result, pictures))
+      pictures = page_lib.alignment_pictures(run, found, _PICTURES.value, log=print)
+      paths.write_text(page, page_lib.render(result, pictures))
       written.append(page)
-    if _EXPORT.value:  # from the gallery cache retrieve() has just filled
-      found = retrieval.encode_gallery(run, split, log=lambda line: None)
-      written.append(retrieval.export_gallery(found, _EXPORT.value, run.step))
+    if _EXPORT.value:  # the encodings the query used
+      written.append(inference.export_gallery(found.gallery, _EXPORT.value, run.step))
   except user_errors as e:
     # Something about the user's files or flags, said in full by the message itself;
     # a traceback would only bury it. Bugs still raise with one.

@@ -54,7 +54,7 @@ class RunCommand:
     Raises a user error for a change that would make the checkpoint meaningless
     (evaluate_split.check_overrides) or an --out that is not this command's to write."""
     # pylint: disable=g-import-not-at-top
-    from gralign_jax import evaluate_split
+    from gralign_jax.inference import evaluate as evaluate_split
     from gralign_jax import run_dir
     # pylint: enable=g-import-not-at-top
     config = self.config_flag.value
@@ -98,7 +98,7 @@ def define(name: str, split_help: str) -> RunCommand:
   workdir = workdir_from_argv(sys.argv[1:])
   if not workdir:
     sys.exit("Error: --workdir is required: the run directory of a training run.")
-  from gralign_jax import evaluate_split  # pylint: disable=g-import-not-at-top
+  from gralign_jax.inference import evaluate as evaluate_split  # pylint: disable=g-import-not-at-top
   try:
     saved = evaluate_split.saved_config(workdir)
   except main_lib.user_errors() as e:

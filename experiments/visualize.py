@@ -190,8 +190,8 @@ def _negative_image(run, vis, caption, log):
 def visualize(log=print) -> dict[str, str]:
   """The whole command, after flag parsing -> {picture: path written}."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from gralign_jax import inference  # pylint: disable=g-import-not-at-top
   from gralign_jax import paths  # pylint: disable=g-import-not-at-top
-  from gralign_jax import retrieval  # pylint: disable=g-import-not-at-top
   from gralign_jax import visualize as vis  # pylint: disable=g-import-not-at-top
   config_dict = _read_config(_WORKDIR.value)
   _check_flags(config_dict)
@@ -205,7 +205,7 @@ def visualize(log=print) -> dict[str, str]:
   except OSError as e:
     raise UsageError(f"--out={out!r} cannot be created ({e.strerror or e}); give another "
                      "folder.") from e
-  run = retrieval.load_run(_WORKDIR.value, _CHECKPOINT.value, log=lambda *a: None)
+  run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value, log=lambda *a: None)
   log(f"Run {run.workdir}, step {run.step} ({_CHECKPOINT.value} checkpoint)")
   image = vis.encode_image(run, array, name=os.path.basename(name) if _IMAGE.value
                            else name)

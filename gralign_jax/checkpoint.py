@@ -177,6 +177,31 @@ class Checkpointer:
     return self._newest_restorable(self._best, "best",
                                    lambda s: self._restore(self._best, s, like), log)
 
+  def restore_params(self, like_params: Any, which: str = "best",
+                     log: Callable[[str], None] = print) -> Restored | None:
+    """The trained parameters alone, onto `like_params`' shardings: read from the
+    newest restorable checkpoint of `which` ("best" or "latest"; best falls back to
+    latest when it has none). No optimiser state is read or needed. -> Restored with
+    state {"params": ...} and data None; None if there is no checkpoint."""
+    target = {"params": abstract(like_params)}
+
+    def restore(manager, step):
+      out = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True),
+          meta=ocp.args.JsonRestore()))
+      return Restored(step, out["state"], None, dict(out["meta"]))
+
+    kinds = {"best": ("best", "latest"), "latest": ("latest",)}[which]
+    for kind in kinds:
+      manager = {"best": self._best, "latest": self._latest}[kind]
+      found = self._newest_restorable(manager, kind,
+                                      lambda s, m=manager: restore(m, s), log)
+      if found is not None:
+        return found
+    return None
+
   def best_meta(self, log: Callable[[str], None] = print) -> dict | None:
     """The best checkpoint's bookkeeping alone (no arrays read)."""
     def meta(step):

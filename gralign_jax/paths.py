@@ -33,6 +33,11 @@ class PathError(OSError):
   """A path that cannot be opened as given (an unknown scheme, its library missing)."""
 
 
+def os_reason(e: OSError) -> str:
+  """Why a file operation failed, in words ("Permission denied"), for a message."""
+  return e.strerror or str(e)
+
+
 def is_remote(path: str) -> bool:
   """gs://..., s3://... (any URL scheme): handled by fsspec, not os."""
   return "://" in str(path)

@@ -26,6 +26,7 @@ from gralign_jax import profiling
 from gralign_jax import run_dir
 from gralign_jax import sharding
 from gralign_jax import throughput
+from gralign_jax import train_state
 from gralign_jax.data import datasets
 from gralign_jax.data import false_captions
 from gralign_jax.data import images as images_lib
@@ -126,7 +127,7 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   tx = optim.make_optimizer(config, steps_per_epoch)
 
   # ---------------------------------------------------------------- state and update step
-  state = create_state(model, tx, config, mesh, logs.info)
+  state = train_state.create_state(model, tx, config, mesh, logs.info)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logs.info(f"Model: {n_params / 1e6:.2f}M parameters, score={config.model.score}")
   train_step = make_train_step(model, tx, config, mesh, objective, total_steps)
@@ -301,39 +302,6 @@ def _finish_saves(checkpointer: ckpt_lib.Checkpointer):
       logs.info(str(e))
     return False
   return finish
-
-
-def _init_params(model, config: ml_collections.ConfigDict):
-  """rng -> freshly initialised params (random backbones)."""
-  inputs = grm.example_inputs(config.model, config.data.max_len)
-  return lambda rng: model.init({"params": rng, "gumbel": rng, "sample": rng,
-                                 "dropout": rng}, *inputs, train=False)["params"]
-
-
-def _state(params, tx, rng) -> dict:
-  return {"params": params, "opt_state": tx.init(params),
-          "step": jnp.zeros((), jnp.int32), "rng": jax.random.fold_in(rng, 1)}
-
-
-def create_state(model, tx, config: ml_collections.ConfigDict, mesh,
-                 log: logs.Log = logs.info) -> dict:
-  """The train state, a plain pytree replicated over the mesh:
-  {params, opt_state, step: int32 (), rng: the run's base key (folded with the step)}.
-  Backbones whose config names `weights` start from that checkpoint."""
-  rng = jax.random.PRNGKey(config.seed)
-  params = jax.jit(_init_params(model, config))(rng)
-  params = grm.load_pretrained(params, config.model, log)
-  return jax.jit(lambda p: _state(p, tx, rng),
-                 out_shardings=sharding.replicated(mesh))(params)
-
-
-def abstract_state(model, tx, config: ml_collections.ConfigDict, mesh) -> dict:
-  """create_state's shapes, dtypes and shardings, computed without any arrays: what a
-  checkpoint is restored onto when only the trained state is wanted (retrieval)."""
-  init = lambda rng: _state(_init_params(model, config)(rng), tx, rng)
-  rep = sharding.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-                      jax.eval_shape(init, jax.random.PRNGKey(config.seed)))
 
 
 def _false_captions(config, split, tokenizer) -> pipeline.FalseCaptions | None:

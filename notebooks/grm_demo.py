@@ -121,7 +121,7 @@ from absl import logging
 from IPython.display import display
 
 from experiments.configs import demo
-from gralign_jax import configs, paths, retrieval, train
+from gralign_jax import configs, inference, paths, train
 from gralign_jax import visualize as vis
 from gralign_jax.data import datasets
 from gralign_jax.evaluation import recall
@@ -213,16 +213,16 @@ print(recall.format_table({k: v for k, v in results.items() if isinstance(v, dic
 # %% [markdown]
 # ## 4. Retrieve images for a caption
 #
-# `retrieval.load_run` loads the run's config, best-on-dev parameters and tokenizer;
-# `retrieval.gallery_split` makes a gallery of image files (here the test split's) and
-# `retrieval.retrieve` encodes the gallery (cached under `<workdir>/galleries/`) and the
+# `inference.load_run` loads the run's config, best-on-dev parameters and tokenizer;
+# `inference.gallery_split` makes a gallery of image files (here the test split's) and
+# `inference.retrieve` encodes the gallery (cached under `<workdir>/galleries/`) and the
 # query, and ranks every image by the model's total score (0.4 S_ori + 0.4 S_key +
 # 0.2 S_unc). Under each image: its first ground-truth caption, to judge the match.
 
 # %%
-run = retrieval.load_run(workdir, log=lambda *a: None)
-gallery = retrieval.gallery_split(list(test_split.image_paths))
-result = retrieval.retrieve(run, gallery, [QUERY], k=TOP_K)
+run = inference.load_run(workdir, log=lambda *a: None)
+gallery = inference.gallery_split(list(test_split.image_paths))
+result = inference.retrieve(run, gallery, [QUERY], k=TOP_K)
 top = result["captions_to_images"][0]["top"]
 position = {p: i for i, p in enumerate(test_split.image_paths)}
 

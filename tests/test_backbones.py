@@ -11,6 +11,7 @@ from gralign_jax import configs
 from gralign_jax import optim
 from gralign_jax import sharding
 from gralign_jax import train
+from gralign_jax import train_state
 from gralign_jax.models import bert
 from gralign_jax.models import backbones
 from gralign_jax.models import bigru
@@ -129,7 +130,7 @@ def test_every_grid_config_runs_a_training_step_at_smoke_size(backbone):
   model = grm.build_model(config.model)
   tx = optim.make_optimizer(config, steps_per_epoch=10)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train.create_state(model, tx, config, mesh, log=lambda *_: None)
+  state = train_state.create_state(model, tx, config, mesh, log=lambda *_: None)
   before = jax.device_get(state["params"])
   image_input = grm.example_inputs(config.model, config.data.max_len)[0]
   batch = _random_batch(config, image_input, config.train.batch_size)

@@ -1,4 +1,4 @@
-"""experiments.evaluate and evaluation/evaluate_split.py: a run's checkpoint on any split."""
+"""experiments.evaluate and inference/evaluate.py: a run's checkpoint on any split."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 from experiments.configs import demo
 from gralign_jax import configs
 from gralign_jax import train
-from gralign_jax import evaluate_split
+from gralign_jax.inference import evaluate as evaluate_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")

@@ -1,4 +1,5 @@
-"""experiments.extract_features and extract_features.py: frozen tokens in the precomp layout."""
+"""experiments.extract_features and inference/features.py: frozen tokens in the precomp
+layout."""
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from experiments.configs import demo
 from gralign_jax import configs
 from gralign_jax import train
 from gralign_jax.data import datasets
-from gralign_jax import extract_features
+from gralign_jax.inference import features as extract_features
 from gralign_jax.data import images
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers

@@ -11,6 +11,7 @@ from gralign_jax import losses
 from gralign_jax import optim
 from gralign_jax import sharding
 from gralign_jax import train
+from gralign_jax import train_state
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
@@ -57,7 +58,7 @@ def setting(smoke_root):
   batch = next(pipeline.train_iterator(split, caps, config, seed=0))
   batch.pop("bad_images", None)
   model = grm.build_model(config.model)
-  params = jax.jit(train._init_params(model, config))(jax.random.PRNGKey(3))
+  params = jax.jit(train_state.init_params(model, config))(jax.random.PRNGKey(3))
   return config, model, params, batch
 
 
@@ -155,7 +156,7 @@ def _steps_on_one_device_and_eight(setting, batch, steps=2, **loss_changes):
   out = []
   for n in (1, 8):
     mesh = sharding.make_mesh(jax.devices()[:n])
-    state = train.create_state(model, tx, config, mesh, log=lambda *a: None)
+    state = train_state.create_state(model, tx, config, mesh, log=lambda *a: None)
     step = train.make_train_step(model, tx, config, mesh, objective)
     for _ in range(steps):
       state, aux = step(state, sharding.global_batch(batch, mesh))

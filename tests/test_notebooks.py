@@ -207,11 +207,11 @@ def _check_demo_outputs(nb) -> str:
   assert re.search(r"split +i2t R@1 +R@5 +R@10 +t2i R@1 +R@5 +R@10 +rSum", table), table
   assert re.search(r"^test( +\d+\.\d){7}$", table, re.M), table
   for snippet in ("run_curves_figure", "saliency_figure", "regions_figure",
-                  "alignment_figure", "retrieval.retrieve", "train_split.load_image"):
+                  "alignment_figure", "inference.retrieve", "train_split.load_image"):
     pictures = _pngs(_cell(nb, snippet))
     assert len(pictures) == 1, (snippet, len(pictures))
     _check_png(pictures[0])
-  retrieved = _text(_cell(nb, "retrieval.retrieve"))
+  retrieved = _text(_cell(nb, "inference.retrieve"))
   assert "word piece -> its saliency gate" in retrieved and " red " in retrieved
   assert "hard negative caption (test caption" in _text(_cell(nb, "pick_negative_caption"))
   return table

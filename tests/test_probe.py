@@ -298,7 +298,7 @@ def _probe_cli(*flags):
 
 @pytest.mark.slow
 def test_trained_run_results_and_command_line_agree(smoke_root, tmp_path):
-  from gralign_jax import retrieval  # pylint: disable=g-import-not-at-top
+  from gralign_jax import inference  # pylint: disable=g-import-not-at-top
   from gralign_jax import train  # pylint: disable=g-import-not-at-top
   from gralign_jax.data import datasets  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
@@ -341,7 +341,7 @@ def test_trained_run_results_and_command_line_agree(smoke_root, tmp_path):
   saved = ml_collections.ConfigDict(json.loads(
       open(os.path.join(workdir, "config.json"), encoding="utf-8").read()))
   saved.data.root = plain
-  run = retrieval.load_run(workdir, config=saved)
+  run = inference.load_run(workdir, config=saved)
   split = datasets.read_split(run.config, "test")
   real = probe.run(run.evaluator, run.params, run.config, run.tokenizer, split,
                    log=lambda *a: None)

@@ -148,8 +148,11 @@ def test_evaluator_reports_nan_scores(monkeypatch):
   sims = np.random.default_rng(1).normal(size=(n, n * cpi)).astype(ml_dtypes.bfloat16)
   sims[0, 0] = sims[3, 20] = sims[9, 0] = np.nan  # the last is outside every 1K fold
   ev = evaluator_lib.Evaluator.__new__(evaluator_lib.Evaluator)
-  ev.config, ev.bad_images = configs.base_config(), 0
-  monkeypatch.setattr(ev, "scores", lambda *a: sims, raising=False)
+  ev.config = configs.base_config()
+  ev.scorer = types.SimpleNamespace(matrix=lambda *a: sims)
+  monkeypatch.setattr(ev, "encode_images_and_count_bad", lambda *a: (None, 0),
+                      raising=False)
+  monkeypatch.setattr(ev, "encode_texts", lambda *a: None, raising=False)
   split = types.SimpleNamespace(captions_per_image=cpi)
   one = ev.evaluate(None, split, None)
   assert one["nan_scores"] == 3

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from gralign_jax.visualize import numeric
+from gralign_jax.models import token_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def _scenes(n: int, rng) -> list[dict]:
 
 
 def test_object_token_is_the_patch_under_the_centre(readout):
-  layout = numeric.visual_layout({"name": "vit", "image_size": 64, "patch_size": 16}, 17)
+  layout = token_grid.visual_layout({"name": "vit", "image_size": 64, "patch_size": 16}, 17)
   index = lambda centre: readout.object_token(layout, 64, centre)
   assert index((5.0, 60.0)) == 1 + 3 * 4 + 0  # x 5, y 60: bottom row, first column
   assert index((63.9, 0.0)) == 1 + 3  # top right
@@ -40,7 +40,7 @@ def test_object_token_is_the_patch_under_the_centre(readout):
 def test_tokens_that_hold_their_patch_place_give_the_relation(readout):
   rng = np.random.default_rng(0)
   scenes = _scenes(600, rng)
-  layout = numeric.visual_layout({"name": "vit", "image_size": 64, "patch_size": 8}, 65)
+  layout = token_grid.visual_layout({"name": "vit", "image_size": 64, "patch_size": 8}, 65)
   # Token of patch p: its (row, col) on the grid and noise; the CLS token: noise.
   rows, cols = np.divmod(np.arange(64), 8)
   place = np.c_[rows, cols, np.zeros((64, 6))].astype(np.float32)

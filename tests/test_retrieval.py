@@ -14,15 +14,21 @@ import subprocess
 import sys
 import tempfile
 
+import jax
 import numpy as np
 import pytest
 
 from experiments.configs import demo
-from gralign_jax import retrieval
+from gralign_jax import checkpoint
+from gralign_jax import inference
+from gralign_jax import optim
+from gralign_jax import sharding
 from gralign_jax import train
+from gralign_jax import train_state
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.evaluation import recall
+from gralign_jax.inference import gallery as inference_gallery
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,20 +70,20 @@ def test_a_run_saved_before_the_annealed_tau_existed_loads_as_it_trained(trained
   del saved["model"]["gumbel_tau_final"]
   with open(os.path.join(old, "config.json"), "w") as f:
     json.dump(saved, f)
-  run = retrieval.load_run(old)
+  run = inference.load_run(old)
   assert run.config.model.gumbel_tau_final == 1.0
-  split = retrieval.gallery_split(list(test.image_paths)[:4])
-  got = retrieval.retrieve(run, split, list(test.captions)[:3], k=3)
-  want = retrieval.retrieve(retrieval.load_run(workdir), split,
+  split = inference.gallery_split(list(test.image_paths)[:4])
+  got = inference.retrieve(run, split, list(test.captions)[:3], k=3)
+  want = inference.retrieve(inference.load_run(workdir), split,
                             list(test.captions)[:3], k=3)
   assert got["captions_to_images"] == want["captions_to_images"]
 
 
 def test_retrieval_reproduces_the_runs_test_recall(trained):
   workdir, test, results = trained
-  run = retrieval.load_run(workdir)
-  split = retrieval.gallery_split(list(test.image_paths))
-  out = retrieval.retrieve(run, split, list(test.captions), k=max(test.num_captions, 100))
+  run = inference.load_run(workdir)
+  split = inference.gallery_split(list(test.image_paths))
+  out = inference.retrieve(run, split, list(test.captions), k=max(test.num_captions, 100))
   n, m = test.num_images, test.num_captions
   # The rankings -> a score matrix with the same orders -> the recall protocol.
   sims = np.full((n, m), -np.inf)
@@ -100,13 +106,13 @@ def test_retrieval_reproduces_the_runs_test_recall(trained):
 
 def test_gallery_is_encoded_once_and_alignment_names_patches(trained, monkeypatch):
   workdir, test, _ = trained
-  run = retrieval.load_run(workdir)
-  split = retrieval.gallery_split(list(test.image_paths[:6]))
-  first = retrieval.retrieve(run, split, ["a red circle", test.captions[0]], k=3)
+  run = inference.load_run(workdir)
+  split = inference.gallery_split(list(test.image_paths[:6]))
+  first = inference.retrieve(run, split, ["a red circle", test.captions[0]], k=3)
   caches = sorted(os.listdir(os.path.join(workdir, "galleries")))
-  monkeypatch.setattr(run.evaluator, "encode_images",
+  monkeypatch.setattr(run.evaluator, "encode_images_and_count_bad",
                       lambda *a: pytest.fail("the gallery should come from its cache"))
-  again = retrieval.retrieve(run, split, ["a red circle", test.captions[0]], k=3)
+  again = inference.retrieve(run, split, ["a red circle", test.captions[0]], k=3)
   assert again["captions_to_images"] == first["captions_to_images"]
   assert sorted(os.listdir(os.path.join(workdir, "galleries"))) == caches
   words = first["captions_to_images"][0]["alignment"]
@@ -149,6 +155,29 @@ def _quiet(_):
   pass
 
 
+@pytest.mark.parametrize("which", ["best", "latest"])
+def test_a_run_loads_its_parameters_alone(trained, which):
+  """load_run reads the parameters without an optimiser: the same arrays as the whole
+  train state restored as the trainer restores it."""
+  workdir = trained[0]
+  run = inference.load_run(workdir, which, log=_quiet)
+  model = run.evaluator.model
+  like = train_state.abstract_state(model, optim.make_optimizer(run.config, 1),
+                                    run.config, sharding.make_mesh())
+  saved = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    whole = {"best": saved.restore_best, "latest": saved.restore_latest}[which](
+        like, log=_quiet)
+  finally:
+    saved.close()
+  assert run.step == whole.step
+  got, want = (jax.tree_util.tree_flatten_with_path(p) for p in (run.params,
+                                                                  whole.state["params"]))
+  assert [k for k, _ in got[0]] == [k for k, _ in want[0]]
+  for (path, a), (_, b) in zip(got[0], want[0]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
 def _copy(paths, folder):
   folder.mkdir()
   for i, p in enumerate(paths):
@@ -183,12 +212,12 @@ def test_unreadable_files_are_skipped_and_listed(trained, tmp_path, monkeypatch)
   _copy(good, tmp_path / "good")
   _copy(good, tmp_path / "mixed")
   bad = _add_bad_files(tmp_path / "mixed", good[0])
-  run = retrieval.load_run(workdir, log=_quiet)
+  run = inference.load_run(workdir, log=_quiet)
   captions = ["a red circle", test.captions[52]]
-  want = retrieval.retrieve(run, retrieval.gallery_split(str(tmp_path / "good")),
+  want = inference.retrieve(run, inference.gallery_split(str(tmp_path / "good")),
                             captions, k=3, log=_quiet)
   lines = []
-  got = retrieval.retrieve(run, retrieval.gallery_split(str(tmp_path / "mixed")),
+  got = inference.retrieve(run, inference.gallery_split(str(tmp_path / "mixed")),
                            captions, k=3, log=lines.append)
   assert _by_name(got) == _by_name(want)
   assert len(got["images"]) == 4
@@ -204,9 +233,9 @@ def test_unreadable_files_are_skipped_and_listed(trained, tmp_path, monkeypatch)
   # Again from the cache: the same, the decoding failures included, nothing decoded.
   fail = lambda *a: pytest.fail("the gallery should come from its cache")
   with monkeypatch.context() as m:
-    m.setattr(run.evaluator, "encode_images", fail)
+    m.setattr(run.evaluator, "encode_images_and_count_bad", fail)
     m.setattr(images_lib, "decode_image", fail)
-    again = retrieval.retrieve(run, retrieval.gallery_split(str(tmp_path / "mixed")),
+    again = inference.retrieve(run, inference.gallery_split(str(tmp_path / "mixed")),
                                captions, k=3, log=_quiet)
   assert again == got
   # data.skip_bad_images (the pipeline zeroes bad images instead of raising) and
@@ -214,8 +243,8 @@ def test_unreadable_files_are_skipped_and_listed(trained, tmp_path, monkeypatch)
   _copy(good, tmp_path / "mixed2")
   _add_bad_files(tmp_path / "mixed2", good[0])
   run.config.data.skip_bad_images = True
-  monkeypatch.setattr(retrieval, "_CHUNK_IMAGES", 3)
-  other = retrieval.retrieve(run, retrieval.gallery_split(str(tmp_path / "mixed2")),
+  monkeypatch.setattr(inference_gallery, "_CHUNK_IMAGES", 3)
+  other = inference.retrieve(run, inference.gallery_split(str(tmp_path / "mixed2")),
                              captions, k=3, log=_quiet)
   assert _by_name(other) == _by_name(want)
   assert [os.path.basename(s["path"]) for s in other["skipped_images"]] == sorted(bad)
@@ -229,10 +258,10 @@ def test_a_file_without_read_permission_is_skipped(trained, tmp_path):
   _copy(good, tmp_path / "mixed")
   shutil.copyfile(good[0], tmp_path / "mixed" / "00b.jpg")
   os.chmod(tmp_path / "mixed" / "00b.jpg", 0)
-  run = retrieval.load_run(workdir, log=_quiet)
-  want = retrieval.retrieve(run, retrieval.gallery_split(str(tmp_path / "good")),
+  run = inference.load_run(workdir, log=_quiet)
+  want = inference.retrieve(run, inference.gallery_split(str(tmp_path / "good")),
                             ["a red circle"], k=2, log=_quiet)
-  got = retrieval.retrieve(run, retrieval.gallery_split(str(tmp_path / "mixed")),
+  got = inference.retrieve(run, inference.gallery_split(str(tmp_path / "mixed")),
                            ["a red circle"], k=2, log=_quiet)
   assert _by_name(got) == _by_name(want)
   assert got["skipped_images"] == [{"path": str(tmp_path / "mixed" / "00b.jpg"),
@@ -245,37 +274,37 @@ def test_a_folder_without_a_readable_image_is_an_error(trained, tmp_path):
   folder.mkdir()
   (folder / "x.jpg").mkdir()
   (folder / "empty.jpg").write_bytes(b"")
-  with pytest.raises(retrieval.RetrievalError,
+  with pytest.raises(inference.RetrievalError,
                      match=(f"^No readable image in folder '{folder}': all 2 "
                             r".jpg/.jpeg/.png files are skipped: empty.jpg is empty")):
-    retrieval.gallery_split(str(folder))
+    inference.gallery_split(str(folder))
   data = open(test.image_paths[0], "rb").read()
   (folder / "y.jpg").write_bytes(data[:200])                   # found when decoded
-  split = retrieval.gallery_split(str(folder))
-  run = retrieval.load_run(workdir, log=_quiet)
-  with pytest.raises(retrieval.RetrievalError,
+  split = inference.gallery_split(str(folder))
+  run = inference.load_run(workdir, log=_quiet)
+  with pytest.raises(inference.RetrievalError,
                      match=(f"^No readable image in folder '{folder}': all 3 .* y.jpg "
                             "does not decode")):
-    retrieval.retrieve(run, split, ["a red circle"], log=_quiet)
+    inference.retrieve(run, split, ["a red circle"], log=_quiet)
 
 
 def test_bad_k_empty_captions_and_long_captions(trained):
   workdir, test, _ = trained
-  run = retrieval.load_run(workdir, log=_quiet)
-  split = retrieval.gallery_split(list(test.image_paths[:4]))
+  run = inference.load_run(workdir, log=_quiet)
+  split = inference.gallery_split(list(test.image_paths[:4]))
   for k in (0, -2):
-    with pytest.raises(retrieval.RetrievalError,
+    with pytest.raises(inference.RetrievalError,
                        match=rf"^k={k}: expected a positive number of results"):
-      retrieval.retrieve(run, split, ["a red circle"], k=k)
-  with pytest.raises(retrieval.RetrievalError,
+      inference.retrieve(run, split, ["a red circle"], k=k)
+  with pytest.raises(inference.RetrievalError,
                      match=r"^Caption 1 is '  ': expected text with at least one word"):
-    retrieval.retrieve(run, split, ["a red circle", "  "], k=2)
+    inference.retrieve(run, split, ["a red circle", "  "], k=2)
   long = " ".join(["a red circle left of a blue square"] * 63)    # 504 words
   tokens = len(run.tokenizer(long)["input_ids"])
   max_len = run.config.data.max_len
   assert tokens > 500 > max_len
   lines = []
-  out = retrieval.retrieve(run, split, ["a red circle", long], k=10, log=lines.append)
+  out = inference.retrieve(run, split, ["a red circle", long], k=10, log=lines.append)
   start = "a red circle left of a blue square a red..."
   assert out["truncated_captions"] == [
       {"index": 1, "start": start, "tokens": tokens, "max_len": max_len}]
@@ -409,15 +438,15 @@ _NOT_WRITABLE = r"is not writable \((Read-only file system|Permission denied)\)"
 def test_read_only_workdir_caches_in_the_user_folder(trained, tmp_path, monkeypatch):
   workdir, test, _ = trained
   monkeypatch.setenv("GRALIGN_CACHE", str(tmp_path / "cache"))
-  fallback = retrieval.fallback_dir(workdir)
+  fallback = inference.fallback_dir(workdir)
   assert fallback.startswith(str(tmp_path / "cache" / "galleries") + os.sep)
-  split = retrieval.gallery_split(list(test.image_paths[14:18]))  # no other test's
+  split = inference.gallery_split(list(test.image_paths[14:18]))  # no other test's
   captions = ["a red circle", test.captions[71]]
   before, lines = _tree(workdir), []
   with _read_only(workdir, monkeypatch):
-    run = retrieval.load_run(workdir, log=lines.append)
-    got = retrieval.retrieve(run, split, captions, k=3, log=lines.append)
-    written = retrieval.write_result(got, log=lines.append)
+    run = inference.load_run(workdir, log=lines.append)
+    got = inference.retrieve(run, split, captions, k=3, log=lines.append)
+    written = inference.write_result(got, log=lines.append)
   assert _tree(workdir) == before  # nothing written, created or moved
   assert os.path.dirname(got["gallery_cache"]) == fallback
   assert os.path.isfile(os.path.join(got["gallery_cache"], "manifest.json"))
@@ -432,15 +461,15 @@ def test_read_only_workdir_caches_in_the_user_folder(trained, tmp_path, monkeypa
                       rf"{re.escape(written)} instead\.", lines[1]), lines[1]
   # The same results as a writable run directory encoding the images afresh.
   monkeypatch.setenv("GRALIGN_CACHE", str(tmp_path / "elsewhere"))
-  want = retrieval.retrieve(run, split, captions, k=3, log=_quiet)
+  want = inference.retrieve(run, split, captions, k=3, log=_quiet)
   assert os.path.dirname(want["gallery_cache"]) == os.path.join(workdir, "galleries")
   assert _by_name(got) == _by_name(want)
   # A read-only run directory that holds the cache is read, and only read.
   before, lines = _tree(workdir), []
   with _read_only(workdir, monkeypatch):
-    monkeypatch.setattr(run.evaluator, "encode_images",
+    monkeypatch.setattr(run.evaluator, "encode_images_and_count_bad",
                         lambda *a: pytest.fail("the gallery should come from its cache"))
-    again = retrieval.retrieve(run, split, captions, k=3, log=lines.append)
+    again = inference.retrieve(run, split, captions, k=3, log=lines.append)
   assert _tree(workdir) == before and not lines
   assert again == want
 
@@ -460,7 +489,7 @@ def test_command_line_on_read_only_storage_with_bad_files(trained, tmp_path,
   _copy(test.image_paths[17:20], tmp_path / "photos")
   bad = _add_bad_files(tmp_path / "photos", test.image_paths[17])
   monkeypatch.setenv("GRALIGN_CACHE", str(tmp_path / "cache"))
-  fallback = retrieval.fallback_dir(workdir)
+  fallback = inference.fallback_dir(workdir)
   long = " ".join(["a red circle left of a blue square"] * 63)  # 504 words: 506 tokens
   args = [f"--workdir={workdir}", f"--images={tmp_path / 'photos'}",
           "--query=a blue square", f"--query={long}", "--k=2"]
@@ -512,8 +541,8 @@ def test_moved_workdir_retrieves_without_its_data_set_from_anywhere(smoke_root, 
   with open(workdir / "config.json") as f:
     assert json.load(f)["data"]["root"] == str(data)  # absolute, as the run saw it
   captions = ["a small red circle", "a large blue square left of a green star"]
-  before = retrieval.retrieve(retrieval.load_run(str(workdir)),
-                              retrieval.gallery_split(str(photos)), captions, k=3)
+  before = inference.retrieve(inference.load_run(str(workdir)),
+                              inference.gallery_split(str(photos)), captions, k=3)
 
   moved = tmp_path / "elsewhere" / "moved_run"
   moved.parent.mkdir()
@@ -523,8 +552,8 @@ def test_moved_workdir_retrieves_without_its_data_set_from_anywhere(smoke_root, 
   cwd = tmp_path / "cwd" / "deeper"
   cwd.mkdir(parents=True)
   monkeypatch.chdir(cwd)
-  run = retrieval.load_run(os.path.join("..", "..", "elsewhere", "moved_run"))
-  after = retrieval.retrieve(run, retrieval.gallery_split("../../photos"), captions, k=3)
+  run = inference.load_run(os.path.join("..", "..", "elsewhere", "moved_run"))
+  after = inference.retrieve(run, inference.gallery_split("../../photos"), captions, k=3)
   for b, a in zip(before["captions_to_images"], after["captions_to_images"]):
     assert [h["index"] for h in a["top"]] == [h["index"] for h in b["top"]]
     np.testing.assert_allclose([h["score"] for h in a["top"]],

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from gralign_jax import retrieval
+from gralign_jax import inference
 from test_retrieval import trained  # pylint: disable=unused-import  (a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,8 +51,8 @@ def page(trained, tmp_path_factory):  # pylint: disable=redefined-outer-name
 
 def test_export_holds_the_gallery_encodings_in_row_order(trained, page):  # pylint: disable=redefined-outer-name
   result, _, export = page
-  run = retrieval.load_run(trained[0])
-  found = retrieval.encode_gallery(run, retrieval.gallery_split(result["images"]),
+  run = inference.load_run(trained[0])
+  found = inference.encode_gallery(run, inference.gallery_split(result["images"]),
                                    log=lambda line: None)
   with np.load(export, allow_pickle=False) as npz:
     assert list(npz["paths"]) == result["images"] and int(npz["step"]) == run.step
@@ -149,3 +149,40 @@ def test_hostile_names_and_captions_print_escaped_and_the_page_stays_small(train
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.splitlines()[-1] == f"Written to {out}"
   assert html.read_bytes() == before
+
+
+def test_the_pictures_draw_from_what_the_query_computed(trained, monkeypatch):  # pylint: disable=redefined-outer-name
+  """The page's word-to-patch pictures use the query's encodings (nothing is encoded
+  again), and those are the encodings visualize.encode_* gives the same image and
+  caption: the pair's scores agree."""
+  from gralign_jax import visualize  # pylint: disable=g-import-not-at-top
+  from gralign_jax.inference import page as page_lib  # pylint: disable=g-import-not-at-top
+  from gralign_jax.visualize import encode  # pylint: disable=g-import-not-at-top
+  workdir, test, _ = trained
+  run = inference.load_run(workdir, log=lambda line: None)
+  found = inference.run_query(run, inference.gallery_split(list(test.image_paths[:5])),
+                              QUERIES, k=2, log=lambda line: None)
+  drawn = []
+  fail = lambda *a, **k: pytest.fail("the page encoded again")
+  with monkeypatch.context() as m:
+    for name in ("_apply_image", "_apply_text"):
+      m.setattr(encode, name, fail)
+    m.setattr(run.evaluator, "encode_images_and_count_bad", fail)
+    m.setattr(run.evaluator, "encode_texts", fail)
+    real = visualize.make_pair
+    m.setattr(visualize, "make_pair", lambda *a: drawn.append(real(*a)) or drawn[-1])
+    pictures = page_lib.alignment_pictures(run, found, count=len(QUERIES))
+  assert len(pictures) == len(QUERIES) and all(
+      p.startswith("data:image/png;base64,") for p in pictures)
+  assert len(drawn) == len(QUERIES)
+  for m, pair in enumerate(drawn):
+    best = found.record["captions_to_images"][m]["top"][0]
+    assert pair.image.name == os.path.basename(best["image"])
+    image = visualize.encode_image(run, visualize.load_image(best["image"]))
+    (caption,) = visualize.encode_captions(run, [QUERIES[m]])
+    again = visualize.make_pair(run, image, caption, "again").scores
+    assert pair.scores.keys() == again.keys()
+    for key in again:
+      np.testing.assert_allclose(pair.scores[key], again[key], rtol=0, atol=2e-3,
+                                 err_msg=key)
+    np.testing.assert_allclose(pair.scores["total"], best["score"], atol=1e-3)

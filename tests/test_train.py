@@ -20,6 +20,7 @@ from gralign_jax import optim
 from gralign_jax import preemption
 from gralign_jax import sharding
 from gralign_jax import train
+from gralign_jax import train_state
 from gralign_jax.data import datasets
 from gralign_jax.data import pipeline
 from gralign_jax.models import grm
@@ -89,7 +90,7 @@ def test_sharded_update_equals_single_device(smoke_root):
   out = {}
   for n in (1, 8):
     mesh = sharding.make_mesh(jax.devices()[:n])
-    state = train.create_state(model, tx, config, mesh)
+    state = train_state.create_state(model, tx, config, mesh)
     step = train.make_train_step(model, tx, config, mesh)
     state, aux = step(state, sharding.global_batch(batch, mesh))
     state, aux = step(state, sharding.global_batch(batch, mesh))

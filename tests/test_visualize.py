@@ -21,7 +21,7 @@ from experiments.configs import demo
 from experiments.configs import common
 from gralign_jax import configs
 from gralign_jax import metrics as metrics_lib
-from gralign_jax import retrieval
+from gralign_jax import inference
 from gralign_jax import train
 from gralign_jax import visualize as vis
 from gralign_jax.data import datasets
@@ -81,7 +81,7 @@ def butd_run(smoke_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def vit_views(vit_run):
   workdir, test = vit_run
-  run = retrieval.load_run(workdir, log=_quiet)
+  run = inference.load_run(workdir, log=_quiet)
   image = vis.encode_image(run, vis.load_image(test.image_paths[0]), name="test 0")
   caption, other = vis.encode_captions(run, [test.captions[0], test.captions[7]])
   return run, image, caption, other
@@ -268,7 +268,7 @@ def test_curves_are_the_logged_records(vit_run):
 
 def test_region_feature_run(butd_run, tmp_path):
   workdir, test = butd_run
-  run = retrieval.load_run(workdir, log=_quiet)
+  run = inference.load_run(workdir, log=_quiet)
   features = test.load_image(2)
   assert features.shape == FEATURE_SHAPE
   image = vis.encode_image(run, features, name="test image 2")

@@ -56,15 +56,21 @@ class Evaluator:
   def encode_images(self, params, split: readers.Split) -> dict:
     """Every image of `split`, in order -> dict of host arrays with leading axis N.
     Each host reads its rows of every batch; every host gets all N encodings."""
+    return self.encode_images_and_count_bad(params, split)[0]
+
+  def encode_images_and_count_bad(self, params, split: readers.Split
+                                  ) -> tuple[dict, int]:
+    """encode_images, and how many of the images the pipeline zeroed because they do
+    not decode (data.skip_bad_images; 0 without it, where a bad image raises)."""
     parts, bad = [], 0
     hosts = jax.process_index(), jax.process_count()
     for batch in pipeline.eval_image_batches(split, self.config, self.batch, *hosts):
-      bad += int(batch["bad_images"].sum())  # data.skip_bad_images
+      bad += int(batch["bad_images"].sum())
       out = self._encode_images(params, sharding.global_batch(
           blockwise.pad_rows(batch["image"], self.batch // hosts[1]), self.mesh))
       parts.append(jax.tree.map(blockwise.to_host, out))
-    self.bad_images = sharding.sum_over_hosts(bad)
-    return jax.tree.map(lambda x: x[:split.num_images], _concat(parts))
+    images = jax.tree.map(lambda x: x[:split.num_images], _concat(parts))
+    return images, sharding.sum_over_hosts(bad)
 
   def encode_texts(self, params, captions: pipeline.EncodedCaptions) -> dict:
     """Every caption, in order -> dict of host arrays with leading axis M (each host
@@ -90,9 +96,10 @@ class Evaluator:
     Each result also holds "nan_scores": how many entries of the score matrix were NaN
     (they rank lowest, recall.py); for "test_1k" the NaNs inside its five folds.
     """
-    sims = self.scores(params, split, captions)
+    images, bad_images = self.encode_images_and_count_bad(params, split)
+    sims = self.scorer.matrix(images, self.encode_texts(params, captions))
     cpi = split.captions_per_image
-    bad = {"bad_images": self.bad_images} if self.config.data.skip_bad_images else {}
+    bad = {"bad_images": bad_images} if self.config.data.skip_bad_images else {}
     if protocol == "coco":
       out = {k: dict(m, **bad) for k, m in
              recall.coco_metrics(sims, captions_per_image=cpi).items()}

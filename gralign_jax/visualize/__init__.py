@@ -1,7 +1,7 @@
 """See what a trained run learnt: saliency, regions, word-to-patch alignment, curves.
 
-  from gralign_jax import retrieval, visualize as vis
-  run = retrieval.load_run("runs/demo")
+  from gralign_jax import inference, visualize as vis
+  run = inference.load_run("runs/demo")
   image = vis.encode_image(run, vis.load_image("photo.jpg"), name="photo.jpg")
   caption, other = vis.encode_captions(run, ["a red circle", "a blue square"])
   vis.saliency_figure(image).savefig("saliency.png")
@@ -16,17 +16,17 @@ one image and a few captions through the run's encoders (evaluation form, with e
 output kept), figures.py draws. The command line is experiments/visualize.py.
 """
 from gralign_jax.visualize.encode import (CaptionView, ImageView, InputError, Pair,
-                                          caption_scores, encode_captions, encode_image,
-                                          load_features, load_image, make_pair,
-                                          pair_scores, pick_negative_caption,
-                                          pick_negative_image)
+                                          caption_scores, caption_view, encode_captions,
+                                          encode_image, image_view, load_features,
+                                          load_image, make_pair, pair_scores,
+                                          pick_negative_caption, pick_negative_image)
 from gralign_jax.visualize.figures import (alignment_figure, curves_figure,
                                            message_figure, regions_figure,
                                            saliency_figure)
-from gralign_jax.visualize.numeric import (TokenLayout, best_patches, hardest_negative,
-                                           patch_cell, region_maps, region_sigma,
-                                           saliency_grid, token_cosines,
-                                           training_series, visual_layout)
+from gralign_jax.models.token_grid import TokenLayout, patch_cell, visual_layout
+from gralign_jax.visualize.numeric import (best_patches, hardest_negative, region_maps,
+                                           region_sigma, saliency_grid, token_cosines,
+                                           training_series)
 
 
 def lr_schedule(config, records):
@@ -65,8 +65,9 @@ def run_curves_figure(workdir: str, config=None):
 
 __all__ = [
     "CaptionView", "ImageView", "InputError", "Pair", "TokenLayout", "alignment_figure",
-    "best_patches", "caption_scores", "curves_figure", "encode_captions",
-    "encode_image", "hardest_negative", "load_features", "load_image", "lr_schedule",
+    "best_patches", "caption_scores", "caption_view", "curves_figure", "encode_captions",
+    "encode_image", "hardest_negative", "image_view", "load_features", "load_image",
+    "lr_schedule",
     "make_pair", "message_figure", "pair_scores", "patch_cell", "pick_negative_caption",
     "pick_negative_image", "region_maps", "region_sigma", "regions_figure",
     "run_curves_figure", "saliency_figure", "saliency_grid", "token_cosines",

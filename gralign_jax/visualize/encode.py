@@ -5,7 +5,7 @@ probabilities, the regions their means) and keeps all of GRM.encode_image's outp
 (the evaluator keeps only what the score needs): the region assignment A_hat and
 log sigma^2 are what the regions picture draws.
 
-  run = retrieval.load_run("runs/demo")
+  run = inference.load_run("runs/demo")
   image = encode_image(run, load_image("photo.jpg"), name="photo.jpg")
   (caption,) = encode_captions(run, ["a red circle left of a blue square"])
   scores = pair_scores(run, image, [caption])      # {"ori", "key", "unc", "total"}
@@ -20,6 +20,7 @@ import numpy as np
 
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
+from gralign_jax.models import token_grid
 from gralign_jax.scores import similarity
 from gralign_jax.visualize import numeric
 
@@ -33,7 +34,7 @@ class ImageView:
   region_mu, region_logvar (K, d), assign (L_v, K)); pixels: uint8 (H, W, 3) to draw
   on, None for region features; features: float32 (R, D) for region features."""
   encoded: dict
-  layout: numeric.TokenLayout
+  layout: token_grid.TokenLayout
   pixels: Optional[np.ndarray] = None
   features: Optional[np.ndarray] = None
   name: str = ""
@@ -142,8 +143,14 @@ def encode_image(run, image: np.ndarray, name: str = "") -> ImageView:
                                config.data.pixel_mean, config.data.pixel_std)
     pixels, features = image, None
   out = _host(_apply_image(run.evaluator.model, run.params, x))
-  encoded = {k: v[0] for k, v in out.items()}
-  layout = numeric.visual_layout(config.model.vision, encoded["tokens"].shape[0])
+  return image_view(run, {k: v[0] for k, v in out.items()}, pixels, features, name)
+
+
+def image_view(run, encoded: dict, pixels: Optional[np.ndarray] = None,
+               features: Optional[np.ndarray] = None, name: str = "") -> ImageView:
+  """One image's encoder outputs (no batch axis; at least tokens, mask, gates), e.g.
+  a row of an encoded gallery, as an ImageView laid out on the run's token grid."""
+  layout = token_grid.visual_layout(run.config.model.vision, encoded["tokens"].shape[0])
   return ImageView(encoded, layout, pixels, features, name)
 
 
@@ -177,11 +184,18 @@ def encode_captions(run, captions: Sequence[str]) -> list[CaptionView]:
   out = _encode_ids(run, enc.ids, enc.mask)
   views = []
   for m, caption in enumerate(captions):
-    words = run.tokenizer.convert_ids_to_tokens([int(i) for i in enc.ids[m]])
     full = len(run.tokenizer(caption, add_special_tokens=True)["input_ids"])
-    views.append(CaptionView(caption, list(words), {k: v[m] for k, v in out.items()},
-                             truncated=full > enc.ids.shape[1]))
+    views.append(caption_view(run, caption, enc.ids[m], {k: v[m] for k, v in out.items()},
+                              truncated=full > enc.ids.shape[1]))
   return views
+
+
+def caption_view(run, caption: str, ids: np.ndarray, encoded: dict,
+                 truncated: bool = False) -> CaptionView:
+  """One caption's word-piece ids (L,) and encoder outputs (no batch axis), e.g. a row
+  of a query's encoded captions, as a CaptionView."""
+  words = run.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+  return CaptionView(caption, list(words), encoded, truncated=truncated)
 
 
 def _scores(run, image: ImageView, texts: dict) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from matplotlib import patches as mpatches
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
+from gralign_jax.models import token_grid
 from gralign_jax.visualize import encode
 from gralign_jax.visualize import numeric
 
@@ -226,7 +227,7 @@ def _alignment_row(fig, pair: encode.Pair) -> None:
   if img.layout.kind == "grid":
     _image_axes(left, img)
     for b in distinct:
-      r, c = numeric.patch_cell(b, img.layout)
+      r, c = token_grid.patch_cell(b, img.layout)
       left.add_patch(mpatches.Rectangle((c + 0.04, r + 0.04), 0.92, 0.92, fill=False,
                                         edgecolor=colour[b], linewidth=2.2))
       ids = [str(i) for i, w in enumerate(best) if w == b]
@@ -234,7 +235,7 @@ def _alignment_row(fig, pair: encode.Pair) -> None:
       left.text(c + 0.08, r + 0.1, label, color="black", fontsize=6.5, va="top",
                 bbox=dict(facecolor=colour[b], edgecolor="none", pad=1.0, alpha=0.9))
     left.set_title("best patch of each word piece (numbers: words)", fontsize=9)
-    place = lambda b: "({}, {})".format(*numeric.patch_cell(b, img.layout))
+    place = lambda b: "({}, {})".format(*token_grid.patch_cell(b, img.layout))
   else:
     shown = cos[where]
     mappable = left.imshow(shown, aspect="auto", cmap="viridis", interpolation="nearest")

@@ -4,58 +4,13 @@ Every drawing function in figures.py calls these, so that what a picture shows c
 tested without looking at it: a heat map's cells are `saliency_grid`, a box marks
 `best_patches`, a bar is `region_sigma`.
 
-Visual tokens are laid out by `visual_layout`: a ViT (and DINOv2) puts a CLS token
-first and then its patches row by row; Swin's tokens are its final stage's grid, row by row, with no
-CLS; BUTD region features have no grid (kind "regions").
+Visual tokens are laid out as models/token_grid.py says (`TokenLayout`).
 """
-import dataclasses
-import math
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class TokenLayout:
-  """Where visual token j lies. kind "grid": tokens [first:] are the patches of a
-  grid (rows x cols), row-major, after `first` tokens with no place (ViT's CLS);
-  kind "regions": every token is a region, with no place on a grid."""
-  kind: str
-  first: int = 0
-  grid: Optional[tuple[int, int]] = None
-
-  @property
-  def num_patches(self) -> int:
-    return self.grid[0] * self.grid[1] if self.grid else 0
-
-
-def _pair(x) -> tuple[int, int]:
-  return (int(x), int(x)) if np.isscalar(x) else (int(x[0]), int(x[1]))
-
-
-def visual_layout(vision: Mapping, num_tokens: int) -> TokenLayout:
-  """config.model.vision and the number of visual tokens L_v -> TokenLayout.
-
-  Raises:
-    ValueError: the token count does not fit the backbone's grid.
-  """
-  name = vision["name"]
-  if name == "butd":
-    return TokenLayout("regions", 0, None)
-  size = _pair(vision["image_size"])
-  if name in ("vit", "dinov2"):  # CLS, then the patches
-    first, cell = 1, int(vision["patch_size"])
-    grid = (size[0] // cell, size[1] // cell)
-  elif name == "swin":  # every stage after the first halves the grid (padding odd sizes)
-    first, cell = 0, int(vision["patch_size"]) * 2 ** (len(vision["depths"]) - 1)
-    grid = (math.ceil(size[0] / cell), math.ceil(size[1] / cell))
-  else:
-    raise ValueError(f"unknown model.vision.name {name!r}; expected vit, dinov2, swin "
-                     "or butd")
-  if first + grid[0] * grid[1] != num_tokens:
-    raise ValueError(f"{name} at {size[0]}x{size[1]} px should give {first} + "
-                     f"{grid[0]}x{grid[1]} visual tokens, the encoder gave {num_tokens}")
-  return TokenLayout("grid", first, grid)
+from gralign_jax.models.token_grid import TokenLayout
 
 
 def saliency_grid(gates: np.ndarray, layout: TokenLayout) -> np.ndarray:
@@ -104,11 +59,6 @@ def best_patches(text_tokens: np.ndarray, text_mask: np.ndarray,
   stop = layout.first + layout.num_patches if layout.kind == "grid" else cos.shape[1]
   best = np.argmax(cos[:, layout.first:stop], axis=1)
   return np.where(np.asarray(text_mask, bool), best, -1).astype(np.int64)
-
-
-def patch_cell(index: int, layout: TokenLayout) -> tuple[int, int]:
-  """Patch index -> (row, col) on the grid."""
-  return divmod(int(index), layout.grid[1])
 
 
 def hardest_negative(scores: Sequence[float], positives: Sequence[int] = ()) -> int:

@@ -22,11 +22,11 @@ import ml_collections
 from gralign_jax import configs
 from gralign_jax import logs
 from gralign_jax import paths
-from gralign_jax import retrieval
 from gralign_jax import run_dir
 from gralign_jax.data import datasets
 from gralign_jax.data import pipeline
 from gralign_jax.evaluation import recall
+from gralign_jax.inference import run as run_lib
 
 # Dotted keys (a trailing "." covers a group) that an evaluation may change.
 EVAL_SAFE = (
@@ -79,7 +79,7 @@ def evaluate_run(workdir: str, config: ml_collections.ConfigDict, split: str,
   "split", "data_root", "data_format", "workdir" and "seconds".
   """
   t0 = time.time()
-  run = retrieval.load_run(workdir, which, log, config=config)
+  run = run_lib.load_run(workdir, which, log, config=config)
   data = run.config.data
   read = datasets.read_split(run.config, split)
   datasets.check_images(run.config, {split: read}, log)

@@ -1,8 +1,9 @@
 """A retrieval result as one self-contained HTML page: every picture is embedded (a
 data: URI), so the page opens anywhere, offline, and travels as one file.
 
-  page = retrieval_page.render(result, alignment_pictures(run, result, count=20))
-  paths.write_text("retrieval.html", page)
+  found = query.run_query(run, split, captions)
+  html_page = render(found.record, alignment_pictures(run, found, count=20))
+  paths.write_text("retrieval.html", html_page)
 
 Per caption: its top-k images (thumbnails, rank, score, file) and, for the first
 `count` captions, the word-to-patch alignment picture of the best one
@@ -19,14 +20,17 @@ import io
 import os
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 from gralign_jax import logs
 from gralign_jax import paths
 from gralign_jax.data import images as images_lib
+from gralign_jax.inference import query
 
 THUMBNAIL = 160  # px, the longer side
 ROWS = 1000  # captions, and images, listed on the page at most (the JSON has them all)
+# The tag predates the move to inference/page.py: pages written before stay ours.
 GENERATOR = '<meta name="generator" content="gralign_jax retrieval_page">'
 
 
@@ -72,21 +76,26 @@ def figure_uri(figure) -> str:
   return data_uri(out.getvalue(), "image/png")
 
 
-def alignment_pictures(run, result: dict, count: int,
+def alignment_pictures(run, found: query.QueryResult, count: int,
                        log=lambda line: None) -> list[str]:
-  """For the first `count` captions of `result`: the alignment picture (PNG data: URI)
-  of each one's best image."""
+  """For the first `count` captions of `found`: the alignment picture (PNG data: URI)
+  of each one's best image, drawn from the encodings the query computed (nothing is
+  encoded again; the image file is read for its pixels only)."""
   from gralign_jax import visualize  # pylint: disable=g-import-not-at-top
-  items = result["captions_to_images"][:max(count, 0)]
+  items = found.record["captions_to_images"][:max(count, 0)]
   if not items:
     return []
   log(f"Drawing the word-to-patch pictures of {len(items)} caption(s) for the page ...")
-  views = visualize.encode_captions(run, [item["caption"] for item in items])
+  row = lambda tree, i: {k: np.asarray(v[i]) for k, v in tree.items()}
   pictures = []
-  for item, caption in zip(items, views):
-    best = item["top"][0]["image"]
-    image = visualize.encode_image(run, visualize.load_image(best),
-                                   name=os.path.basename(best))
+  for m, item in enumerate(items):
+    best = item["top"][0]["index"]
+    path = found.gallery.split.image_paths[best]
+    image = visualize.image_view(run, row(found.gallery.images, best),
+                                 pixels=visualize.load_image(path),
+                                 name=os.path.basename(path))
+    caption = visualize.caption_view(run, item["caption"], found.ids[m],
+                                     row(found.texts, m), m in found.truncated)
     pair = visualize.make_pair(run, image, caption, "best image")
     pictures.append(figure_uri(visualize.alignment_figure([pair])))
   return pictures
