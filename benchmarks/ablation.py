@@ -16,7 +16,7 @@ Each (variant, seed) is one demo run (experiments/configs/demo.py:VARIANT, confi
 its 1,200 steps, the same for every variant, as the paper's ablation trains every row
 for the same epochs. A step budget also makes each figure independent of what else
 the machine runs (--seconds=S gives each run S seconds of training instead, so a cheaper
-variant gets more steps, as in the README's demo table). A run whose results.json
+variant gets more steps, as in docs/results.md's demo table). A run whose results.json
 exists, or whose record is in the ledger, is not run again, so the grid may be filled over
 several sittings; a run stopped half-way resumes from its checkpoint. Two tables (test
 rSum mean and sample standard deviation over seeds, dev rSum, steps): the paper's

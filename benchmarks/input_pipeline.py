@@ -26,7 +26,11 @@ from experiments.configs import demo  # pylint: disable=wrong-import-position
 from gralign_jax import configs  # pylint: disable=wrong-import-position
 from gralign_jax.data import pipeline  # pylint: disable=wrong-import-position
 from gralign_jax.data import readers  # pylint: disable=wrong-import-position
-from gralign_jax.data import writers  # pylint: disable=wrong-import-position
+from gralign_jax.data import precomp  # pylint: disable=wrong-import-position
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "tests"))
+# The tests' TFDS writer.
+import layout_writers as writers  # noqa: E402  # pylint: disable=wrong-import-position
 
 
 def _photo(rng, h=480, w=640) -> np.ndarray:
@@ -89,7 +93,7 @@ def main():
     feats = os.path.join(tmp, "precomp")
     fsplit = readers.Split("train", split.image_paths[:1] * (4 * n), tuple(range(4 * n)),
                            ("c",) * (20 * n))
-    writers.write_precomp(feats, fsplit, lambda i: np.full((36, 2048), i, np.float32))
+    precomp.write_precomp(feats, fsplit, lambda i: np.full((36, 2048), i, np.float32))
     psplit = readers.read_split(feats, "train", format="precomp")
     rows.append(("precomp: one 36x2048 float32 row (page cache warm)",
                  rate(lambda i: psplit.load_image(i % (4 * n)), 4 * n)))

@@ -3,7 +3,7 @@
   python -m experiments.coco --config=experiments/configs/coco.py \
       --config.data.root=/data/coco --workdir=runs/coco
 """
-from experiments import main_lib
+from experiments import entry_point
 
 if __name__ == "__main__":
-  main_lib.run(None, None)
+  entry_point.run(None, None)

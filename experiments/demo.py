@@ -3,7 +3,7 @@
   python -m experiments.demo                         # data/synthetic, runs/demo
   python -m experiments.demo --config=experiments/configs/demo.py:global
 """
-from experiments import main_lib
+from experiments import entry_point
 
 if __name__ == "__main__":
-  main_lib.run("demo.py", "runs/demo")
+  entry_point.run("demo.py", "runs/demo")

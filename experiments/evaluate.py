@@ -19,7 +19,7 @@ import sys
 from absl import app
 from absl import logging
 
-from experiments import main_lib
+from experiments import entry_point
 from experiments import run_command
 
 
@@ -35,7 +35,7 @@ def main() -> None:
       config, changes = command.config()
       result = evaluate_split.evaluate_run(command.workdir, config, command.split.value,
                                            which=command.checkpoint.value)
-    except main_lib.user_errors() as e:
+    except entry_point.user_errors() as e:
       sys.exit(f"Error: {e}")
     result["config_changes"] = {k: list(v) for k, v in changes.items()}
     print(evaluate_split.table(result))

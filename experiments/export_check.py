@@ -14,7 +14,7 @@ init: no weights are read, and only shapes exist, never the parameters) and plat
   encode_images  the evaluator's jitted image encoder (eval.batch_size images)
   encode_texts   the evaluator's jitted caption encoder
   score_xla      the evaluator's score program (blockwise.py's sharded blocks) with
-                 fused.xla_scores, the portable path, at the test split's size
+                 block_scores.xla_scores, the portable path, at the test split's size
   score_pallas   the same with the fused kernel for the platform: Triton for cuda,
                  Mosaic (pallas_kernels.TpuKernelParams) for tpu
 

@@ -18,7 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import main_lib
+from experiments import entry_point
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The run config whose vision backbone and data to use.",
@@ -36,7 +36,7 @@ def main(argv):
   del argv
   _STARTED.append(True)
   logging.set_verbosity(logging.WARNING)
-  config = main_lib.config_value(_CONFIG)
+  config = entry_point.config_value(_CONFIG)
   if not _OUT.value:
     sys.exit("Error: --out is required: a new folder for the feature files.")
   if _BATCH.value < 1:
@@ -45,7 +45,7 @@ def main(argv):
   try:
     manifest = extract_features.extract(config, _OUT.value, _SPLITS.value,
                                         _BATCH.value)
-  except main_lib.user_errors() as e:
+  except entry_point.user_errors() as e:
     sys.exit(f"Error: {e}")
   print(f"Wrote {', '.join(manifest['splits'])} tokens {manifest['feature_shape']} to "
         f"{_OUT.value}")
@@ -57,4 +57,4 @@ if __name__ == "__main__":
   except (AttributeError, KeyError) as e:
     if _STARTED:  # raised by the extraction, not by flag parsing: a bug, with its trace
       raise
-    sys.exit(main_lib.unknown_key_message(e))
+    sys.exit(entry_point.unknown_key_message(e))

@@ -6,7 +6,7 @@ Any folder in the same on-disk layout works, the synthetic scenes set included:
   python -m experiments.flickr30k --config=experiments/configs/demo.py \
       --config.data.root=data/synthetic --workdir=runs/f30k_layout
 """
-from experiments import main_lib
+from experiments import entry_point
 
 if __name__ == "__main__":
-  main_lib.run(None, None)
+  entry_point.run(None, None)

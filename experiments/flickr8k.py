@@ -4,7 +4,7 @@ MiniLM-L6.
   python -m experiments.flickr8k --config=experiments/configs/flickr8k.py \
       --config.data.root=../shared/data/flickr8k-1k --workdir=runs/f8k
 """
-from experiments import main_lib
+from experiments import entry_point
 
 if __name__ == "__main__":
-  main_lib.run("flickr8k.py", None)
+  entry_point.run("flickr8k.py", None)

@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import main_lib
+from experiments import entry_point
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. experiments/configs/flickr30k.py:smoke",
@@ -44,7 +44,7 @@ def _one_line(e: Exception) -> str:
 
 def main(argv):
   del argv
-  config = main_lib.config_value(_CONFIG)
+  config = entry_point.config_value(_CONFIG)
   if _SAMPLES.value < 1:
     sys.exit(f"Error: --samples={_SAMPLES.value}: expected 1 or more images in the grid.")
   if os.path.splitext(_OUT.value)[1].lower() not in (".png", ".jpg", ".jpeg"):

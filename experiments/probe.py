@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from experiments import main_lib
+from experiments import entry_point
 from experiments import run_command
 
 
@@ -45,7 +45,7 @@ def main() -> None:
       split = datasets.read_split(loaded.config, command.split.value)
       result = probe.run(loaded.evaluator, loaded.params, loaded.config,
                          loaded.tokenizer, split, seed=seed_flag.value)
-    except main_lib.user_errors() as e:
+    except entry_point.user_errors() as e:
       sys.exit(f"Error: {e}")
     result.update(workdir=command.workdir, step=loaded.step,
                   checkpoint=command.checkpoint.value,

@@ -29,7 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from experiments import main_lib
+from experiments import entry_point
 from gralign_jax import paths  # paths and logs import no jax (flags first: XLA_FLAGS)
 from gralign_jax.logs import shown
 
@@ -51,7 +51,7 @@ _PICTURES = flags.DEFINE_integer("pictures", 20, "Word-to-patch pictures on the 
                                  "the first N captions (about 0.3 s and 150 KB each).")
 _EXPORT = flags.DEFINE_string("export", None, "Also write the gallery's encodings with "
                               "their image paths to this .npz file.")
-_DISTRIBUTED = main_lib.define_distributed_flags()
+_DISTRIBUTED = entry_point.define_distributed_flags()
 
 
 class UsageError(ValueError):
@@ -170,10 +170,10 @@ def main(argv):
     captions = _check_flags()
   except UsageError as e:
     sys.exit(f"Error: {shown(str(e))}")
-  main_lib.start_distributed(_DISTRIBUTED)  # before anything touches a JAX backend
+  entry_point.start_distributed(_DISTRIBUTED)  # before anything touches a JAX backend
   from gralign_jax import inference  # after flag parsing: jax reads XLA_FLAGS at import
   from gralign_jax.inference import page as page_lib
-  user_errors = main_lib.user_errors() + (inference.RetrievalError,)
+  user_errors = entry_point.user_errors() + (inference.RetrievalError,)
   try:
     split = inference.gallery_split(_IMAGES.value)  # before the model: fails fast
     run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)

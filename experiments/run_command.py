@@ -6,7 +6,7 @@ over the run's saved config.
   def run(argv):
     try:
       config, changes = command.config()   # checked overrides, paths resolved, --out
-    except main_lib.user_errors() as e:
+    except entry_point.user_errors() as e:
       sys.exit(f"Error: {e}")
     ...
     command.write_out(result)              # --out, marked as this command's
@@ -20,7 +20,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from experiments import main_lib
+from experiments import entry_point
 
 
 def workdir_from_argv(argv: list[str]) -> str | None:
@@ -101,7 +101,7 @@ def define(name: str, split_help: str) -> RunCommand:
   from gralign_jax.inference import evaluate as evaluate_split  # pylint: disable=g-import-not-at-top
   try:
     saved = evaluate_split.saved_config(workdir)
-  except main_lib.user_errors() as e:
+  except entry_point.user_errors() as e:
     sys.exit(f"Error: {e}")
   flags.DEFINE_string("workdir", None, "Run directory of a training run.")
   split = flags.DEFINE_string("split", "test", split_help)
@@ -113,5 +113,5 @@ def define(name: str, split_help: str) -> RunCommand:
         "config", ml_collections.ConfigDict(saved), "The run's config; --config.<key>=v"
         " changes where the data come from and how the evaluation runs.")
   except (AttributeError, KeyError) as e:  # an unknown --config.<key>
-    sys.exit(main_lib.unknown_key_message(e))
+    sys.exit(entry_point.unknown_key_message(e))
   return RunCommand(name, workdir, saved, split, out, checkpoint, config_flag)

@@ -31,7 +31,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from experiments import main_lib
+from experiments import entry_point
 from gralign_jax.logs import shown  # imports no jax (flags first: XLA_FLAGS)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a training run.")
@@ -250,7 +250,7 @@ def main(argv):
              "(quote a caption with spaces: --caption=\"a red circle\").")
   logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only restore
   from gralign_jax import visualize as vis  # pylint: disable=g-import-not-at-top
-  user_errors = main_lib.user_errors() + (UsageError, vis.InputError)
+  user_errors = entry_point.user_errors() + (UsageError, vis.InputError)
   try:
     visualize()
   except user_errors as e:

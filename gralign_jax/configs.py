@@ -9,6 +9,7 @@ Presets, ablation variants and `smoke` are experiments/configs/common.py's.
 derives every value that must agree with another (so no one sets two fields to keep
 them equal) and validates the result.
 """
+import json
 import os
 
 import ml_collections
@@ -188,6 +189,36 @@ def base_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------
 # Validation: every value checked before anything is built or written.
 # ---------------------------------------------------------------------------
+# ---------------------------------------------------------------------------
+# The saved-key history: configs saved before a key existed.
+# ---------------------------------------------------------------------------
+# Keys added to the configs after runs were saved without them -> what those runs did
+# (so that resuming one with that value is no change). loss.regularizer_scale: the
+# regularisers were not scaled (1.0); "batch", the new default, would change a triplet
+# run's objective and is refused on resume like any other change.
+ADDED_KEYS = {
+    "data.resize_method": "bilinear", "data.preprocessor": "config",
+    "loss.regularizer_scale": 1.0, "loss.entropy_form": "paper",
+    "model.gumbel_tau_final": 1.0, "finalized": True,
+    "train.grad_cache_chunks": 1, "train.profile_steps": "", "eval.probe": False,
+    "loss.hard_negatives": "",
+    "loss.hard_negatives_per_caption": 1,
+}
+
+
+def fill_added_keys(saved: dict) -> dict:
+  """A saved config.json (nested dict) with every ADDED_KEYS key it lacks set to that
+  value, so a run saved before a key existed loads as it trained."""
+  out = json.loads(json.dumps(saved))
+  for key, value in ADDED_KEYS.items():
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node.setdefault(leaf, value)
+  return out
+
+
 class ConfigError(ValueError):
   """A config value that cannot work: the message names the key, value and what is
   allowed."""

@@ -320,11 +320,3 @@ class Objective:
       return 2.0 * b * per_anchor * float(self.config.margin)
     return 2.0 * math.log(b)
 
-  def collapse_message(self, step: int, aux: Mapping[str, float]) -> str:
-    name = ("hardest-negative triplet" if self.config.kind == "triplet"
-            and step >= self.hard_from else
-            "summed triplet" if self.config.kind == "triplet" else "InfoNCE")
-    return (f"[train @ {step}] COLLAPSE: every score in the batch is equal (spread "
-            f"{aux['score_spread']:.1e}, contrastive loss {aux['l_con']:.2f}; a "
-            f"collapsed {name} sits at about {self.collapsed_value(step):.1f}). "
-            "See README, 'Collapse'.")

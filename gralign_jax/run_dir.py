@@ -23,6 +23,7 @@ import socket
 import tempfile
 import time
 
+from gralign_jax import configs
 from gralign_jax import paths
 
 
@@ -162,38 +163,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 _ABSENT = "(absent)"
 
 
-# Keys added to the configs after runs were saved without them -> what those runs did
-# (so that resuming one with that value is no change). loss.regularizer_scale: the
-# regularisers were not scaled (1.0); "batch", the new default, would change a triplet
-# run's objective and is refused on resume like any other change.
-BEFORE_THE_KEY_EXISTED = {
-    "data.resize_method": "bilinear", "data.preprocessor": "config",
-    "loss.regularizer_scale": 1.0, "loss.entropy_form": "paper",
-    "model.gumbel_tau_final": 1.0, "finalized": True,
-    "train.grad_cache_chunks": 1, "train.profile_steps": "", "eval.probe": False,
-    "loss.hard_negatives": "",
-    "loss.hard_negatives_per_caption": 1,
-}
-
-
-def with_keys_it_predates(saved: dict) -> dict:
-  """A saved config (nested dict) with every BEFORE_THE_KEY_EXISTED key it lacks set to
-  that value, so a run saved before a key existed loads as it trained."""
-  out = json.loads(json.dumps(saved))
-  for key, value in BEFORE_THE_KEY_EXISTED.items():
-    *parents, leaf = key.split(".")
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node.setdefault(leaf, value)
-  return out
-
-
 def config_changes(saved: dict, new: dict) -> dict:
   """Dotted key -> (saved value, new value) for every key that differs; a key the saved
-  config predates counts with its BEFORE_THE_KEY_EXISTED value."""
+  config predates counts with its configs.ADDED_KEYS value."""
   a, b = flatten(saved), flatten(new)
-  a.update({k: v for k, v in BEFORE_THE_KEY_EXISTED.items() if k not in a and k in b})
+  a.update({k: v for k, v in configs.ADDED_KEYS.items() if k not in a and k in b})
   return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
           for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 

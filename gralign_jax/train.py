@@ -31,17 +31,13 @@ from gralign_jax.data import datasets
 from gralign_jax.data import false_captions
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
+from gralign_jax.evaluation import collapse
 from gralign_jax.evaluation import evaluator as evaluator_lib
 from gralign_jax.evaluation import probe as probe_lib
 from gralign_jax.evaluation import recall
 from gralign_jax.models import grm
 from gralign_jax.models import saliency
 from gralign_jax.scores import similarity
-
-
-def is_collapsed(aux: dict) -> bool:
-  """Every score in the batch (nearly) equal: the loss gives no ranking signal."""
-  return bool(aux["score_spread"] < 1e-3)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -165,34 +161,26 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     logs.info(f"[dev @ {step}] rSum {m['rsum']:.1f} (i2t R@1 {m['i2t_r1']:.1f}, t2i R@1 "
               f"{m['t2i_r1']:.1f}){' best so far' if is_best else ''} "
               f"[{time.time() - t0:.0f}s]{nan}")
-    chance = recall.chance_rsum(splits["dev"].num_images,
-                                splits["dev"].captions_per_image)
-    if m["score_std"] < 1e-4:
-      logs.info(f"[dev @ {step}] COLLAPSE: every dev score is equal (std "
-                f"{m['score_std']:.1e}); the model ranks nothing. See README, 'Collapse'.")
-    elif step > config.train.warmup_steps and m["rsum"] < 2 * chance:
-      # Nearly equal scores (a spread above the equality threshold) rank at chance too.
-      logs.info(f"[dev @ {step}] AT CHANCE: dev rSum {m['rsum']:.1f} is under twice "
-                f"that of random scores ({chance:.1f} on {splits['dev'].num_images} "
-                f"images; score std {m['score_std']:.1e}). See README, 'Collapse'.")
+    said = collapse.dev_message(step, m, splits["dev"].num_images,
+                                splits["dev"].captions_per_image,
+                                config.train.warmup_steps)
+    if said:
+      logs.info(said)
     if is_best:
       meta.update(best_rsum=m["rsum"], best_step=step)
       checkpointer.save(step, state, batches.get_state(), dict(meta), best=True)
 
   # ---------------------------------------------------------------- loop
-  # Training time (evaluations excluded) accumulates across resumptions in `meta`, so
-  # that train.max_train_seconds can give two models the same wall-clock budget.
-  budget = config.train.max_train_seconds
-  progress = logs.Progress(start_step, total_steps, budget,
-                           meta.get("train_seconds", 0.0))
-  collapse_reported, preempted, step = False, False, start_step
-  if budget > 0 and meta.get("train_seconds", 0.0) >= budget:
+  clock = TrainingClock(meta, config.train.max_train_seconds)
+  progress = logs.Progress(start_step, total_steps, clock.budget, clock.banked)
+  watch, preempted, step = collapse.TrainingWatch(objective), False, start_step
+  if clock.spent_before():
     total_steps = start_step  # the budget was spent before the last stop
   meter = _throughput_meter(config, mesh)
   profile = profiling.StepTrace(config.train.profile_steps, workdir, logs.info)
   notice = preemption.Notice().start()  # SIGTERM: save the step, exit "resume me"
   cleanup.callback(notice.close)
-  clock = time.time()
+  clock.restart()
   while step < total_steps:
     step += 1
     local = next(batches)  # images passed over (data.skip_bad_images) are counted here
@@ -206,16 +194,16 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     if step == start_step + 1:  # the clock starts once the compiled first step is done
       jax.block_until_ready(aux)
       meter.start(step)
-    out_of_time = budget > 0 and meta.get("train_seconds", 0.0) + time.time() - clock > budget
+    out_of_time = clock.out_of_time()
     last = step == total_steps or out_of_time
     if step % config.train.log_every == 0 or last:
       aux = dict(jax.device_get(aux), **meter.read(step))
       if config.data.skip_bad_images:
         aux["bad_images"] = sharding.sum_over_hosts(meta["bad_images"])
-      if objective.watch_collapse(step) and is_collapsed(aux) and not collapse_reported:
-        collapse_reported = True
+      said = watch.check(step, aux)
+      if said:
         aux["collapsed"] = 1
-        logs.info(objective.collapse_message(step, aux))
+        logs.info(said)
       writer.write(step, "train", aux)
       progress.update(step, aux)
     else:
@@ -225,21 +213,19 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
     preempted = notice.stop_at(step) and not last
     if ((config.eval.every_steps > 0 and step % config.eval.every_steps == 0) or last
         ) and not preempted:
-      meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
       jax.block_until_ready(state["step"])  # the steps queued before it are training
-      with meter.paused():
+      with meter.paused(), clock.paused():
         evaluate_dev(step)
-      clock = time.time()
     if step % config.train.ckpt_every == 0 or last or preempted:
-      meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.time() - clock
-      clock = time.time()
       jax.block_until_ready(state["step"])
+      clock.bank()  # into the meta the checkpoint keeps
       with meter.paused():
         checkpointer.save(step, state, batches.get_state(), dict(meta))
     if preempted:
       break
     if out_of_time:
-      logs.info(f"Stopping at step {step}: train.max_train_seconds={budget:.0f} reached.")
+      logs.info(f"Stopping at step {step}: train.max_train_seconds={clock.budget:.0f} "
+                "reached.")
       break
   progress.close()
   profile.close()
@@ -259,10 +245,8 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   if test_split is None:
     logs.info("No test split (config.data.test_split is empty): results.json holds "
               "dev only; evaluate a test set with python -m experiments.evaluate.")
-  elif config.eval.protocol == "coco":
-    results.update(evaluator.evaluate(params, test_split, captions["test"], "coco"))
-  else:
-    results["test"] = evaluator.evaluate(params, test_split, captions["test"])
+  else:  # "test", or "test_1k" and "test_5k" under the COCO protocol
+    results.update(evaluator.evaluate_as(params, test_split, captions["test"], "test"))
   results["best_step"] = best_step
   for split, m in results.items():  # under the step of the state they evaluate
     if isinstance(m, dict):
@@ -278,6 +262,45 @@ def _train_and_evaluate(config, workdir, allow_config_changes, cleanup) -> dict:
   if "probe" in results:
     logs.info(probe_lib.format_table(results["probe"]))
   return results
+
+
+class TrainingClock:
+  """Seconds spent training (evaluations excluded), added up across resumptions in the
+  checkpoint's meta["train_seconds"], so that train.max_train_seconds (the budget, when
+  > 0) can give two models the same wall-clock time."""
+
+  def __init__(self, meta: dict, budget: float):
+    self.meta, self.budget = meta, float(budget)
+    self.since = time.time()
+
+  @property
+  def banked(self) -> float:
+    return self.meta.get("train_seconds", 0.0)
+
+  def restart(self) -> None:
+    self.since = time.time()
+
+  def bank(self) -> None:
+    """Adds the seconds since the last bank (or restart) to meta["train_seconds"]."""
+    now = time.time()
+    self.meta["train_seconds"] = self.banked + now - self.since
+    self.since = now
+
+  def out_of_time(self) -> bool:
+    return self.budget > 0 and self.banked + time.time() - self.since > self.budget
+
+  def spent_before(self) -> bool:
+    """Whether the budget was spent before this run started (or resumed)."""
+    return self.budget > 0 and self.banked >= self.budget
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time inside does not count (an evaluation)."""
+    self.bank()
+    try:
+      yield
+    finally:
+      self.restart()
 
 
 def _throughput_meter(config, mesh) -> throughput.Meter:

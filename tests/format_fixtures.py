@@ -10,7 +10,8 @@ from gralign_jax import configs
 from gralign_jax.data import images
 from gralign_jax.data import readers
 from gralign_jax.data import synthetic_scenes
-from gralign_jax.data import writers
+from gralign_jax.data import precomp
+import layout_writers as writers  # tests/, beside this file
 
 FORMATS = ("laps", "karpathy", "flickr8k", "precomp", "tfds")
 FEATURE_SHAPE = (6, 64)
@@ -25,7 +26,7 @@ def build(folder: str, num_train: int = 24, num_dev: int = 5, num_test: int = 5,
   splits = {s: readers.read_split(syn, s) for s in ("train", "dev", "test")}
   pre = os.path.join(folder, "precomp")
   for s in splits.values():
-    writers.write_precomp(pre, s, lambda i, s=s: writers.toy_region_features(
+    precomp.write_precomp(pre, s, lambda i, s=s: writers.toy_region_features(
         images.decode_image(s.image_paths[i]), FEATURE_SHAPE), feature_shape=FEATURE_SHAPE)
   tfds_dir = os.path.join(folder, "tfds")
   writers.write_tfds(tfds_dir, splits)

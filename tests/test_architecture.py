@@ -30,7 +30,7 @@ ALLOWED = {
     "data": {"configs", "logs", "weights", "paths"},
     "configs": {"logs", "models", "weights", "data", "profiling"},  # inside functions
     "checkpoint": {"paths", "logs", "watchdog"},
-    "run_dir": {"paths", "data"},
+    "run_dir": {"paths", "data", "configs"},
     "metrics": {"paths"},
     "profiling": {"configs", "paths"},
     "sharding": {"configs"},

@@ -339,8 +339,8 @@ if how == "raise":
   raise RuntimeError("a bug in process " + me)
 if how == "refuse":  # an error the entry points end in one line (bad data, say)
   time.sleep(1)
-  from experiments import main_lib
-  main_lib._exit("Error: bad data in process " + me)
+  from experiments import entry_point
+  entry_point._exit("Error: bad data in process " + me)
 if how == "end":  # once the other has said it is alive
   time.sleep(3)
   sys.exit(0)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import export_check
-from gralign_jax.scores import fused
+from gralign_jax.scores import block_scores
 from gralign_jax.scores import pallas_kernels as ps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +37,8 @@ def test_smoke_configs_lower_for_tpu_and_cuda(backbone):
 
 def _paper_kernel_args(params, d=256, lv=197, regions=5, lt=90, n=64, m=512):
   """Prepared blocks at ViT-B/16-224 + BERT shapes (197 tokens + K = 5 regions, 90
-  caption tokens, d = 256), padded as fused.kernel_layout asks, bf16 tokens."""
-  layout = fused.kernel_layout(params)
+  caption tokens, d = 256), padded as block_scores.kernel_layout asks, bf16 tokens."""
+  layout = block_scores.kernel_layout(params)
   up = lambda x, k: -(-x // k) * k
   lc = up(lv + regions, layout.col_multiple)
   lt = 1 << (lt - 1).bit_length() if layout.pow2_text else up(lt, layout.text_multiple)
@@ -50,7 +50,7 @@ def _paper_kernel_args(params, d=256, lv=197, regions=5, lt=90, n=64, m=512):
 
 
 def _kernel_fn(params):
-  return jax.jit(functools.partial(fused.pallas_scores, slope=0.1, params=params,
+  return jax.jit(functools.partial(block_scores.pallas_scores, slope=0.1, params=params,
                                    interpret=False))
 
 
@@ -93,7 +93,7 @@ def test_without_triton_params_pallas_takes_mosaic_gpu(monkeypatch):
 def test_a_module_without_the_kernel_fails_the_row():
   """The grid's score_pallas rows must contain the kernel: an XLA program does not."""
   params = ps.TpuKernelParams()
-  xla = jax.jit(functools.partial(fused.xla_scores, slope=0.1))
+  xla = jax.jit(functools.partial(block_scores.xla_scores, slope=0.1))
   row = export_check.lower(xla, _paper_kernel_args(params, n=4, m=4), "tpu",
                            kernel=export_check.KERNEL_CALL["tpu"])
   assert not row["ok"] and "tpu_custom_call" in row["reason"]

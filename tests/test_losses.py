@@ -8,6 +8,7 @@ import pytest
 
 from gralign_jax import configs
 from gralign_jax import losses
+from gralign_jax.evaluation import collapse
 
 
 def np_triplet(s, ids, margin, hardest, false=None, valid=None):
@@ -367,7 +368,7 @@ def test_the_collapse_reference_is_the_loss_of_a_collapsed_model(kind, step):
   img = {"gates": jnp.ones((6, 3)), "mask": jnp.ones((6, 3), bool)}
   _, aux = objective(scores, img, jnp.arange(6), jnp.int32(step))
   assert float(aux["l_con"]) == pytest.approx(objective.collapsed_value(step), rel=1e-5)
-  message = objective.collapse_message(step, jax.device_get(aux))
+  message = collapse.training_message(objective, step, jax.device_get(aux))
   name = {("triplet", 3): "summed triplet", ("triplet", 20): "hardest-negative triplet",
           ("infonce", 3): "InfoNCE"}[kind, step]
   assert f"a collapsed {name} sits at about {objective.collapsed_value(step):.1f}" in message

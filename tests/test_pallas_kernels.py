@@ -1,6 +1,6 @@
 """The fused Pallas scoring kernel, run by Pallas's interpreter on the CPU, against a
-NumPy loop over pairs and tokens, against the XLA path (fused.xla_scores) and against
-the model's own definition (similarity.pair_scores) through the Scorer."""
+NumPy loop over pairs and tokens, against the XLA path (block_scores.xla_scores) and
+against the model's own definition (similarity.pair_scores) through the Scorer."""
 import jax
 import jax.numpy as jnp
 import numpy as np

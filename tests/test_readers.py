@@ -303,7 +303,7 @@ def test_empty_tfds_split(synthetic_root, tmp_path):
   examples): refused at read time, not left to array_record's "Paths sequence can not
   be of 0 length"."""
   pytest.importorskip("tensorflow_datasets")
-  from gralign_jax.data import writers  # pylint: disable=g-import-not-at-top
+  import layout_writers as writers  # pylint: disable=g-import-not-at-top
   dev = readers.read_split(synthetic_root, "dev")
   folder = writers.write_tfds(str(tmp_path / "tfds"), {"dev": dev})
   info_path = os.path.join(folder, "dataset_info.json")

@@ -41,8 +41,8 @@ def copy_run(trained, tmp_path):
 def run_main(args, tmp_path, prelude="", timeout=240):
   """experiments.demo in a fresh process; `prelude` is Python run before it."""
   script = tmp_path / "main.py"
-  script.write_text(prelude + "\nfrom experiments import main_lib\n"
-                    "main_lib.run('demo.py', 'runs/demo')\n")
+  script.write_text(prelude + "\nfrom experiments import entry_point\n"
+                    "entry_point.run('demo.py', 'runs/demo')\n")
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
   return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
@@ -119,7 +119,7 @@ def test_a_run_saved_before_a_key_existed_resumes_with_what_it_did():
 
 def test_a_saved_config_loads_with_the_values_of_the_keys_it_predates():
   saved = {"model": {"gumbel_tau": 1.0}, "loss": {"entropy_form": "mi"}}
-  full = run_dir.with_keys_it_predates(saved)
+  full = configs.fill_added_keys(saved)
   assert full["model"] == {"gumbel_tau": 1.0, "gumbel_tau_final": 1.0}
   assert full["loss"]["entropy_form"] == "mi"  # a saved value is kept
   assert full["data"]["resize_method"] == "bilinear"

@@ -1,5 +1,5 @@
-"""scores/scorer.py and fused.py, the GRM engine on top of blockwise.py: every score,
-block size, ablation and dtype against the definition, similarity.pair_scores."""
+"""scores/scorer.py and block_scores.py, the GRM engine on top of blockwise.py: every
+score, block size, ablation and dtype against the definition, similarity.pair_scores."""
 import jax
 import numpy as np
 import pytest

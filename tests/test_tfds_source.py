@@ -13,7 +13,7 @@ from gralign_jax.data import images
 from gralign_jax.data import readers
 from gralign_jax.data import synthetic_scenes
 from gralign_jax.data import tfds_source
-from gralign_jax.data import writers
+import layout_writers as writers  # tests/, beside this file
 
 pytest.importorskip("tensorflow_datasets")
 DataFormatError = readers.DataFormatError

@@ -132,7 +132,7 @@ def test_collapse_is_detected_and_reported(smoke_root, tmp_path, capsys, monkeyp
 def test_a_dev_rsum_at_chance_is_reported(smoke_root, tmp_path, capsys, monkeypatch):
   """Scores that differ (no equality collapse) but rank as randomly as noise: the dev
   line says AT CHANCE, with the chance level of the dev split's size."""
-  from gralign_jax.evaluation import recall
+  from gralign_jax.evaluation import collapse
   from gralign_jax.scores import similarity
   real = similarity.pair_scores
   monkeypatch.setattr(similarity, "pair_scores", lambda i, t, c: {
@@ -141,7 +141,7 @@ def test_a_dev_rsum_at_chance_is_reported(smoke_root, tmp_path, capsys, monkeypa
   config.eval.backend = "reference"  # evaluation through pair_scores too (patched above)
   train.train_and_evaluate(config, str(tmp_path / "noise"))
   out = capsys.readouterr().out
-  chance = recall.chance_rsum(16)  # the smoke dev split
+  chance = collapse.chance_rsum(16)  # the smoke dev split
   assert "[dev @ 4] AT CHANCE: dev rSum" in out
   assert f"that of random scores ({chance:.1f} on 16 images" in out
   assert "[dev @ 4] COLLAPSE" not in out  # the scores are not all equal

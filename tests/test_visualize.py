@@ -27,7 +27,8 @@ from gralign_jax import visualize as vis
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import readers
-from gralign_jax.data import writers
+from gralign_jax.data import precomp
+import layout_writers as writers  # tests/, beside this file
 from gralign_jax.models import backbones
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ def butd_run(smoke_root, tmp_path_factory):
   pre = str(tmp_path_factory.mktemp("precomp"))
   for name in ("train", "dev", "test"):
     s = readers.read_split(smoke_root, name)
-    writers.write_precomp(pre, s, lambda i, s=s: writers.toy_region_features(
+    precomp.write_precomp(pre, s, lambda i, s=s: writers.toy_region_features(
         images_lib.decode_image(s.image_paths[i]), FEATURE_SHAPE),
                           feature_shape=FEATURE_SHAPE)
   config = _smoke(pre)

@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   config.model.vision.update(image_size=64, patch_size=16)
   config.model.embed_dim = 128
   # From scratch on ambiguous captions, InfoNCE learns far faster than the summed or
-  # hardest-negative triplet (dev rSum 385 vs 234 after 400 steps, README "Demo
+  # hardest-negative triplet (dev rSum 385 vs 234 after 400 steps, docs/results.md "Demo
   # results"); the triplet stays one switch away: --config.loss.kind=triplet.
   config.loss.kind = "infonce"
   config.train.update(batch_size=128, num_steps=1200, lr=1e-3, backbone_lr_mult=1.0,

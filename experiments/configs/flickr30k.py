@@ -20,7 +20,7 @@ in the local HF cache; "" = random init). The caption tokenizer is BERT's
 Data: `data.root` holds id_mapping.json, precomp/{train,dev,test}_{ids,caps}.txt and
 flickr30k-images/ (the LAPS / VSE-infinity layout), or dataset_flickr30k.json with
 --config.data.format=karpathy, or SCAN's precomputed features for the butd rows (see
-README, "Data").
+docs/data.md).
 """
 from experiments.configs import common
 from gralign_jax import configs

@@ -8,7 +8,7 @@ cores.
 Arguments (comma-separated): a variant of common.VARIANTS ("ori", "global", ...),
 "frozen" and/or "smoke".
   frozen  the vision tower frozen: its tokens are extracted once into SCAN's precomp
-          layout (python -m experiments.extract_features, README "Real photographs")
+          layout (python -m experiments.extract_features, docs/results.md)
           and data.root names that folder; a feature map is trained on top.
   smoke   random-init tiny encoders and a few steps (tests).
 
@@ -20,7 +20,7 @@ Flickr_8k.{train,dev,test}Images.txt lists, images/), data.format "flickr8k"; or
 Karpathy's dataset_flickr8k.json with data.format=karpathy. The shared subset holds no
 test images: data.test_split is "" (no final test); with the full Flickr8k set
 --config.data.test_split=test. Every default below was chosen on dev rSum
-(README, "Real photographs").
+(docs/results.md, "Real photographs").
 """
 import ml_collections
 

@@ -24,7 +24,7 @@ def _root_state(data) -> str:
   root = data.root
   if not os.path.exists(root):
     return "absent"
-  where = f"the {data.name} data set in the {data.format!r} layout (see README, 'Data')"
+  where = f"the {data.name} data set in the {data.format!r} layout (see docs/data.md)"
   if not os.path.isdir(root):
     raise NotADirectoryError(f"config.data.root={root!r} is a file; expected a folder "
                              f"holding {where}.")
@@ -75,7 +75,7 @@ def prepare(config: ml_collections.ConfigDict, log: logs.Log = logs.info) -> Non
   if state == "absent":
     raise FileNotFoundError(
         f"config.data.root={data.root!r} does not exist. Expected the {data.name} data "
-        f"set in the {data.format!r} layout there (see README, 'Data').")
+        f"set in the {data.format!r} layout there (see docs/data.md).")
 
 
 def read_split(config: ml_collections.ConfigDict, split: str) -> readers.Split:

@@ -18,6 +18,7 @@ np.load(mmap_mode="r"), so memory holds a batch, not a 30 GB file.
 """
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -140,3 +141,24 @@ def read(root: str, split: str, cpi: int = 5, feature_shape=(36, 2048)) -> split
   names = tuple(f"{ims}[{i * stride}]" for i in range(num_images))
   return split_lib.Split(split, names, tuple(ids), tuple(captions), cpi,
                          source=FeatureSource(ims, stride))
+
+
+def write_precomp(folder: str, split: split_lib.Split,
+                  features: Callable[[int], np.ndarray], name: str | None = None,
+                  feature_shape=(36, 2048)) -> None:
+  """SCAN's layout for one split, what read() reads: {name}_ims.npy (written row by row
+  through a memory map, so a split larger than memory can be written), {name}_caps.txt
+  and {name}_ids.txt; features(i) -> float32 feature_shape for image i."""
+  name = name or split.name
+  os.makedirs(folder, exist_ok=True)
+  ims = np.lib.format.open_memmap(os.path.join(folder, f"{name}_ims.npy"), mode="w+",
+                                  dtype=np.float32,
+                                  shape=(split.num_images, *feature_shape))
+  for i in range(split.num_images):
+    ims[i] = features(i)
+  ims.flush()
+  del ims
+  with open(os.path.join(folder, f"{name}_caps.txt"), "w", encoding="utf-8") as f:
+    f.write("".join(c + "\n" for c in split.captions))
+  with open(os.path.join(folder, f"{name}_ids.txt"), "w", encoding="utf-8") as f:
+    f.write("".join(f"{i}\n" for i in split.image_ids))

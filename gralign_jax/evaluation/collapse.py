@@ -1,5 +1,5 @@
 """Collapse: a model whose scores are all (nearly) equal ranks nothing. Every sign of
-it the trainer watches, and the line that says it, in one place (the README's
+it the trainer watches, and the line that says it, in one place (docs/reliability.md's
 'Collapse' section tells the cure).
 
 - A training batch whose score spread (max - min of the batch's score matrix) is under
@@ -16,21 +16,21 @@ from gralign_jax.evaluation import recall
 
 SPREAD = 1e-3    # a training batch's score spread under this: every score is equal
 DEV_STD = 1e-4   # the dev score matrix's std under this: the same
-_SEE = "See README, 'Collapse'."
+_SEE = "See docs/reliability.md, 'Collapse'."
 
 
 def chance_rsum(num_images: int, captions_per_image: int = 5) -> float:
-  """The expected rSum of random scores on N images and cpi x N captions: an image
-  finds one of its cpi captions in the top K of M with probability
-  1 - C(M - cpi, K) / C(M, K); a caption finds its image in the top K of N with
+  """The expected rSum of random scores on N images and M = P x N captions (P per
+  image): an image finds one of its P captions in the top K of M with probability
+  1 - C(M - P, K) / C(M, K); a caption finds its image in the top K of N with
   probability K / N. A model near this ranks nothing."""
-  n, cpi = num_images, captions_per_image
-  m = cpi * n
+  n, per = num_images, captions_per_image
+  m = per * n
   total = 0.0
   for k in recall.RECALL_KS:
-    miss = 1.0  # C(M - cpi, K) / C(M, K), as a product
+    miss = 1.0  # C(M - P, K) / C(M, K), as a product
     for i in range(min(k, m)):
-      miss *= max(m - cpi - i, 0) / (m - i)
+      miss *= max(m - per - i, 0) / (m - i)
     total += 100.0 * ((1.0 - miss) + min(k, n) / n)
   return total
 

@@ -113,5 +113,13 @@ class Evaluator:
     return dict(metrics, **bad)
 
 
+  def evaluate_as(self, params, split, captions, name: str) -> dict:
+    """evaluate() under config.eval.protocol, named: {name: metrics}, or for the COCO
+    protocol {name_1k: metrics over the five 1K folds, name_5k: metrics}."""
+    if self.config.eval.protocol != "coco":
+      return {name: self.evaluate(params, split, captions)}
+    return {f"{name}_{k.split('_')[-1]}": m
+            for k, m in self.evaluate(params, split, captions, "coco").items()}
+
 def _concat(parts: list[dict]) -> dict:
   return jax.tree.map(lambda *xs: np.concatenate(xs, 0), *parts)

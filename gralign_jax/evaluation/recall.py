@@ -18,7 +18,7 @@ from typing import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-_RECALL_KS = (1, 5, 10)
+RECALL_KS = (1, 5, 10)
 # Elements of `sims` handled per chunk: 2^24 float32 = 64 MiB of temporaries at most.
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -121,7 +121,7 @@ def t2i_ranks(sims: np.ndarray, captions_per_image: int = 5) -> np.ndarray:
 
 
 def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
-  out = {f"{prefix}_r{k}": float(100.0 * np.mean(ranks < k)) for k in _RECALL_KS}
+  out = {f"{prefix}_r{k}": float(100.0 * np.mean(ranks < k)) for k in RECALL_KS}
   # 1-based, as the literature reports them.
   out[f"{prefix}_medr"] = float(np.floor(np.median(ranks)) + 1)
   out[f"{prefix}_meanr"] = float(np.mean(ranks) + 1)
@@ -137,28 +137,12 @@ def recall_metrics(sims: np.ndarray, captions_per_image: int = 5) -> dict[str, f
   i2t = _summarise(i2t_ranks(sims, captions_per_image), "i2t")
   t2i = _summarise(t2i_ranks(sims, captions_per_image), "t2i")
   out = {f"{d}_r{k}": src[f"{d}_r{k}"]
-         for d, src in (("i2t", i2t), ("t2i", t2i)) for k in _RECALL_KS}
+         for d, src in (("i2t", i2t), ("t2i", t2i)) for k in RECALL_KS}
   out["rsum"] = float(sum(out.values()))
   for d, src in (("i2t", i2t), ("t2i", t2i)):
     out[f"{d}_medr"] = src[f"{d}_medr"]
     out[f"{d}_meanr"] = src[f"{d}_meanr"]
   return out
-
-
-def chance_rsum(num_images: int, captions_per_image: int = 5) -> float:
-  """The expected rSum of random scores on N images and cpi x N captions: an image
-  finds one of its cpi captions in the top K of M with probability
-  1 - C(M - cpi, K) / C(M, K); a caption finds its image in the top K of N with
-  probability K / N. A model near this ranks nothing."""
-  n, cpi = num_images, captions_per_image
-  m = cpi * n
-  total = 0.0
-  for k in _RECALL_KS:
-    miss = 1.0  # C(M - cpi, K) / C(M, K), as a product
-    for i in range(min(k, m)):
-      miss *= max(m - cpi - i, 0) / (m - i)
-    total += 100.0 * ((1.0 - miss) + min(k, n) / n)
-  return total
 
 
 def coco_folds(sims: np.ndarray, captions_per_image: int = 5,

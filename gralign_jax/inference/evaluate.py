@@ -52,7 +52,7 @@ def saved_config(workdir: str) -> dict:
   except ValueError as e:
     raise run_dir.RunDirError(f"{path} is not valid JSON ({e}); it is the run's record "
                               "of its config: restore it.") from e
-  return run_dir.with_keys_it_predates(saved)
+  return configs.fill_added_keys(saved)
 
 
 def check_overrides(saved: dict, config: ml_collections.ConfigDict) -> dict:
@@ -87,12 +87,7 @@ def evaluate_run(workdir: str, config: ml_collections.ConfigDict, split: str,
   log(f"Evaluating {workdir} (step {run.step}) on split {split!r} of {data.root} "
       f"({data.format}): {read.num_images} images, {read.num_captions} captions"
       f" ({captions.num_truncated} truncated to {data.max_len} tokens)")
-  protocol = run.config.eval.protocol
-  metrics = run.evaluator.evaluate(run.params, read, captions, protocol)
-  if protocol == "coco":
-    metrics = {f"{split}_{k.split('_')[-1]}": m for k, m in metrics.items()}
-  else:
-    metrics = {split: metrics}
+  metrics = run.evaluator.evaluate_as(run.params, read, captions, split)
   return dict(metrics, step=run.step, split=split, data_root=data.root,
               data_format=data.format, workdir=workdir,
               seconds=round(time.time() - t0, 1))

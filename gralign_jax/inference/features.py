@@ -5,7 +5,7 @@
 For each split: every image decoded and resized as evaluation does (no crop, no flip),
 normalised as the backbone's checkpoint wants, run through config.model.vision (with
 its pretrained weights) -> float32 (N, L, C) tokens, written as {split}_ims.npy with
-{split}_caps.txt and {split}_ids.txt (writers.write_precomp), plus features.json saying
+{split}_caps.txt and {split}_ids.txt (precomp.write_precomp), plus features.json saying
 what made them (backbone, weights, image size, pixels, shape). A config with
 data.format="precomp" and the `butd` feature map (common.precomputed_tokens) then trains
 on them with the vision tower frozen: the image side costs one pass, not one per step.
@@ -32,7 +32,7 @@ from gralign_jax import weights
 from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
-from gralign_jax.data import writers
+from gralign_jax.data import precomp
 from gralign_jax.models import backbones
 
 MANIFEST = "features.json"
@@ -126,7 +126,7 @@ def extract(config: ml_collections.ConfigDict, out: str,
     t0 = time.time()
     batches = pipeline.eval_image_batches(split, config, batch_size)
     features = _InOrder(batches, encode, batch_size)
-    writers.write_precomp(partial, split, features, name=name, feature_shape=shape)
+    precomp.write_precomp(partial, split, features, name=name, feature_shape=shape)
     seconds = time.time() - t0
     manifest["splits"][name] = {"images": split.num_images,
                                 "captions": split.num_captions,

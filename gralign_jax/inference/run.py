@@ -10,6 +10,7 @@ import json
 import ml_collections
 
 from gralign_jax import checkpoint as ckpt_lib
+from gralign_jax import configs
 from gralign_jax import logs
 from gralign_jax import paths
 from gralign_jax import run_dir
@@ -53,7 +54,7 @@ def load_run(workdir: str, which: str = "best", log: logs.Log = logs.info,
       raise FileNotFoundError(f"{path} does not exist: expected the run directory of a "
                               "training run (python -m experiments.demo --workdir=...).")
     config = ml_collections.ConfigDict(
-        run_dir.with_keys_it_predates(json.loads(paths.read_text(path))))
+        configs.fill_added_keys(json.loads(paths.read_text(path))))
   model = grm.build_model(config.model)
   mesh = sharding.make_mesh()
   like = train_state.abstract_params(model, config, mesh)

@@ -2,7 +2,7 @@
 
   similarity.py      the definition: S_ori, S_key, S_unc of encoded pairs (method.md
                      section 4), what training differentiates
-  fused.py           the same scores for whole galleries: encodings -> one row/column
+  block_scores.py    the same scores for whole galleries: encodings -> one row/column
                      layout, and the block score functions over it (XLA, Pallas, global,
                      the definition itself)
   pallas_kernels.py  the fused Pallas kernels (Triton for GPUs, Mosaic for TPUs)

@@ -23,7 +23,7 @@ Arrays closed over by score_fn are baked into the program as constants; pass
 everything that varies as leaves of `images` / `texts` instead.
 
 GRM's score functions (one cosine pass for S_ori, S_key and S_unc; XLA blocks or the
-fused Pallas kernel) are in fused.py and pallas_kernels.py; scorer.py picks one for
+fused Pallas kernel) are in block_scores.py and pallas_kernels.py; scorer.py picks one for
 the device and sizes the blocks.
 """
 import functools

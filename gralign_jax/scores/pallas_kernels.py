@@ -1,8 +1,8 @@
 """A Pallas kernel for the GRM max-mean scores: cosine tiles, both maxima and the masks
 fused, so that no (images, texts, L_t, L_c) tensor ever leaves the chip.
 
-Inputs are the flat layouts that fused.py prepares (one row per token, tokens already
-l2-normalised, padding zero):
+Inputs are the flat layouts that block_scores.py prepares (one row per token, tokens
+already l2-normalised, padding zero):
 
   t    (M x L_t, d)      text tokens                 (bf16 or f32)
   trow (1 + G, M x L_t)  row 0: 1 on valid text tokens; row 1 + g: the weight of the
@@ -17,7 +17,7 @@ and the kernel returns, per (image n, text m), with c = leaky_relu(t . v):
   out[n, m] = sum_g sum_l trow[1 + g, l] max_{j in group g} c_lj
             + sum_j vcol[1, j] max_{valid l} c_lj
 
-which is S_ori, S_key and S_unc (and their weighted sum) for the weights fused.py
+which is S_ori, S_key and S_unc (and their weighted sum) for the weights block_scores.py
 writes (method.md section 4). Every score shares the one cosine tile per pair.
 
 One program scores `tile_images` images against `tile_texts` texts. The tile_texts x
@@ -41,7 +41,7 @@ one small tile per program, and the body keeps values two-dimensional: per image
 (rows, L_c) cosine tile from the MXU, the row maxima per group as masked lane
 reductions, the column maxima of all tile_texts texts in one sublane reduction over a
 (tile_texts, L_t, L_c) view, leaky_relu applied to the maxima (it is monotone).
-fused.py lays the inputs out for it (L_c and d multiples of 128, L_t of 16). It
+block_scores.py lays the inputs out for it (L_c and d multiples of 128, L_t of 16). It
 compiles (libtpu, no TPU attached) for v4, v5e, v5p and v6e chips; it has not yet run
 on one.
 
@@ -170,7 +170,7 @@ def max_mean_scores(t, trow, v, vcol, *, lt: int, lc: int, groups: int, slope: f
   """The flat inputs of the module docstring -> (N, M) float32 scores.
 
   N must be a multiple of params.tile_images and M of params.tile_texts; lt a power
-  of two, lc a multiple of 16, d a multiple of params.block_k (fused.py pads).
+  of two, lc a multiple of 16, d a multiple of params.block_k (block_scores.py pads).
   """
   p = params
   n, m, d = v.shape[0] // lc, t.shape[0] // lt, t.shape[1]
@@ -275,9 +275,9 @@ def max_mean_scores_tpu(t, trow, v, vcol, *, groups: int, slope: float,
                         interpret: bool = False) -> jax.Array:
   """The TPU kernel's layouts -> (N, M) float32, the scores of max_mean_scores.
 
-  t (M, L_t, d), trow (M, L_t, 1 + G), v (N, L_c, d), vcol (N, 2, L_c): fused.py's
+  t (M, L_t, d), trow (M, L_t, 1 + G), v (N, L_c, d), vcol (N, 2, L_c): block_scores.py's
   prepared arrays, trow with the token axis before the weights. N must be a multiple
-  of params.tile_images and M of params.tile_texts (fused.py pads); L_c and d are
+  of params.tile_images and M of params.tile_texts (block_scores.py pads); L_c and d are
   best multiples of 128 and L_t of 16 (vreg tiles), though any size lowers.
   """
   p = params

@@ -1,5 +1,5 @@
 """The scorer: picks the backend and the block sizes for the hardware, prepares the
-encoded token sets (fused.py) and runs blockwise.py's sharded matrix or
+encoded token sets (block_scores.py) and runs blockwise.py's sharded matrix or
 streaming top-k with the matching block score function.
 
   scorer = Scorer.from_config(config, mesh)
@@ -18,7 +18,7 @@ import numpy as np
 
 from gralign_jax import logs
 from gralign_jax.scores import blockwise
-from gralign_jax.scores import fused
+from gralign_jax.scores import block_scores
 from gralign_jax.scores import pallas_kernels
 from gralign_jax.scores import similarity
 
@@ -34,15 +34,15 @@ def pallas_works(params) -> bool:
   enc_i = {"tokens": rng.normal(size=(3, 20, 64)), "mask": np.ones((3, 20), bool)}
   enc_t = {"tokens": rng.normal(size=(5, 7, 64)),
            "mask": np.arange(7)[None] < rng.integers(1, 8, size=(5, 1))}
-  layout = fused.kernel_layout(params)
+  layout = block_scores.kernel_layout(params)
   if params.platform == "gpu":
     layout = dataclasses.replace(layout, d_multiple=max(16, params.block_k))
-  img = fused.prepare_images(enc_i, {"ori": 1.0}, layout=layout)
-  txt = fused.prepare_texts(enc_t, {"ori": 1.0}, layout=layout)
+  img = block_scores.prepare_images(enc_i, {"ori": 1.0}, layout=layout)
+  txt = block_scores.prepare_texts(enc_t, {"ori": 1.0}, layout=layout)
   try:
-    got = jax.jit(functools.partial(fused.pallas_scores, slope=0.1, params=params,
+    got = jax.jit(functools.partial(block_scores.pallas_scores, slope=0.1, params=params,
                                     interpret=False))(img, txt)
-    want = fused.xla_scores(img, txt, slope=0.1)
+    want = block_scores.xla_scores(img, txt, slope=0.1)
     ok = bool(np.allclose(np.asarray(got), np.asarray(want), atol=1e-3))
     if not ok:
       logs.warning("The Pallas scoring kernel disagrees with XLA here; using XLA.")
@@ -63,8 +63,9 @@ def resolve_backend(backend: str, model_config, params,
   lowers everywhere. "pallas" with a kernel for another accelerator is an error; on a
   CPU either kernel runs interpreted.
   """
-  if backend not in fused.BACKENDS:
-    raise ValueError(f"config.eval.backend must be one of {fused.BACKENDS}, got {backend!r}.")
+  if backend not in block_scores.BACKENDS:
+    raise ValueError(f"config.eval.backend must be one of {block_scores.BACKENDS}, "
+                     f"got {backend!r}.")
   if model_config.score == "global":
     return "global"
   if model_config.gate_mode == "scale":
@@ -129,7 +130,7 @@ class Scorer:
 
   Args:
     model_config: config.model (score, gate_mode, adapters, regions, leaky_slope).
-    backend: "auto" | "xla" | "pallas" | "reference" (fused.py).
+    backend: "auto" | "xla" | "pallas" | "reference" (block_scores.py).
     dtype: "float32" | "bfloat16": the stored unit tokens; sums are float32 always.
     block_images, block_texts: upper bounds of a block; <= 0: auto_blocks.
     weights: {score name: weight}; None: model.score_weights over the present scores
@@ -142,34 +143,37 @@ class Scorer:
   def __init__(self, model_config, *, backend: str = "auto", dtype: str = "float32",
                block_images: int = 0, block_texts: int = 0, mesh=None, weights=None,
                params=None, interpret: bool | None = None):
-    if dtype not in fused.DTYPES:
-      raise ValueError(f"score dtype must be one of {sorted(fused.DTYPES)}, got {dtype!r}.")
+    if dtype not in block_scores.DTYPES:
+      raise ValueError(f"score dtype must be one of {sorted(block_scores.DTYPES)}, "
+                       f"got {dtype!r}.")
     self.config = model_config
-    self.dtype = fused.DTYPES[dtype]
+    self.dtype = block_scores.DTYPES[dtype]
     self.blocks = (block_images, block_texts)
     self.mesh = mesh if mesh is not None else blockwise.default_mesh()
     platform = self.mesh.devices.flat[0].platform
     if params is None:
       params = pallas_kernels.default_params(platform)
     self.backend = resolve_backend(backend, model_config, params, platform)
-    self.mix = fused.score_mix(model_config, weights) if model_config.score == "grm" else {}
+    self.mix = (block_scores.score_mix(model_config, weights)
+                if model_config.score == "grm" else {})
     if interpret is None:
       interpret = platform == "cpu"
     slope = float(model_config.leaky_slope)
-    self.layout = (fused.kernel_layout(params) if self.backend == "pallas"
-                   else fused.Layout())
+    self.layout = (block_scores.kernel_layout(params) if self.backend == "pallas"
+                   else block_scores.Layout())
     # The width d of the prepared tokens: model.embed_dim padded as the layout asks.
     self.width = blockwise.round_up(int(model_config.embed_dim), self.layout.d_multiple)
     if self.backend == "pallas":
       self.score_fn = functools.partial(
-          fused.pallas_scores, slope=slope, params=_fit_to_width(params, self.width),
+          block_scores.pallas_scores, slope=slope,
+          params=_fit_to_width(params, self.width),
           interpret=interpret)
     else:
       self.score_fn = {
-          "xla": functools.partial(fused.xla_scores, slope=slope),
-          "global": fused.global_scores,
+          "xla": functools.partial(block_scores.xla_scores, slope=slope),
+          "global": block_scores.global_scores,
           "reference": functools.partial(
-              fused.reference_scores, mix=self.mix,
+              block_scores.reference_scores, mix=self.mix,
               model_config=ml_collections.FrozenConfigDict(model_config)),
       }[self.backend]
 
@@ -183,14 +187,15 @@ class Scorer:
   def prepare(self, images, texts) -> tuple[dict, dict]:
     """Encodings -> the trees the block score function reads (host arrays)."""
     if self.backend == "global":
-      unit = lambda e: {"global": fused._unit(e["global"])}  # pylint: disable=protected-access
+      # pylint: disable-next=protected-access
+      unit = lambda e: {"global": block_scores._unit(e["global"])}
       return unit(images), unit(texts)
     if self.backend == "reference":
       keep = lambda e: {k: np.asarray(v) for k, v in e.items() if k in similarity.SCORE_KEYS}
       return keep(images), keep(texts)
     samples = np.shape(images["regions"])[1] if "unc" in self.mix else 1
-    img = fused.prepare_images(images, self.mix, self.dtype, self.layout)
-    txt = fused.prepare_texts(texts, self.mix, samples, self.dtype, self.layout)
+    img = block_scores.prepare_images(images, self.mix, self.dtype, self.layout)
+    txt = block_scores.prepare_texts(texts, self.mix, samples, self.dtype, self.layout)
     d = img["tokens"].shape[-1]
     if self.backend == "pallas" and d != self.width:  # the kernel's K step is set for d
       raise ValueError(f"The image encodings have d={np.shape(images['tokens'])[-1]} "

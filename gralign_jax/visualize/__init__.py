@@ -11,7 +11,7 @@
                        ).savefig("alignment.png")
   vis.run_curves_figure("runs/demo").savefig("curves.png")
 
-numeric.py holds the numbers each picture shows (pure NumPy, tested), encode.py runs
+figure_data.py holds the numbers each picture shows (pure NumPy, tested), encode.py runs
 one image and a few captions through the run's encoders (evaluation form, with every
 output kept), figures.py draws. The command line is experiments/visualize.py.
 """
@@ -24,9 +24,10 @@ from gralign_jax.visualize.figures import (alignment_figure, curves_figure,
                                            message_figure, regions_figure,
                                            saliency_figure)
 from gralign_jax.models.token_grid import TokenLayout, patch_cell, visual_layout
-from gralign_jax.visualize.numeric import (best_patches, hardest_negative, region_maps,
-                                           region_sigma, saliency_grid, token_cosines,
-                                           training_series)
+from gralign_jax.visualize.figure_data import (best_patches, hardest_negative,
+                                               region_maps, region_sigma,
+                                               saliency_grid, token_cosines,
+                                               training_series)
 
 
 def lr_schedule(config, records):

@@ -22,7 +22,7 @@ from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.models import token_grid
 from gralign_jax.scores import similarity
-from gralign_jax.visualize import numeric
+from gralign_jax.visualize import figure_data
 
 _TEXT_BATCH = 256  # captions encoded at a time
 
@@ -231,7 +231,7 @@ def pick_negative_caption(run, image: ImageView, candidates: Sequence[str],
   """The hard negative caption for `image`: the highest-scoring candidate that is not
   one of `positives` (indices into candidates) -> (index, its total score)."""
   scores = caption_scores(run, image, candidates)
-  best = numeric.hardest_negative(scores, positives)
+  best = figure_data.hardest_negative(scores, positives)
   return best, float(scores[best])
 
 
@@ -240,7 +240,7 @@ def pick_negative_image(run, caption: CaptionView, images: Sequence[ImageView],
   """The hard negative image for `caption`: the highest-scoring of `images` that is not
   one of `positives` -> (index, its total score)."""
   scores = [pair_scores(run, image, [caption])[0]["total"] for image in images]
-  best = numeric.hardest_negative(scores, positives)
+  best = figure_data.hardest_negative(scores, positives)
   return best, float(scores[best])
 
 

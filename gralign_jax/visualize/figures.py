@@ -1,5 +1,5 @@
 """The pictures: each function returns a matplotlib Figure (no pyplot, no display; save
-it with fig.savefig(path)). The numbers drawn come from numeric.py.
+it with fig.savefig(path)). The numbers drawn come from figure_data.py.
 
   saliency_figure(image)        the visual keep gates a_v over the patch grid
   regions_figure(image)         each region prompt's assignment A_hat, and its sigma
@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from gralign_jax.models import token_grid
 from gralign_jax.visualize import encode
-from gralign_jax.visualize import numeric
+from gralign_jax.visualize import figure_data
 
 _HEAT = "inferno"
 _BOX_COLOURS = ("#00e5ff", "#ffea00", "#76ff03", "#ff4081", "#ff9100", "#e040fb",
@@ -95,7 +95,7 @@ def saliency_figure(image: encode.ImageView) -> Figure:
                  f"{gates.mean():.3f}, min {gates.min():.3f}, max {gates.max():.3f}",
                  fontsize=10)
     return fig
-  grid = numeric.saliency_grid(gates, image.layout)
+  grid = figure_data.saliency_grid(gates, image.layout)
   fig = Figure(figsize=(9.0, 4.4), dpi=110, layout="constrained")
   left, right = fig.subplots(1, 2)
   _image_axes(left, image)
@@ -123,13 +123,13 @@ def saliency_figure(image: encode.ImageView) -> Figure:
 def regions_figure(image: encode.ImageView) -> Figure:
   """Each region prompt k's assignment A_hat[:, k] over the patches (one panel per
   prompt, on the image, one colour scale for all) and its uncertainty, the mean sigma
-  over dimensions (numeric.region_sigma), in the panel title and as bars."""
+  over dimensions (figure_data.region_sigma), in the panel title and as bars."""
   if "assign" not in image.encoded:
     return message_figure("This run has no region prompts (model.regions=false or "
                           "model.score=global): no region assignment to draw.")
   assign = np.asarray(image.encoded["assign"], np.float32)     # (L_v, K)
-  sigma = numeric.region_sigma(image.encoded["region_logvar"])
-  maps = numeric.region_maps(assign, image.layout)
+  sigma = figure_data.region_sigma(image.encoded["region_logvar"])
+  maps = figure_data.region_maps(assign, image.layout)
   k = assign.shape[1]
   colours = [matplotlib.colormaps["tab10"](i % 10) for i in range(k)]
   uniform = 1.0 / assign.shape[0]
@@ -194,9 +194,9 @@ def _word_rows(pair: encode.Pair):
   """-> (token positions, word pieces, best patch per position, its cosine)."""
   cap, img = pair.caption, pair.image
   mask = np.asarray(cap.encoded["mask"], bool)
-  best = numeric.best_patches(cap.encoded["tokens"], mask, img.encoded["tokens"],
+  best = figure_data.best_patches(cap.encoded["tokens"], mask, img.encoded["tokens"],
                               img.layout)
-  cos = numeric.token_cosines(cap.encoded["tokens"], img.encoded["tokens"])
+  cos = figure_data.token_cosines(cap.encoded["tokens"], img.encoded["tokens"])
   where = np.flatnonzero(mask)
   return (where, [cap.words[l] for l in where], best[where],
           np.asarray([cos[l, img.layout.first + best[l]] for l in where]), cos)
@@ -276,7 +276,7 @@ def _alignment_row(fig, pair: encode.Pair) -> None:
 
 def curves_figure(series: Mapping[str, tuple[np.ndarray, np.ndarray]],
                   title: str = "", lr_note: str = "") -> Figure:
-  """numeric.training_series(...) -> a 2x2 figure: train loss, score spread (and the
+  """figure_data.training_series(...) -> a 2x2 figure: train loss, score spread (and the
   dev score std), dev rSum (and the final test rSum, at the best step), lr."""
   fig = Figure(figsize=(10.0, 6.4), dpi=110, layout="constrained")
   axes = fig.subplots(2, 2, sharex=True).ravel()

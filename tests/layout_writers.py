@@ -1,23 +1,19 @@
-"""Writes splits in the on-disk layouts that readers.py reads: the inverse of the readers.
+"""The tests' data sets in the on-disk layouts the readers read (the synthetic scenes
+set rewritten as Flickr8k's release, a TFDS-prepared coco_captions, and as SCAN precomp
+features with gralign_jax.data.precomp.write_precomp and toy_region_features):
 
-The tests build their fixtures with these (the synthetic scenes set, rewritten as SCAN
-precomp features and as a TFDS-prepared coco_captions), and so can anyone who wants a
-data set in another layout:
-
-  write_precomp(folder, split, features)  {name}_ims.npy, {name}_caps.txt, {name}_ids.txt
   write_flickr8k(root, {"train": split, ...})
                                           captions.txt, Flickr_8k.{name}Images.txt,
                                           images/<id>_<file name>
   write_tfds(data_dir, {"train": split, "dev": split, ...})
                                           data_dir/coco_captions/2014/1.1.0/...
 
-The .npy file is written row by row through a memory map, so a split larger than memory
-can be written. `toy_region_features` stands in for a Faster R-CNN: it turns an image
+`toy_region_features` stands in for a Faster R-CNN: it turns an image
 into (R, D) "region" vectors (grid cells through a fixed random projection), enough for
 a model to learn from in a test; real BUTD features come from SCAN's release.
 """
 import os
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -44,25 +40,6 @@ def toy_region_features(image: np.ndarray, shape=(36, 2048), seed: int = 0) -> n
       cells.append(cell[ys][:, xs].reshape(-1) - 0.5)
   proj = np.random.default_rng(seed).normal(0, 1 / np.sqrt(48), (48, d)).astype(np.float32)
   return np.maximum(np.stack(cells) @ proj, 0.0).astype(np.float32)
-
-
-def write_precomp(folder: str, split: split_lib.Split,
-                  features: Callable[[int], np.ndarray], name: str | None = None,
-                  feature_shape=(36, 2048)) -> None:
-  """SCAN's layout for one split: features(i) -> float32 feature_shape for image i."""
-  name = name or split.name
-  os.makedirs(folder, exist_ok=True)
-  ims = np.lib.format.open_memmap(os.path.join(folder, f"{name}_ims.npy"), mode="w+",
-                                  dtype=np.float32,
-                                  shape=(split.num_images, *feature_shape))
-  for i in range(split.num_images):
-    ims[i] = features(i)
-  ims.flush()
-  del ims
-  with open(os.path.join(folder, f"{name}_caps.txt"), "w", encoding="utf-8") as f:
-    f.write("".join(c + "\n" for c in split.captions))
-  with open(os.path.join(folder, f"{name}_ids.txt"), "w", encoding="utf-8") as f:
-    f.write("".join(f"{i}\n" for i in split.image_ids))
 
 
 def write_flickr8k(root: str, splits: Mapping[str, split_lib.Split]) -> None:
