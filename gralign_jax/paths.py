@@ -170,28 +170,25 @@ def not_a_regular_file(path: str) -> str | None:
   return f"is {kind}, expected a file"
 
 
-def exists(path: str) -> bool:
+def _look(path: str, question: str, local) -> bool:
+  """fs.<question>(path) on a bucket, local(path) here."""
   if is_remote(path):
     fs, inner = _fs(path)
     with _reaching(path, "look for"):
-      return fs.exists(inner)
-  return os.path.exists(path)
+      return getattr(fs, question)(inner)
+  return local(path)
+
+
+def exists(path: str) -> bool:
+  return _look(path, "exists", os.path.exists)
 
 
 def isdir(path: str) -> bool:
-  if is_remote(path):
-    fs, inner = _fs(path)
-    with _reaching(path, "look for"):
-      return fs.isdir(inner)
-  return os.path.isdir(path)
+  return _look(path, "isdir", os.path.isdir)
 
 
 def isfile(path: str) -> bool:
-  if is_remote(path):
-    fs, inner = _fs(path)
-    with _reaching(path, "look for"):
-      return fs.isfile(inner)
-  return os.path.isfile(path)
+  return _look(path, "isfile", os.path.isfile)
 
 
 def listdir(path: str) -> list[str]:

@@ -75,12 +75,9 @@ def _resize(n_in: int, n_out: int) -> np.ndarray:
 interpolate_positions = functools.partial(vit.interpolate_positions, resize=_resize)
 
 
-_HF_BLOCK = {"attention/query": "attention.attention.query",
-             "attention/key": "attention.attention.key",
-             "attention/value": "attention.attention.value",
-             "attention/out": "attention.output.dense",
-             "mlp/intermediate": "mlp.fc1", "mlp/output": "mlp.fc2",
-             "ln_1": "norm1", "ln_2": "norm2"}
+_HF_BLOCK = dict(vit.HF_ATTENTION, **{"mlp/intermediate": "mlp.fc1",
+                                      "mlp/output": "mlp.fc2",
+                                      "ln_1": "norm1", "ln_2": "norm2"})
 
 
 def _square(hf: dict, key: str, default: int) -> int:

@@ -113,6 +113,14 @@ def hf_leaf(leaf: str) -> tuple[str, Any]:
           "embedding": ("weight", weights.identity)}[leaf]
 
 
+def hf_patch_embedding(leaf: str) -> tuple[str, Any]:
+  """The patch embedding's leaf (a Conv's kernel or bias) -> (HF tensor name,
+  transform): embeddings.patch_embeddings.projection, as ViT, DINOv2 and Swin name it."""
+  return ("embeddings.patch_embeddings.projection."
+          + ("weight" if leaf == "kernel" else "bias"),
+          weights.conv if leaf == "kernel" else weights.identity)
+
+
 def block_class(remat: bool) -> type[nn.Module]:
   """TransformerBlock, or its rematerialised twin (same parameter names) when `remat`:
   activations inside a block are recomputed in the backward pass instead of stored."""

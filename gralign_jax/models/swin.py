@@ -275,9 +275,7 @@ class Swin(nn.Module):
     if path == ("pos_embedding",):
       return "embeddings.position_embeddings", weights.identity
     if path[0] == "patch_embed":
-      return ("embeddings.patch_embeddings.projection."
-              + ("weight" if path[1] == "kernel" else "bias"),
-              weights.conv if path[1] == "kernel" else weights.identity)
+      return layers.hf_patch_embedding(path[1])
     if path[0] == "embed_norm":
       return f"embeddings.norm.{_LEAF[path[-1]][0]}", weights.identity
     if path[0] == "ln_final":

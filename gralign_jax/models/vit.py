@@ -55,12 +55,13 @@ def interpolate_positions(x: np.ndarray, shape: tuple[int, ...],
   return np.concatenate([x[:, :1], grid.astype(x.dtype)], axis=1)
 
 
-_HF_BLOCK = {"attention/query": "attention.attention.query",
-             "attention/key": "attention.attention.key",
-             "attention/value": "attention.attention.value",
-             "attention/out": "attention.output.dense",
-             "mlp/intermediate": "intermediate.dense", "mlp/output": "output.dense",
-             "ln_1": "layernorm_before", "ln_2": "layernorm_after"}
+# Block parameters -> HF names. The attention's are shared with DINOv2 (dinov2.py).
+HF_ATTENTION = {f"attention/{x}": f"attention.attention.{x}"
+                for x in ("query", "key", "value")}
+HF_ATTENTION["attention/out"] = "attention.output.dense"
+_HF_BLOCK = dict(HF_ATTENTION, **{
+    "mlp/intermediate": "intermediate.dense", "mlp/output": "output.dense",
+    "ln_1": "layernorm_before", "ln_2": "layernorm_after"})
 
 
 class ViT(nn.Module):
@@ -111,9 +112,7 @@ class ViT(nn.Module):
     if path == ("pos_embedding",):
       return "embeddings.position_embeddings", cls.HF_POSITIONS
     if path[0] == "patch_embed":
-      return ("embeddings.patch_embeddings.projection."
-              + ("weight" if path[1] == "kernel" else "bias"),
-              weights.conv if path[1] == "kernel" else weights.identity)
+      return layers.hf_patch_embedding(path[1])
     if path[-1] in ("layer_scale_1", "layer_scale_2"):  # DINOv2's LayerScale
       i = re.fullmatch(r"layer_(\d+)", path[0]).group(1)
       return f"encoder.layer.{i}.layer_scale{path[-1][-1]}.lambda1", weights.identity
