@@ -85,7 +85,7 @@ def vision_readouts(tokens: np.ndarray, scenes: list[dict], layout,
   """tokens (N, L_v, d) laid out as `layout` (models/token_grid.py); scenes: the
   split's scene records in image order -> the vision read-outs."""
   token = lambda i, obj: tokens[i, object_token(layout, image_size, obj["centre"])]
-  from gralign_jax.data import synthetic_scenes  # pylint: disable=g-import-not-at-top
+  from gralign_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   own, centres, tok_a, tok_b, pair_centres, stated = [], [], [], [], [], []
   for i, scene in enumerate(scenes):
     objs = scene["objects"]
@@ -98,7 +98,7 @@ def vision_readouts(tokens: np.ndarray, scenes: list[dict], layout,
         tok_a.append(token(i, a))
         tok_b.append(token(i, b))
         pair_centres.append(np.r_[a["centre"], b["centre"]] / image_size)
-        stated.append(synthetic_scenes.relation(a, b))
+        stated.append(synthetic.relation(a, b))
   tok_a, tok_b, pair_centres = map(np.stack, (tok_a, tok_b, pair_centres))
   return {
       "objects": len(own), "pairs": len(stated),
@@ -116,7 +116,7 @@ def text_readouts(true_tokens, false_tokens, pieces: list[list[str]],
   """Token sets (M, L, d) of relation captions and their flips (same length), each
   caption's word pieces, and each flip's "stated->flipped" -> the text read-outs."""
   from gralign_jax.data import perturb_scenes  # pylint: disable=g-import-not-at-top
-  from gralign_jax.data import synthetic_scenes  # pylint: disable=g-import-not-at-top
+  from gralign_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   true_tokens, false_tokens = _unit(true_tokens), _unit(false_tokens)
   object_cos, relation_cos, shape_tokens, labels = [], [], [], []
   for m, words in enumerate(pieces):
@@ -125,9 +125,9 @@ def text_readouts(true_tokens, false_tokens, pieces: list[list[str]],
       cos = float(true_tokens[m, l] @ false_tokens[m, l])
       if piece in perturb_scenes.RELATION_OF_WORD:
         relation_cos.append(cos)
-      elif piece in synthetic_scenes.SHAPES or piece in synthetic_scenes.COLOURS:
+      elif piece in synthetic.SHAPES or piece in synthetic.COLOURS:
         object_cos.append(cos)
-        if first_shape is None and piece in synthetic_scenes.SHAPES:
+        if first_shape is None and piece in synthetic.SHAPES:
           first_shape = l
     if first_shape is not None:
       stated, flipped = flips[m].split("->")
@@ -225,7 +225,7 @@ def main():
   from gralign_jax import inference
   from gralign_jax.data import datasets
   from gralign_jax.data import false_captions
-  from gralign_jax.data import synthetic_scenes
+  from gralign_jax.data import synthetic
   # pylint: enable=g-import-not-at-top
   prefix = records.out_prefix("relation_readout", args.out, departures=[])
   rows = []
@@ -236,7 +236,7 @@ def main():
       sys.exit(f"Error: {workdir}: its data ({root}) is not the synthetic scenes set; "
                "the read-outs need the scene record.")
     split = datasets.read_split(run.config, "test")
-    record = synthetic_scenes.load_scene_record(root, logs.info)
+    record = synthetic.load_scene_record(root, logs.info)
     by_file = {s["filename"]: s for s in record["scenes"]}
     scenes = [by_file[os.path.basename(p)] for p in split.image_paths]
     todo = [(os.path.basename(os.path.normpath(workdir)), run)]

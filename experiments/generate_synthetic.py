@@ -1,4 +1,4 @@
-"""Generates the synthetic scenes set (gralign_jax/data/synthetic_scenes.py): images,
+"""Generates the synthetic scenes set (gralign_jax/data/synthetic/): images,
 captions and scene record in the Karpathy/COCO layout, and its WordPiece tokenizer.
 
   python -m experiments.generate_synthetic --root=DIR [--image_size=64] \
@@ -27,12 +27,12 @@ _VOCAB = flags.DEFINE_integer("vocab_size", 1000, "WordPiece vocabulary size.")
 def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
-  from gralign_jax.data import synthetic_scenes
+  from gralign_jax.data import synthetic
   from gralign_jax.data import text
   # pylint: enable=g-import-not-at-top
   root, t0 = _ROOT.value, time.time()
   try:
-    synthetic_scenes.generate(root, num_train=_NUM_TRAIN.value, num_dev=_NUM_DEV.value,
+    synthetic.generate(root, num_train=_NUM_TRAIN.value, num_dev=_NUM_DEV.value,
                               num_test=_NUM_TEST.value, image_size=_IMAGE_SIZE.value,
                               seed=_SEED.value, vocab_size=_VOCAB.value)
   except OSError as e:  # a folder it refuses (a user's files), or cannot write: one line
@@ -45,7 +45,7 @@ def main(argv):
   vocab = len(text.load_tokenizer(os.path.join(root, "tokenizer")).get_vocab())
   print(f"Wrote {root} in {time.time() - t0:.1f} s: "
         + ", ".join(f"{name} {sum(s['split'] == name for s in scenes)} images"
-                    for name, _ in synthetic_scenes.SPLITS)
+                    for name, _ in synthetic.SPLITS)
         + f"; {len(captions)} captions ({kinds}); "
         f"{sum(s['swap_of'] is not None for s in scenes)} attribute-swapped twins; "
         f"tokenizer vocabulary {vocab}.")

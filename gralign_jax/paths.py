@@ -251,7 +251,8 @@ def append_text(path: str, text: str) -> None:
 
 
 def create_exclusive(path: str, text: str) -> bool:
-  """Creates `path` holding `text` unless it exists. -> whether this call created it."""
+  """Creates `path` holding `text`, whole, unless it exists. -> whether this call
+  created it."""
   data = text.encode("utf-8")
   if is_remote(path):
     fs, inner = _fs(path)
@@ -261,6 +262,23 @@ def create_exclusive(path: str, text: str) -> bool:
     except FileExistsError:
       return False
     return True
+  # Written beside it, then linked into place: a reader never meets half of it, and
+  # os.link fails rather than replace a file that is there. Where the file system has
+  # no hard links (some FUSE mounts), O_EXCL creates it instead.
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
+                             prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.chmod(tmp, 0o644)
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  except OSError:
+    pass  # no hard links here
+  finally:
+    os.remove(tmp)
   try:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:

@@ -25,6 +25,7 @@ import time
 
 from gralign_jax import configs
 from gralign_jax import paths
+from gralign_jax import processes
 
 
 TOKENIZER_DIR = "tokenizer"
@@ -51,38 +52,6 @@ SAFE_ON_RESUME = (
 # ------------------------------------------------------------------------------------
 # The lock
 # ------------------------------------------------------------------------------------
-def _proc_stat(pid: int) -> list[str]:
-  """The fields of /proc/<pid>/stat after the command name ([] if unknown): [0] is the
-  state (Z: a zombie), [19] the kernel's start time."""
-  try:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-      return f.read().rsplit(")", 1)[1].split()
-  except (OSError, IndexError):
-    return []
-
-
-def _process_start(pid: int) -> str:
-  """The kernel's start time of `pid` (distinguishes a reused pid), or "" if unknown."""
-  fields = _proc_stat(pid)
-  return fields[19] if len(fields) > 19 else ""
-
-
-def _alive(pid: int, start: str) -> bool:
-  """Whether `pid` (started at `start`) still runs. A zombie does not: it was killed or
-  exited, holds no files, and waits only for a parent (or init) to reap it, which a
-  killed launcher's orphans may wait on for a while."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    pass  # exists, owned by someone else
-  fields = _proc_stat(pid)
-  if fields[:1] == ["Z"]:
-    return False
-  return not start or len(fields) <= 19 or fields[19] == start
-
-
 class WorkdirLock:
   """`with WorkdirLock(workdir):` - exclusive use of a run directory by this process."""
 
@@ -93,13 +62,8 @@ class WorkdirLock:
     self.held = False
     self.message = ""  # what acquire() found, for the log (a stale lock taken over)
 
-  def _record(self) -> dict:
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-
   def _create(self) -> bool:
-    return paths.create_exclusive(self.path, json.dumps(self._record()))
+    return paths.create_exclusive(self.path, json.dumps(processes.owner_record()))
 
   def acquire(self) -> "WorkdirLock":
     for _ in range(3):  # a stale lock removed by a racing run: look again
@@ -115,7 +79,7 @@ class WorkdirLock:
         raise RunDirError(
             f"{self.path} exists but cannot be read as a lock ({type(e).__name__}); if "
             "no run is using this workdir, delete that file and start again.") from e
-      if host == socket.gethostname() and not _alive(pid, str(holder.get("start", ""))):
+      if processes.surely_gone(holder):
         self.message = (f"Took over a stale lock of {self.path}: pid {pid} on {host} "
                         f"(since {holder.get('since', '?')}) is gone.")
         paths.remove(self.path)

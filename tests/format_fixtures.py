@@ -9,7 +9,7 @@ import os
 from gralign_jax import configs
 from gralign_jax.data import images
 from gralign_jax.data import readers
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 from gralign_jax.data import precomp
 import layout_writers as writers  # tests/, beside this file
 
@@ -21,7 +21,7 @@ def build(folder: str, num_train: int = 24, num_dev: int = 5, num_test: int = 5,
           image_size: int = 32) -> dict[str, str]:
   """-> {format: data root}; the tokenizer is at roots["laps"]/tokenizer."""
   syn = os.path.join(folder, "synthetic")
-  synthetic_scenes.generate(syn, num_train=num_train, num_dev=num_dev, num_test=num_test,
+  synthetic.generate(syn, num_train=num_train, num_dev=num_dev, num_test=num_test,
                             image_size=image_size)
   splits = {s: readers.read_split(syn, s) for s in ("train", "dev", "test")}
   pre = os.path.join(folder, "precomp")

@@ -12,7 +12,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # unit -> the units it may import (a unit: a subpackage or a top-level module). The
 # table in docs/architecture.md, one row per layer, top to bottom.
-_FOUNDATION = {"paths", "logs", "watchdog"}
+_FOUNDATION = {"paths", "logs", "watchdog", "processes"}
 _RUN_PARTS = {"checkpoint", "run_dir", "metrics", "configs", "sharding", "distributed",
               "preemption", "profiling", "throughput", "coordinator"}
 _BELOW_RUN = {"evaluation", "models", "data", "scores", "weights", "onnx_import",
@@ -27,10 +27,10 @@ ALLOWED = {
     "evaluation": {"scores", "data", "sharding", "paths", "logs"},
     "scores": {"models", "logs"},
     "models": {"weights", "logs"},
-    "data": {"configs", "logs", "weights", "paths"},
+    "data": {"configs", "logs", "weights", "paths", "processes"},
     "configs": {"logs", "models", "weights", "data", "profiling"},  # inside functions
     "checkpoint": {"paths", "logs", "watchdog"},
-    "run_dir": {"paths", "data", "configs"},
+    "run_dir": {"paths", "data", "configs", "processes"},
     "metrics": {"paths"},
     "profiling": {"configs", "paths"},
     "sharding": {"configs"},

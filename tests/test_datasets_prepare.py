@@ -8,7 +8,8 @@ import pytest
 from experiments.configs import demo
 from gralign_jax import configs
 from gralign_jax.data import datasets
-from gralign_jax.data import synthetic_scenes as ss
+from gralign_jax.data import synthetic as ss
+from gralign_jax.data.synthetic import layout
 
 TINY = dict(num_train=4, num_dev=1, num_test=1)
 
@@ -71,7 +72,7 @@ def test_interrupted_prepare_then_prepare_again(ref, tmp_path, monkeypatch):
   def ctrl_c(*args):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(ss, "render", ctrl_c)
+  monkeypatch.setattr(layout, "render", ctrl_c)  # what write_set calls
   with pytest.raises(KeyboardInterrupt):
     datasets.prepare(_config(root), log=lambda *a: None)
   assert os.listdir(root) == [] and os.listdir(tmp_path) == ["data"]

@@ -12,7 +12,7 @@ import pytest
 from gralign_jax.data import inspect
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 from gralign_jax.data import text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
   r = str(tmp_path_factory.mktemp("insp") / "syn")
-  synthetic_scenes.generate(r, num_train=6, num_dev=2, num_test=3, image_size=32)
+  synthetic.generate(r, num_train=6, num_dev=2, num_test=3, image_size=32)
   return r
 
 

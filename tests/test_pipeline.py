@@ -19,7 +19,7 @@ from gralign_jax.data import datasets
 from gralign_jax.data import images as images_lib
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("pipe") / "syn")
-  synthetic_scenes.generate(root, num_train=24, num_dev=5, num_test=5, image_size=32)
+  synthetic.generate(root, num_train=24, num_dev=5, num_test=5, image_size=32)
   config = configs.finalize(demo.get_config("smoke"))
   config.data.root = root
   config.train.batch_size = 8

@@ -14,7 +14,7 @@ from experiments.configs import demo
 from gralign_jax import configs
 from gralign_jax.data import perturb_scenes
 from gralign_jax.data import perturb_text
-from gralign_jax.data import synthetic_scenes as ss
+from gralign_jax.data import synthetic as ss
 from gralign_jax.evaluation import probe
 from gralign_jax.scores import scorer as scorer_lib
 from gralign_jax.scores import similarity

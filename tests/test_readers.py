@@ -8,7 +8,7 @@ import pytest
 
 from gralign_jax.data import readers
 from gralign_jax.data import split as split_lib
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 
 DataFormatError = readers.DataFormatError
 
@@ -16,7 +16,7 @@ DataFormatError = readers.DataFormatError
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("syn") / "root")
-  synthetic_scenes.generate(root, num_train=6, num_dev=2, num_test=3, image_size=32)
+  synthetic.generate(root, num_train=6, num_dev=2, num_test=3, image_size=32)
   return root
 
 

@@ -11,7 +11,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gralign_jax.data import synthetic_scenes as ss
+from gralign_jax.data import synthetic as ss
+from gralign_jax.data.synthetic import layout
+from gralign_jax.data.synthetic import scenes as scenes_lib
 
 N_TRAIN, N_DEV, N_TEST, SIZE = 20, 5, 10, 32
 TINY = dict(num_train=4, num_dev=1, num_test=1, image_size=SIZE)
@@ -225,7 +227,7 @@ def test_karpathy_and_laps_agree(root, scenes):
 
 def test_draws_at_other_sizes(tmp_path):
   scene_rng = np.random.default_rng(0)
-  objs = ss._new_scene(scene_rng, 224)
+  objs = scenes_lib._new_scene(scene_rng, 224)
   assert all(o["box"][2] <= 0.9 * 224 for o in objs)
   r = str(tmp_path / "big")
   ss.generate(r, num_train=2, num_dev=1, num_test=1, image_size=96)
@@ -296,7 +298,7 @@ def test_interrupted_run_leaves_no_half_written_root(tiny, tmp_path, monkeypatch
       raise KeyboardInterrupt
     return real_render(*args)
 
-  monkeypatch.setattr(ss, "render", render_then_ctrl_c)
+  monkeypatch.setattr(layout, "render", render_then_ctrl_c)  # what write_set calls
   with pytest.raises(KeyboardInterrupt):
     ss.generate(str(root), **TINY)
   # root as it was (absent, empty, the earlier set) and no partial folder beside it.
@@ -311,11 +313,12 @@ def test_partial_folder_of_a_live_process_refuses_a_dead_ones_is_cleared(tiny, t
   root = tmp_path / "set"
   # Another process that stops mid-way through the images, until it is killed.
   code = ("import time\n"
-          "from gralign_jax.data import synthetic_scenes as ss\n"
+          "from gralign_jax.data import synthetic as ss\n"
+          "from gralign_jax.data.synthetic import layout\n"
           "def hang(*args):\n"
           "  print('rendering', flush=True)\n"
           "  time.sleep(300)\n"
-          "ss.render = hang\n"
+          "layout.render = hang\n"
           f"ss.generate({str(root)!r}, **{TINY!r})\n")
   proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
                           text=True)

@@ -11,7 +11,7 @@ import pytest
 
 from gralign_jax.data import images
 from gralign_jax.data import readers
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 from gralign_jax.data import tfds_source
 import layout_writers as writers  # tests/, beside this file
 
@@ -22,7 +22,7 @@ DataFormatError = readers.DataFormatError
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("syn") / "root")
-  synthetic_scenes.generate(root, num_train=6, num_dev=2, num_test=3, image_size=32)
+  synthetic.generate(root, num_train=6, num_dev=2, num_test=3, image_size=32)
   return {s: readers.read_split(root, s) for s in ("train", "dev", "test")}
 
 

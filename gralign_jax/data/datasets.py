@@ -15,7 +15,7 @@ from gralign_jax import weights
 from gralign_jax.data import image_check
 from gralign_jax.data import images
 from gralign_jax.data import readers
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 from gralign_jax.data import text
 
 
@@ -64,14 +64,14 @@ def prepare(config: ml_collections.ConfigDict, log: logs.Log = logs.info) -> Non
       log(f"Generating the synthetic scenes set in {data.root} ({syn.num_train}/"
           f"{syn.num_dev}/{syn.num_test} images, {data.image_size} px)...")
       t0 = time.time()
-      synthetic_scenes.generate(data.root, num_train=syn.num_train, num_dev=syn.num_dev,
+      synthetic.generate(data.root, num_train=syn.num_train, num_dev=syn.num_dev,
                                 num_test=syn.num_test, image_size=data.image_size,
                                 seed=syn.seed, vocab_size=syn.vocab_size)
       log(f"  done in {time.time() - t0:.0f} s")
       return
-    if not synthetic_scenes.is_complete(data.root):
+    if not synthetic.is_complete(data.root):
       log(f"{data.root} is not empty and holds no complete synthetic set (no "
-          f"{synthetic_scenes.MARKER} marker): reading it as it is, without generating.")
+          f"{synthetic.MARKER} marker): reading it as it is, without generating.")
   if state == "absent":
     raise FileNotFoundError(
         f"config.data.root={data.root!r} does not exist. Expected the {data.name} data "

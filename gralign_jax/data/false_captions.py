@@ -19,7 +19,7 @@ from gralign_jax import logs
 from gralign_jax.data import perturb_scenes
 from gralign_jax.data import perturb_text
 from gralign_jax.data import readers
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 
 
 class FalseCaptionError(ValueError):
@@ -42,7 +42,7 @@ class Perturbed:
 
 def _scene_by_file(root: str, log: logs.Log) -> dict:
   try:
-    record = synthetic_scenes.load_scene_record(root, log)
+    record = synthetic.load_scene_record(root, log)
   except ValueError as e:  # a marker whose parameters do not draw the set on disk
     raise FalseCaptionError(str(e)) from e
   return {s["filename"]: s for s in record["scenes"]}
@@ -51,8 +51,8 @@ def _scene_by_file(root: str, log: logs.Log) -> dict:
 def is_synthetic(root: str) -> bool:
   """Whether root holds the synthetic scenes set (its record, or the marker that lets
   the record be drawn again)."""
-  return (os.path.isfile(os.path.join(root, synthetic_scenes.SCENES_JSON))
-          or synthetic_scenes.is_complete(root))
+  return (os.path.isfile(os.path.join(root, synthetic.SCENES_JSON))
+          or synthetic.is_complete(root))
 
 
 def _synthetic(split: readers.Split, root: str, seed: int, log: logs.Log) -> list[dict]:

@@ -24,14 +24,14 @@ Kinds (at most one of each per caption; a kind that cannot be made false is abse
             the previous one) names an object that is not in the scene; a shuffle that
             only reorders whole phrases is never kept
 
-Captions are those synthetic_scenes.py writes: mentions are "a|an [size] colour shape".
+Captions are those synthetic/ writes: mentions are "a|an [size] colour shape".
 """
 import dataclasses
 import re
 
 import numpy as np
 
-from gralign_jax.data import synthetic_scenes as scenes_lib
+from gralign_jax.data import synthetic as scenes_lib
 
 KINDS = ("shape", "colour", "size", "binding", "relation", "order")
 

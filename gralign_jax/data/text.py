@@ -97,7 +97,7 @@ def load_tokenizer(path: str):
     raise FileNotFoundError(
         f"Tokenizer folder {path!r} does not exist. Expected a Hugging Face tokenizer "
         "folder with tokenizer.json and tokenizer_config.json (or vocab.txt), e.g. "
-        "<data root>/tokenizer written by gralign_jax.data.synthetic_scenes, or a "
+        "<data root>/tokenizer written by gralign_jax.data.synthetic, or a "
         "downloaded bert-base-uncased.")
   present = sorted(os.listdir(path))
   if not any(f in present for f in ("tokenizer.json", "vocab.txt")):

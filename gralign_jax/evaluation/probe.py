@@ -32,7 +32,7 @@ from gralign_jax.data import false_captions
 from gralign_jax.data import perturb_scenes
 from gralign_jax.data import pipeline
 from gralign_jax.data import readers
-from gralign_jax.data import synthetic_scenes
+from gralign_jax.data import synthetic
 from gralign_jax.scores import similarity
 
 WORD_CLASSES = ("colour", "shape", "size", "relation", "other")
@@ -109,9 +109,9 @@ def tally(true: dict, perturbed: dict, groups, order=()) -> dict:
 def word_class(word: str) -> str:
   """A synthetic caption's word -> its class (WORD_CLASSES)."""
   word = word.lower()
-  if word in synthetic_scenes.COLOURS:
+  if word in synthetic.COLOURS:
     return "colour"
-  if word in synthetic_scenes.SHAPES:
+  if word in synthetic.SHAPES:
     return "shape"
   if word in perturb_scenes.SIZE_OF_WORD:
     return "size"
