@@ -19,6 +19,7 @@ from experiments.configs import demo
 from gralign_jax import checkpoint as ckpt_lib
 from gralign_jax import configs
 from gralign_jax import metrics as metrics_lib
+from gralign_jax import processes
 from gralign_jax import run_dir
 from gralign_jax import train
 from test_train import REPO, smoke_config
@@ -229,7 +230,7 @@ def test_a_second_run_in_a_locked_workdir_is_refused_naming_the_holder(smoke_roo
   try:
     (workdir / "run.lock").write_text(json.dumps({
         "host": socket.gethostname(), "pid": holder.pid,
-        "start": run_dir._process_start(holder.pid), "since": "2026-11-30 10:00:00"}))
+        "start": processes.process_start(holder.pid), "since": "2026-11-30 10:00:00"}))
     with pytest.raises(run_dir.RunDirError, match=f"Another run is using workdir .*"
                                                   f"pid {holder.pid} on this host"):
       train.train_and_evaluate(smoke_config(smoke_root), str(workdir))
@@ -246,13 +247,13 @@ def test_lock_of_a_zombie_is_stale(tmp_path):
   """A killed run whose process is not yet reaped (a zombie) holds the workdir no more."""
   child = subprocess.Popen([sys.executable, "-c", "pass"])
   deadline = time.time() + 60
-  while run_dir._proc_stat(child.pid)[:1] != ["Z"] and time.time() < deadline:
+  while processes._proc_stat(child.pid)[:1] != ["Z"] and time.time() < deadline:
     time.sleep(0.01)  # not reaped: exited, it stays a zombie until wait()
   try:
-    assert run_dir._proc_stat(child.pid)[:1] == ["Z"]
+    assert processes._proc_stat(child.pid)[:1] == ["Z"]
     (tmp_path / "run.lock").write_text(json.dumps({
         "host": socket.gethostname(), "pid": child.pid,
-        "start": run_dir._process_start(child.pid), "since": "earlier"}))
+        "start": processes.process_start(child.pid), "since": "earlier"}))
     with run_dir.WorkdirLock(str(tmp_path)) as lock:
       assert lock.held and f"pid {child.pid}" in lock.message and "is gone" in lock.message
   finally:
