@@ -188,7 +188,7 @@ def load_scene_record(root: str, log=print) -> dict:
   if not os.path.isfile(marker):
     raise FileNotFoundError(
         f"{root} holds no {SCENES_JSON} and no {MARKER} marker to draw one from: "
-        "expected a synthetic scenes set written by gralign_jax.data.synthetic_scenes.")
+        "expected a synthetic scenes set written by gralign_jax.data.synthetic.")
   with open(marker, encoding="utf-8") as f:
     params = json.load(f)
   kw = {k: params[k] for k in ("num_train", "num_dev", "num_test", "image_size", "seed")}
