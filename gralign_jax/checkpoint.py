@@ -193,9 +193,8 @@ class Checkpointer:
           meta=ocp.args.JsonRestore()))
       return Restored(step, out["state"], None, dict(out["meta"]))
 
-    kinds = {"best": ("best", "latest"), "latest": ("latest",)}[which]
-    for kind in kinds:
-      manager = {"best": self._best, "latest": self._latest}[kind]
+    kinds = [("best", self._best)] if which == "best" else []
+    for kind, manager in kinds + [("latest", self._latest)]:
       found = self._newest_restorable(manager, kind,
                                       lambda s, m=manager: restore(m, s), log)
       if found is not None:

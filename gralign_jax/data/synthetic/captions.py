@@ -107,7 +107,7 @@ def _subset_caption(rng, scene):
   return template.format(listed), dict(kind="subset", objects=idx)
 
 
-def _captions(rng, scene):
+def draw_captions(rng, scene):
   """Five captions: two full, one single, and a mix (expected single share ~1/4)."""
   n = len(scene["objects"])
   slots = ["full", "full", "single", "relation" if rng.random() < 0.6 else "full"]

@@ -8,7 +8,8 @@ from PIL import Image
 
 from gralign_jax.data import text as text_lib
 from gralign_jax.data.synthetic.render import render
-from gralign_jax.data.synthetic.scenes import _dump_json, _fname, make_scenes, scene_record
+from gralign_jax.data.synthetic.scenes import (dump_json, file_name, make_scenes,
+                                               scene_record)
 from gralign_jax.data.synthetic.vocabulary import (IMAGE_DIR, KARPATHY_JSON, MARKER,
                                                    OWNER_STAMP, SCENES_JSON, SPLITS)
 
@@ -44,14 +45,15 @@ def write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_s
   for s in scenes:
     sentids = [s["imgid"] * 5 + k for k in range(5)]
     images.append(dict(
-        filename=_fname(s), imgid=s["imgid"], split=s["karpathy_split"], sentids=sentids,
+        filename=file_name(s), imgid=s["imgid"], split=s["karpathy_split"],
+        sentids=sentids,
         sentences=[dict(raw=t, tokens=t.replace(":", " ").replace(",", " ").split(),
                         imgid=s["imgid"], sentid=sid)
                    for (t, _), sid in zip(s["captions"], sentids)]))
   _write(os.path.join(folder, KARPATHY_JSON),
-                _dump_json(dict(dataset="synthetic", images=images)))
+                dump_json(dict(dataset="synthetic", images=images)))
   _write(os.path.join(folder, "id_mapping.json"),
-                _dump_json({str(s["imgid"]): _fname(s) for s in scenes}))
+                dump_json({str(s["imgid"]): file_name(s) for s in scenes}))
   for split, _ in SPLITS:
     mine = [s for s in scenes if s["split"] == split]
     _write(os.path.join(folder, "precomp", f"{split}_ids.txt"),
@@ -60,12 +62,12 @@ def write_set(folder, *, num_train, num_dev, num_test, image_size, seed, vocab_s
     _write(os.path.join(folder, "precomp", f"{split}_caps.txt"),
                   caps.encode("utf-8"))
   record = scene_record(scenes, image_size=image_size, seed=seed)
-  _write(os.path.join(folder, SCENES_JSON), _dump_json(record))
+  _write(os.path.join(folder, SCENES_JSON), dump_json(record))
   train_caps = [t for s in scenes if s["split"] == "train" for t, _ in s["captions"]]
   text_lib.train_wordpiece(train_caps, os.path.join(folder, "tokenizer"), vocab_size)
   # The folder started empty, so everything in it now is ours: the manifest that lets a
   # later run delete exactly these files and nothing else.
   files = [f for f in walk_files(folder) if f not in (MARKER, OWNER_STAMP)]
-  _write(os.path.join(folder, MARKER), _dump_json(dict(
+  _write(os.path.join(folder, MARKER), dump_json(dict(
       num_train=num_train, num_dev=num_dev, num_test=num_test, image_size=image_size,
       seed=seed, vocab_size=vocab_size, files=files)))

@@ -17,7 +17,7 @@ import shutil
 
 from gralign_jax import processes
 from gralign_jax.data.synthetic.layout import write_set
-from gralign_jax.data.synthetic.scenes import _dump_json
+from gralign_jax.data.synthetic.scenes import dump_json
 from gralign_jax.data.synthetic.vocabulary import MARKER, OWNER_STAMP
 
 def is_complete(root: str) -> bool:
@@ -215,7 +215,7 @@ def generate(root: str, *, num_train: int = 8000, num_dev: int = 500,
   _ACTIVE.add(partial)
   try:
     with open(os.path.join(partial, OWNER_STAMP), "wb") as f:
-      f.write(_dump_json(processes.owner_record()))
+      f.write(dump_json(processes.owner_record()))
     write_set(partial, num_train=num_train, num_dev=num_dev, num_test=num_test,
                image_size=image_size, seed=seed, vocab_size=vocab_size)
     state = _check_target(real, root)  # again: something may have arrived meanwhile

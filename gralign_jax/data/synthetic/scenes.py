@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from gralign_jax import paths
-from gralign_jax.data.synthetic.captions import _captions
+from gralign_jax.data.synthetic.captions import draw_captions
 from gralign_jax.data.synthetic.vocabulary import (COLOURS, MARKER, SCENES_JSON, SHAPES,
                                                    SIZES, SPLITS)
 
@@ -131,24 +131,24 @@ def make_scenes(*, num_train, num_dev, num_test, image_size, seed) -> list[dict]
         scene["_background"] = _background_spec(rng)
         scene["_rot"] = [float(rng.uniform(-0.15, 0.15)) for _ in objs]
         scene["_jitter"] = [rng.integers(-15, 16, 3).tolist() for _ in objs]
-        scene["captions"] = _captions(rng, scene)
+        scene["captions"] = draw_captions(rng, scene)
         scenes.append(scene)
   return scenes
 
 
-def _fname(scene) -> str:
+def file_name(scene) -> str:
   return f"{scene['imgid']:06d}.jpg"
 
 
 def scene_record(scenes, *, image_size, seed) -> dict:
   """make_scenes' scenes -> the content of scenes.json."""
   return dict(image_size=image_size, seed=seed, scenes=[dict(
-      imgid=s["imgid"], split=s["split"], filename=_fname(s), objects=s["objects"],
+      imgid=s["imgid"], split=s["split"], filename=file_name(s), objects=s["objects"],
       clutter=s["clutter"], background=s["_background"]["kind"], swap_of=s["swap_of"],
       captions=[dict(raw=t, **rec) for t, rec in s["captions"]]) for s in scenes])
 
 
-def _dump_json(obj) -> bytes:
+def dump_json(obj) -> bytes:
   return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -200,7 +200,7 @@ def load_scene_record(root: str, log=print) -> dict:
         f"draw, so no {SCENES_JSON} can be written for it; generate the set again.")
   record = scene_record(scenes, image_size=kw["image_size"], seed=kw["seed"])
   try:  # whole or not at all, and never over a file that appeared meanwhile
-    created = paths.create_exclusive(path, _dump_json(record).decode("utf-8"))
+    created = paths.create_exclusive(path, dump_json(record).decode("utf-8"))
   except OSError as e:
     log(f"{root} has no {SCENES_JSON} and it cannot be written there "
         f"({paths.os_reason(e)}); using the record drawn again in memory.")
@@ -210,7 +210,7 @@ def load_scene_record(root: str, log=print) -> dict:
   files = params.get("files")
   if isinstance(files, list) and SCENES_JSON not in files:
     params["files"] = sorted(files + [SCENES_JSON])
-    paths.write_bytes(marker, _dump_json(params))
+    paths.write_bytes(marker, dump_json(params))
   log(f"Wrote {path}: the scene record of {root}, drawn again from its {MARKER} "
       "parameters (the captions on disk match).")
   return record
